@@ -1,0 +1,256 @@
+//! Wire types of the edgeloop agent API (DESIGN §5).
+//!
+//! Both the agent (server) and the host (client) use these, so this crate
+//! depends on serde alone: it must build for every target the agent ships to.
+
+pub mod display;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// API version prefix of every route.
+pub const API_PREFIX: &str = "/v1";
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+/// One inference runtime the agent can measure with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    pub name: String,
+    pub version: String,
+    /// Precisions this runtime executes natively on this device (e.g. "fp32", "int8").
+    pub precisions: Vec<String>,
+}
+
+/// A thermal zone found under `/sys/class/thermal`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThermalZone {
+    pub name: String,
+    pub kind: String,
+    pub temp_c: Option<f64>,
+}
+
+/// `GET /v1/info`: what the device is and what it can measure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Stable across agent restarts; names latency tables.
+    pub device_id: String,
+    pub agent_version: String,
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub cpu_model: String,
+    pub logical_cores: usize,
+    pub memory_mb: u64,
+    pub runtimes: Vec<RuntimeInfo>,
+    /// Runtimes this build knows but could not load, with the reason.
+    #[serde(default)]
+    pub runtimes_unavailable: BTreeMap<String, String>,
+    pub energy_sensors: Vec<String>,
+    pub thermal_zones: Vec<ThermalZone>,
+}
+
+/// `GET /v1/models/{sha256}`: a model the agent holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub sha256: String,
+    pub size_bytes: u64,
+}
+
+/// `POST /v1/measure`. Fields left out take the defaults of DESIGN §6.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeasureRequest {
+    /// sha256 (hex) of a model uploaded with `PUT /v1/models/{sha256}`.
+    pub model: String,
+    pub runtime: String,
+    pub threads: usize,
+    pub warmup_runs: usize,
+    pub min_runs: usize,
+    pub min_duration_ms: u64,
+    pub max_duration_ms: u64,
+    /// Input name → concrete shape, required for inputs with dynamic dimensions.
+    pub inputs: BTreeMap<String, Vec<usize>>,
+    /// CPU affinity of the measuring threads.
+    pub cpus: Option<Vec<usize>>,
+    pub energy: bool,
+    pub profile_ops: bool,
+    /// Return every timed run in `samples_ms`.
+    pub keep_samples: bool,
+    /// Seed of the random input tensors.
+    pub seed: u64,
+}
+
+impl Default for MeasureRequest {
+    fn default() -> Self {
+        // In the spirit of TFLite's benchmark_model: 50 runs and 1 s at least, 30 s cap.
+        MeasureRequest {
+            model: String::new(),
+            runtime: "tract".into(),
+            threads: 1,
+            warmup_runs: 10,
+            min_runs: 50,
+            min_duration_ms: 1000,
+            max_duration_ms: 30_000,
+            inputs: BTreeMap::new(),
+            cpus: None,
+            energy: false,
+            profile_ops: false,
+            keep_samples: false,
+            seed: 0,
+        }
+    }
+}
+
+impl MeasureRequest {
+    pub fn for_model(sha256: impl Into<String>) -> Self {
+        MeasureRequest { model: sha256.into(), ..Default::default() }
+    }
+}
+
+/// Summary statistics of the timed runs, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LatencyStats {
+    pub n: usize,
+    pub mean: f64,
+    pub std: f64,
+    pub min: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnergyStats {
+    pub mj_per_inference: f64,
+    pub avg_power_w: f64,
+    pub sensor: String,
+    pub window_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThermalStats {
+    pub start_c: Option<f64>,
+    pub end_c: Option<f64>,
+    pub cpu_freq_start_mhz: Option<f64>,
+    pub cpu_freq_end_mhz: Option<f64>,
+    pub throttled: bool,
+}
+
+/// Time spent in one node of the model (per-op profile).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpTime {
+    pub node: String,
+    pub op_type: String,
+    pub ms: f64,
+    pub share: f64,
+}
+
+/// Answer of `POST /v1/measure`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    pub model: String,
+    pub device_id: String,
+    pub runtime: String,
+    pub runtime_version: String,
+    pub threads: usize,
+    pub load_ms: f64,
+    pub first_run_ms: f64,
+    pub warmup_runs: usize,
+    pub latency_ms: LatencyStats,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_ms: Option<Vec<f64>>,
+    pub energy: Option<EnergyStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_unavailable_reason: Option<String>,
+    pub thermal: Option<ThermalStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<Vec<OpTime>>,
+    pub queue_wait_ms: f64,
+    /// Unix time (µs) when the first timed run started.
+    pub started_at: u64,
+    /// Unix time (µs) when the last timed run ended.
+    pub finished_at: u64,
+}
+
+/// Machine-readable error codes of the `{"error": {...}}` body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    MalformedModel,
+    Unauthorized,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedModel,
+    RuntimeUnavailable,
+    RuntimeCrashed,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status each code is answered with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::MalformedModel => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::NotFound => 404,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedModel | ErrorCode::RuntimeUnavailable => 422,
+            ErrorCode::RuntimeCrashed | ErrorCode::Internal => 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Body of every non-2xx answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody { error: ErrorDetail { code, message: message.into() } }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_defaults_fill_missing_fields() {
+        let req: MeasureRequest = serde_json::from_str(r#"{"model":"ab","min_runs":3}"#).unwrap();
+        assert_eq!(req.model, "ab");
+        assert_eq!(req.min_runs, 3);
+        assert_eq!(req.warmup_runs, MeasureRequest::default().warmup_runs);
+        assert_eq!(req.runtime, "tract");
+    }
+
+    #[test]
+    fn unknown_request_fields_are_refused() {
+        assert!(serde_json::from_str::<MeasureRequest>(r#"{"model":"ab","runz":3}"#).is_err());
+    }
+
+    #[test]
+    fn error_body_shape() {
+        let body = ErrorBody::new(ErrorCode::PayloadTooLarge, "too big");
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["error"]["code"], "payload_too_large");
+        assert_eq!(json["error"]["message"], "too big");
+        assert_eq!(ErrorCode::PayloadTooLarge.http_status(), 413);
+    }
+}

@@ -1,0 +1,11 @@
+//! ONNX models as plain data: a graph writer over the maintained prost types
+//! of `tract-onnx` (no hand-rolled protobuf), readers for what a model
+//! declares, and small sample networks that tests and benchmarks build.
+
+mod graph;
+mod inspect;
+pub mod samples;
+
+pub use graph::{Attr, Dim, ElemType, GraphBuilder, OPSET};
+pub use inspect::{DeclaredInput, OnnxError, decode, declared_inputs, encode};
+pub use tract_onnx::pb;

@@ -1,0 +1,240 @@
+//! The measurement engine (DESIGN §6): load, first run, warm-up, then timed
+//! runs until both `min_runs` and `min_duration` are met or `max_duration`
+//! is reached. Used by the server's worker and by `edgeloop-agent bench`.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use edgeloop_api::{LatencyStats, MeasureRequest};
+
+use crate::inputs::{InputError, random_inputs, resolve_shapes};
+use crate::runtime::{LoadOptions, Runtime, RuntimeError};
+
+/// How long and how often to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunPlan {
+    pub warmup_runs: usize,
+    pub min_runs: usize,
+    pub min_duration: Duration,
+    pub max_duration: Duration,
+}
+
+impl RunPlan {
+    pub fn from_request(req: &MeasureRequest) -> Result<Self, MeasureError> {
+        if req.min_runs == 0 {
+            return Err(MeasureError::BadRequest("min_runs must be at least 1".into()));
+        }
+        if req.max_duration_ms < req.min_duration_ms {
+            return Err(MeasureError::BadRequest(format!(
+                "max_duration_ms ({}) is below min_duration_ms ({})",
+                req.max_duration_ms, req.min_duration_ms
+            )));
+        }
+        Ok(RunPlan {
+            warmup_runs: req.warmup_runs,
+            min_runs: req.min_runs,
+            min_duration: Duration::from_millis(req.min_duration_ms),
+            max_duration: Duration::from_millis(req.max_duration_ms),
+        })
+    }
+}
+
+/// Timings of one measurement, before it is wrapped into a `Measurement`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timings {
+    pub load_ms: f64,
+    pub first_run_ms: f64,
+    pub samples_ms: Vec<f64>,
+    pub stats: LatencyStats,
+    pub started_at: u64,
+    pub finished_at: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("malformed model: {0}")]
+    Malformed(#[from] edgeloop_onnx::OnnxError),
+    #[error("runtime could not load the model: {0}")]
+    Load(RuntimeError),
+    #[error("runtime failed while running the model: {0}")]
+    Run(RuntimeError),
+    #[error("runtime panicked: {0}")]
+    Panic(String),
+}
+
+fn unix_micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// n, mean, sample std, nearest-rank percentiles. `samples` must not be empty.
+pub fn latency_stats(samples: &[f64]) -> LatencyStats {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let mean = sorted.iter().sum::<f64>() / n as f64;
+    let var = if n > 1 { sorted.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
+    let pct = |p: f64| sorted[((p / 100.0 * n as f64).ceil() as usize).clamp(1, n) - 1];
+    LatencyStats {
+        n,
+        mean,
+        std: var.sqrt(),
+        min: sorted[0],
+        p50: pct(50.0),
+        p90: pct(90.0),
+        p99: pct(99.0),
+        max: sorted[n - 1],
+    }
+}
+
+/// Measures `model` bytes with `runtime` per `req`. Runtime panics are caught
+/// here and reported as [`MeasureError::Panic`], so the caller's thread lives on.
+pub fn measure(runtime: &dyn Runtime, model: &[u8], req: &MeasureRequest) -> Result<Timings, MeasureError> {
+    let plan = RunPlan::from_request(req)?;
+    if req.threads == 0 {
+        return Err(MeasureError::BadRequest("threads must be at least 1".into()));
+    }
+    let proto = edgeloop_onnx::decode(model)?;
+    let resolved = resolve_shapes(&edgeloop_onnx::declared_inputs(&proto)?, &req.inputs)?;
+    let inputs = random_inputs(&resolved, req.seed);
+    let options = LoadOptions { threads: req.threads };
+    catch_unwind(AssertUnwindSafe(|| {
+        let load_start = Instant::now();
+        let mut loaded = runtime.load(model, &inputs, options).map_err(MeasureError::Load)?;
+        let load_ms = ms(load_start.elapsed());
+        let first = Instant::now();
+        loaded.run().map_err(MeasureError::Run)?;
+        let first_run_ms = ms(first.elapsed());
+        time_runs(&plan, || loaded.run()).map(|(samples_ms, started_at, finished_at)| Timings {
+            load_ms,
+            first_run_ms,
+            stats: latency_stats(&samples_ms),
+            samples_ms,
+            started_at,
+            finished_at,
+        })
+    }))
+    .unwrap_or_else(|payload| Err(MeasureError::Panic(panic_message(payload.as_ref()))))
+}
+
+/// Warm-up, then the timed loop; the clock is read around `run` alone.
+/// Returns the samples and the Unix-µs window of the timed runs.
+fn time_runs(
+    plan: &RunPlan,
+    mut run: impl FnMut() -> Result<(), RuntimeError>,
+) -> Result<(Vec<f64>, u64, u64), MeasureError> {
+    for _ in 0..plan.warmup_runs {
+        run().map_err(MeasureError::Run)?;
+    }
+    let mut samples = Vec::with_capacity(plan.min_runs);
+    let started_at = unix_micros(SystemTime::now());
+    let loop_start = Instant::now();
+    loop {
+        let t = Instant::now();
+        run().map_err(MeasureError::Run)?;
+        samples.push(ms(t.elapsed()));
+        let total = loop_start.elapsed();
+        let enough = samples.len() >= plan.min_runs && total >= plan.min_duration;
+        if enough || total >= plan.max_duration {
+            break;
+        }
+    }
+    let finished_at = unix_micros(SystemTime::now());
+    Ok((samples, started_at, finished_at))
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-string payload".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inputs::InputTensor;
+    use crate::runtime::LoadedModel;
+
+    #[test]
+    fn stats_of_known_samples() {
+        let samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        let s = latency_stats(&samples);
+        assert_eq!((s.n, s.min, s.max), (100, 1.0, 100.0));
+        assert_eq!((s.p50, s.p90, s.p99), (50.0, 90.0, 99.0));
+        assert!((s.mean - 50.5).abs() < 1e-12);
+        assert!((s.std - 29.011491975882016).abs() < 1e-9);
+        let one = latency_stats(&[3.0]);
+        assert_eq!((one.std, one.p50, one.p99), (0.0, 3.0, 3.0));
+    }
+
+    #[test]
+    fn timed_loop_meets_min_runs_and_min_duration() {
+        let plan = RunPlan {
+            warmup_runs: 2,
+            min_runs: 5,
+            min_duration: Duration::from_millis(30),
+            max_duration: Duration::from_secs(5),
+        };
+        let mut calls = 0;
+        let (samples, start, end) = time_runs(&plan, || {
+            calls += 1;
+            std::thread::sleep(Duration::from_millis(2));
+            Ok(())
+        })
+        .unwrap();
+        assert!(samples.len() >= 5);
+        assert_eq!(calls, samples.len() + 2, "warm-up runs are run but not sampled");
+        assert!(end - start >= 30_000, "ran for at least min_duration");
+    }
+
+    #[test]
+    fn timed_loop_stops_at_max_duration() {
+        let plan = RunPlan {
+            warmup_runs: 0,
+            min_runs: 1_000_000,
+            min_duration: Duration::ZERO,
+            max_duration: Duration::from_millis(20),
+        };
+        let (samples, start, end) = time_runs(&plan, || Ok(std::thread::sleep(Duration::from_millis(1)))).unwrap();
+        assert!(samples.len() < 1_000_000);
+        assert!(end - start < 2_000_000);
+    }
+
+    struct PanickingRuntime;
+    struct PanickingModel;
+    impl LoadedModel for PanickingModel {
+        fn run(&mut self) -> Result<(), RuntimeError> {
+            panic!("kernel exploded")
+        }
+    }
+    impl Runtime for PanickingRuntime {
+        fn name(&self) -> &'static str {
+            "panicking"
+        }
+        fn version(&self) -> String {
+            "0".into()
+        }
+        fn precisions(&self) -> Vec<String> {
+            vec![]
+        }
+        fn load(&self, _: &[u8], _: &[InputTensor], _: LoadOptions) -> Result<Box<dyn LoadedModel>, RuntimeError> {
+            Ok(Box::new(PanickingModel))
+        }
+    }
+
+    #[test]
+    fn runtime_panics_are_contained() {
+        let model = edgeloop_onnx::encode(&edgeloop_onnx::samples::MbconvNet::small().to_model());
+        let err = measure(&PanickingRuntime, &model, &MeasureRequest::default()).unwrap_err();
+        assert!(matches!(&err, MeasureError::Panic(m) if m == "kernel exploded"), "{err}");
+    }
+}

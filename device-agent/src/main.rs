@@ -1,0 +1,225 @@
+//! `edgeloop-agent`: parses flags and wires the library; nothing else.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use edgeloop_agent::device::{MachineFacts, SystemRoots, device_info};
+use edgeloop_agent::runtime::Runtimes;
+use edgeloop_agent::{Agent, AgentConfig, check_listen_addr, engine};
+use edgeloop_api::{MeasureRequest, Measurement};
+
+#[derive(Parser)]
+#[command(name = "edgeloop-agent", version, about = "Measures ONNX models on this device for edgeloop", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the measurement API (DESIGN §5) over HTTP.
+    Serve(ServeArgs),
+    /// Measure a model file locally with the same engine the server uses.
+    Bench(BenchArgs),
+    /// Print this device's descriptor (what GET /v1/info answers).
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Where models and the persisted device id live.
+    #[arg(long, env = "EDGELOOP_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Name this device explicitly instead of deriving an id from the machine.
+    #[arg(long)]
+    device_id: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on. A non-loopback address requires a token.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// File holding the bearer token clients must present.
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Bearer token (prefer --token-file: environment variables leak into process listings less, files not at all).
+    #[arg(long, env = "EDGELOOP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Largest model accepted by PUT /v1/models, in MB.
+    #[arg(long, default_value_t = 256)]
+    max_model_mb: u64,
+    /// Models beyond this total size are evicted, least recently used first, in MB.
+    #[arg(long, default_value_t = 4096)]
+    cache_max_mb: u64,
+    /// Write the bound address (useful with port 0) to this file once listening.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The ONNX model to measure.
+    model: PathBuf,
+    #[arg(long, default_value = "tract")]
+    runtime: String,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Runs before timing starts (discarded).
+    #[arg(long, default_value_t = MeasureRequest::default().warmup_runs)]
+    warmup: usize,
+    /// Timed runs at least.
+    #[arg(long, default_value_t = MeasureRequest::default().min_runs)]
+    runs: usize,
+    /// Timed duration at least, in ms.
+    #[arg(long, default_value_t = MeasureRequest::default().min_duration_ms)]
+    min_duration_ms: u64,
+    /// Stop timing after this long even if --runs is not reached, in ms.
+    #[arg(long, default_value_t = MeasureRequest::default().max_duration_ms)]
+    max_duration_ms: u64,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print the Measurement as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn default_cache_dir() -> PathBuf {
+    // Android shells have no XDG dirs; fall back next to the binary's cwd.
+    dirs::cache_dir().map(|d| d.join("edgeloop-agent")).unwrap_or_else(|| PathBuf::from("edgeloop-agent-cache"))
+}
+
+fn read_token(path: &Path) -> Result<String> {
+    let token = std::fs::read_to_string(path).with_context(|| format!("reading token file {}", path.display()))?;
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        bail!("token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+impl CommonArgs {
+    fn config(&self) -> AgentConfig {
+        let mut config = AgentConfig::new(self.cache_dir.clone().unwrap_or_else(default_cache_dir));
+        config.device_id = self.device_id.clone();
+        config
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "edgeloop_agent=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        Command::Bench(args) => bench(args),
+        Command::Info(args) => info(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let token = match (&args.token_file, args.token) {
+        (Some(path), _) => Some(read_token(path)?),
+        (None, token) => token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
+    };
+    check_listen_addr(args.listen, token.is_some()).map_err(anyhow::Error::msg)?;
+    let mut config = args.common.config();
+    config.token = token;
+    config.max_model_bytes = args.max_model_mb << 20;
+    config.cache_max_bytes = args.cache_max_mb << 20;
+    let cache_dir = config.cache_dir.clone();
+    let agent = Agent::new(config, Runtimes::detect())
+        .with_context(|| format!("starting the agent with cache dir {}", cache_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        if let Some(path) = &args.addr_file {
+            std::fs::write(path, addr.to_string()).with_context(|| format!("writing {}", path.display()))?;
+        }
+        tracing::info!(%addr, device_id = agent.device_id(), cache = %cache_dir.display(), "edgeloop-agent listening");
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        agent.serve(listener, shutdown).await.context("serving")
+    })
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let runtimes = Runtimes::detect();
+    let runtime = runtimes.get(&args.runtime).ok_or_else(|| anyhow::anyhow!(runtimes.unavailable_reason(&args.runtime)))?;
+    let config = args.common.config();
+    let facts = MachineFacts::read(&config.roots);
+    let device_id = edgeloop_agent::device::device_id(&config.cache_dir, &facts, config.device_id.as_deref())?;
+    let request = MeasureRequest {
+        model: edgeloop_agent::store::sha256_hex(&bytes),
+        runtime: args.runtime.clone(),
+        threads: args.threads,
+        warmup_runs: args.warmup,
+        min_runs: args.runs,
+        min_duration_ms: args.min_duration_ms,
+        max_duration_ms: args.max_duration_ms,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let timings = engine::measure(runtime.as_ref(), &bytes, &request)
+        .with_context(|| format!("measuring {}", args.model.display()))?;
+    let measurement = Measurement {
+        model: request.model.clone(),
+        device_id,
+        runtime: runtime.name().into(),
+        runtime_version: runtime.version(),
+        threads: request.threads,
+        load_ms: timings.load_ms,
+        first_run_ms: timings.first_run_ms,
+        warmup_runs: request.warmup_runs,
+        latency_ms: timings.stats,
+        samples_ms: None,
+        energy: None,
+        energy_unavailable_reason: None,
+        thermal: None,
+        ops: None,
+        queue_wait_ms: 0.0,
+        started_at: timings.started_at,
+        finished_at: timings.finished_at,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&measurement)?);
+    } else {
+        print!("{}", edgeloop_api::display::measurement_table(&measurement));
+    }
+    Ok(())
+}
+
+fn info(args: InfoArgs) -> Result<()> {
+    let config = args.common.config();
+    let facts = MachineFacts::read(&SystemRoots::default());
+    let device_id = edgeloop_agent::device::device_id(&config.cache_dir, &facts, config.device_id.as_deref())?;
+    let info = device_info(&device_id, &facts, &config.roots, &Runtimes::detect());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        print!("{}", edgeloop_api::display::device_table(&info));
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! The one thread that measures. Measurements never run on the async
+//! executor and never overlap: requests queue here, in arrival order.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use edgeloop_api::{MeasureRequest, Measurement};
+use tokio::sync::oneshot;
+
+use crate::engine::{self, MeasureError};
+use crate::error::ApiError;
+use crate::runtime::Runtimes;
+use crate::store::ModelStore;
+
+/// Everything a measurement needs besides the request.
+pub struct Measurer {
+    pub device_id: String,
+    pub runtimes: Runtimes,
+    pub store: Arc<ModelStore>,
+}
+
+impl Measurer {
+    fn measure(&self, req: &MeasureRequest, queue_wait_ms: f64) -> Result<Measurement, ApiError> {
+        let runtime = self
+            .runtimes
+            .get(&req.runtime)
+            .ok_or_else(|| ApiError::runtime_unavailable(self.runtimes.unavailable_reason(&req.runtime)))?;
+        let model = self
+            .store
+            .read(&req.model)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::unknown_model(&req.model))?;
+        let timings = engine::measure(runtime.as_ref(), &model, req).map_err(ApiError::from)?;
+        tracing::info!(
+            model = %req.model, runtime = %req.runtime, n = timings.stats.n, p50_ms = timings.stats.p50,
+            "measured"
+        );
+        Ok(Measurement {
+            model: req.model.clone(),
+            device_id: self.device_id.clone(),
+            runtime: runtime.name().into(),
+            runtime_version: runtime.version(),
+            threads: req.threads,
+            load_ms: timings.load_ms,
+            first_run_ms: timings.first_run_ms,
+            warmup_runs: req.warmup_runs,
+            latency_ms: timings.stats,
+            samples_ms: req.keep_samples.then_some(timings.samples_ms),
+            energy: None,
+            energy_unavailable_reason: req.energy.then(|| "this agent version has no energy meters".to_string()),
+            thermal: None,
+            ops: None,
+            queue_wait_ms,
+            started_at: timings.started_at,
+            finished_at: timings.finished_at,
+        })
+    }
+}
+
+impl From<MeasureError> for ApiError {
+    fn from(e: MeasureError) -> Self {
+        let message = e.to_string();
+        match e {
+            MeasureError::BadRequest(_) | MeasureError::Input(_) => ApiError::bad_request(message),
+            MeasureError::Malformed(_) => ApiError::malformed_model(message),
+            MeasureError::Load(_) | MeasureError::Run(_) => ApiError::unsupported_model(message),
+            MeasureError::Panic(_) => ApiError::runtime_crashed(message),
+        }
+    }
+}
+
+struct Job {
+    request: MeasureRequest,
+    queued_at: Instant,
+    reply: oneshot::Sender<Result<Measurement, ApiError>>,
+}
+
+/// Handle to the measuring thread; the thread ends when the handle is dropped.
+pub struct Worker {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Worker {
+    pub fn start(measurer: Measurer) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new().name("edgeloop-measure".into()).spawn(move || {
+            for job in queue {
+                let waited = job.queued_at.elapsed().as_secs_f64() * 1e3;
+                // The client may have gone away; its answer is then dropped.
+                let _ = job.reply.send(measurer.measure(&job.request, waited));
+            }
+        })?;
+        Ok(Worker { jobs })
+    }
+
+    /// Queues a measurement and waits for its turn and its result.
+    pub async fn measure(&self, request: MeasureRequest) -> Result<Measurement, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { request, queued_at: Instant::now(), reply };
+        self.jobs.send(job).map_err(|_| ApiError::internal("measurement worker is gone"))?;
+        answer.await.map_err(|_| ApiError::internal("measurement worker dropped the request"))?
+    }
+}

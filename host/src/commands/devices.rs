@@ -1,0 +1,142 @@
+//! `edgeloop devices`: describe the devices behind one or more agents.
+
+use std::time::Duration;
+
+use edgeloop_api::DeviceInfo;
+use edgeloop_api::display::device_table;
+use futures_util::future::join_all;
+use serde::Serialize;
+
+use crate::client::{AgentClient, ClientError, error_line};
+
+/// What one agent answered.
+#[derive(Debug)]
+pub struct DeviceReport {
+    /// The URL as the user gave it.
+    pub url: String,
+    pub info: Result<DeviceInfo, ClientError>,
+}
+
+/// Asks every agent for its `DeviceInfo`, all at once so that one slow agent
+/// does not hold up the others. Reports come back in the order of `urls`.
+pub async fn query(urls: &[String], token: Option<&str>, timeout: Duration) -> Vec<DeviceReport> {
+    join_all(urls.iter().map(|url| async move {
+        let info = match AgentClient::new(url, token.map(str::to_owned)) {
+            Ok(client) => client.with_request_timeout(timeout).info().await,
+            Err(error) => Err(error),
+        };
+        DeviceReport {
+            url: url.clone(),
+            info,
+        }
+    }))
+    .await
+}
+
+/// One block per agent, or one `URL: error: ...` line for an agent that failed.
+pub fn render_human(reports: &[DeviceReport]) -> String {
+    let blocks: Vec<String> = reports
+        .iter()
+        .map(|report| match &report.info {
+            Ok(info) => format!("{}\n{}", report.url, device_table(info)),
+            Err(error) => format!("{}: error: {}\n", report.url, error_line(error)),
+        })
+        .collect();
+    blocks.join("\n")
+}
+
+/// A JSON array of `{"url", "info"}` or `{"url", "error"}` objects.
+pub fn render_json(reports: &[DeviceReport]) -> serde_json::Result<String> {
+    /// A struct rather than `json!`, which would sort the keys.
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        url: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a DeviceInfo>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    }
+    let entries: Vec<Entry> = reports
+        .iter()
+        .map(|report| Entry {
+            url: &report.url,
+            info: report.info.as_ref().ok(),
+            error: report.info.as_ref().err().map(|e| error_line(e)),
+        })
+        .collect();
+    Ok(serde_json::to_string_pretty(&entries)? + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> DeviceInfo {
+        DeviceInfo {
+            device_id: "pi4".into(),
+            agent_version: "0.1.0".into(),
+            hostname: "raspberrypi".into(),
+            os: "linux".into(),
+            arch: "aarch64".into(),
+            cpu_model: "Cortex-A72".into(),
+            logical_cores: 4,
+            memory_mb: 3906,
+            runtimes: vec![],
+            runtimes_unavailable: Default::default(),
+            energy_sensors: vec![],
+            thermal_zones: vec![],
+        }
+    }
+
+    #[test]
+    fn devices_are_blocks_under_their_url() {
+        let reports = [
+            DeviceReport {
+                url: "http://a".into(),
+                info: Ok(info()),
+            },
+            DeviceReport {
+                url: "http://b".into(),
+                info: Ok(info()),
+            },
+        ];
+        let block = format!("{}\n{}", "http://a", device_table(&info()));
+        assert_eq!(
+            render_human(&reports),
+            format!("{block}\n{}", block.replace("http://a", "http://b"))
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render_json(&reports).unwrap()).unwrap();
+        assert_eq!(json[0]["url"], "http://a");
+        assert_eq!(json[0]["info"]["device_id"], "pi4");
+        assert!(json[0].get("error").is_none());
+    }
+
+    #[tokio::test]
+    async fn failures_get_one_line_each_in_order() {
+        let urls = ["not a url".to_string(), "http://127.0.0.1:1".to_string()];
+        let reports = query(&urls, None, Duration::from_secs(5)).await;
+        let text = render_human(&reports);
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].starts_with("not a url: error: invalid agent URL"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with(
+                "http://127.0.0.1:1: error: cannot connect to agent at http://127.0.0.1:1/: "
+            ),
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render_json(&reports).unwrap()).unwrap();
+        assert_eq!(json[1]["url"], "http://127.0.0.1:1");
+        assert!(
+            json[1]["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("cannot connect")
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! Host side of edgeloop: talks to the device agents (DESIGN §5) and drives
+//! measurements. The `edgeloop` binary is a thin command line over this crate.
+
+pub mod client;
+pub mod commands;
+pub mod token;
+
+pub use client::{AgentClient, ClientError, RetryPolicy, UploadOutcome, UploadStatus};

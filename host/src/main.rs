@@ -1,0 +1,195 @@
+//! The `edgeloop` command line: parses arguments and hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use edgeloop::AgentClient;
+use edgeloop::client::{DEFAULT_REQUEST_TIMEOUT, error_line};
+use edgeloop::commands::{devices, measure};
+use edgeloop::token::resolve_token;
+use edgeloop_api::MeasureRequest;
+use tracing_subscriber::EnvFilter;
+
+/// Hardware-in-the-loop neural architecture search: measure models on real devices.
+#[derive(Parser)]
+#[command(name = "edgeloop", version, propagate_version = true)]
+#[command(after_help = "Log verbosity: EDGELOOP_LOG=debug (default: warn).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Upload an ONNX model to an agent (unless it has it) and measure its latency there.
+    Measure(MeasureArgs),
+    /// Show the device behind each agent: CPU, memory, runtimes and precisions.
+    Devices(DevicesArgs),
+}
+
+/// How to authenticate to agents.
+#[derive(Args)]
+struct Auth {
+    /// File holding the agents' bearer token (surrounding whitespace is ignored).
+    /// Takes precedence over --token and EDGELOOP_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
+    /// Bearer token of the agents. Prefer EDGELOOP_TOKEN or --token-file:
+    /// other users of the machine can read command lines.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "EDGELOOP_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+}
+
+impl Auth {
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        Ok(resolve_token(
+            self.token_file.as_deref(),
+            self.token.as_deref(),
+        )?)
+    }
+}
+
+#[derive(Args)]
+struct MeasureArgs {
+    /// Base URL of the agent, e.g. http://192.168.1.20:7878
+    #[arg(long, value_name = "URL")]
+    device: String,
+
+    #[command(flatten)]
+    auth: Auth,
+
+    /// ONNX model to measure.
+    #[arg(value_name = "MODEL.onnx")]
+    model: PathBuf,
+
+    /// Inference runtime on the device (see `edgeloop devices` for those it has).
+    #[arg(long, value_name = "NAME", default_value_t = MeasureRequest::default().runtime)]
+    runtime: String,
+
+    /// Threads the runtime may use.
+    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().threads)]
+    threads: usize,
+
+    /// Untimed runs before timing starts (caches, allocators, lazy init).
+    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().warmup_runs)]
+    warmup: usize,
+
+    /// Minimum number of timed runs.
+    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().min_runs)]
+    runs: usize,
+
+    /// Keep running until the timed runs took at least this long.
+    #[arg(long, value_name = "MS", default_value_t = MeasureRequest::default().min_duration_ms)]
+    min_duration_ms: u64,
+
+    /// Stop after this long even when fewer than --runs runs were done.
+    #[arg(long, value_name = "MS", default_value_t = MeasureRequest::default().max_duration_ms)]
+    max_duration_ms: u64,
+
+    /// Seed of the random input tensors.
+    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().seed)]
+    seed: u64,
+
+    /// Seconds to wait for the result. The agent measures one model at a time,
+    /// so this includes waiting behind other hosts' measurements.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_secs: u64,
+
+    /// Print the agent's measurement as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DevicesArgs {
+    /// Base URL of an agent, e.g. http://192.168.1.20:7878; repeat for several.
+    #[arg(long = "device", value_name = "URL", required = true)]
+    devices: Vec<String>,
+
+    #[command(flatten)]
+    auth: Auth,
+
+    /// Seconds to wait for each agent's answer.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_secs: u64,
+
+    /// Print a JSON array of {"url", "info"} or {"url", "error"} objects instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("EDGELOOP_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+    let outcome = match cli.command {
+        Command::Measure(args) => run_measure(args).await,
+        Command::Devices(args) => run_devices(args).await,
+    };
+    // One line, not anyhow's multi-line report (with a backtrace under RUST_BACKTRACE).
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", error_line(error.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_measure(args: MeasureArgs) -> anyhow::Result<()> {
+    let client = AgentClient::new(&args.device, args.auth.token()?)?
+        .with_request_timeout(Duration::from_secs(args.timeout_secs));
+    let template = MeasureRequest {
+        runtime: args.runtime,
+        threads: args.threads,
+        warmup_runs: args.warmup,
+        min_runs: args.runs,
+        min_duration_ms: args.min_duration_ms,
+        max_duration_ms: args.max_duration_ms,
+        seed: args.seed,
+        ..MeasureRequest::default()
+    };
+    print!(
+        "{}",
+        measure::run(&client, &args.model, &template, args.json).await?
+    );
+    Ok(())
+}
+
+async fn run_devices(args: DevicesArgs) -> anyhow::Result<()> {
+    let token = args.auth.token()?;
+    let reports = devices::query(
+        &args.devices,
+        token.as_deref(),
+        Duration::from_secs(args.timeout_secs),
+    )
+    .await;
+    let output = if args.json {
+        devices::render_json(&reports).context("cannot encode the device list")?
+    } else {
+        devices::render_human(&reports)
+    };
+    print!("{output}");
+    let failed = reports.iter().filter(|r| r.info.is_err()).count();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} agents could not be queried",
+        reports.len()
+    );
+    Ok(())
+}
