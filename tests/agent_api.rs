@@ -210,8 +210,9 @@ async fn bad_requests_are_400() {
         let (status, code, _) = api_code(client.measure(&req).await.unwrap_err());
         assert_eq!((status, code), (400, ErrorCode::BadRequest), "{req:?}");
     }
-    let (status, code, message) =
-        api_code(client.measure(&MeasureRequest { runtime: "nope".into(), ..quick_request(&up.sha256) }).await.unwrap_err());
+    let (status, code, message) = api_code(
+        client.measure(&MeasureRequest { runtime: "nope".into(), ..quick_request(&up.sha256) }).await.unwrap_err(),
+    );
     assert_eq!((status, code), (422, ErrorCode::RuntimeUnavailable));
     assert!(message.contains("tract"), "names what is available: {message}");
     let resp = raw_http()
@@ -274,7 +275,8 @@ async fn statistics_are_consistent() {
     let sum: f64 = samples.iter().sum();
     assert!(sum <= (m.finished_at - m.started_at) as f64 / 1e3 + 1e-6, "samples time only the run call");
     // The cap wins over min_runs.
-    let capped = MeasureRequest { min_runs: 1_000_000, min_duration_ms: 0, max_duration_ms: 100, ..quick_request(&up.sha256) };
+    let capped =
+        MeasureRequest { min_runs: 1_000_000, min_duration_ms: 0, max_duration_ms: 100, ..quick_request(&up.sha256) };
     let c = client.measure(&capped).await.unwrap();
     assert!(c.latency_ms.n < 1_000_000);
     assert!(c.finished_at - c.started_at < 5_000_000);

@@ -61,8 +61,7 @@ impl MachineFacts {
         let os = fs::read_to_string(roots.etc.join("os-release"))
             .ok()
             .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+                s.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
             })
             .unwrap_or_else(|| std::env::consts::OS.to_string());
         MachineFacts {
@@ -170,11 +169,8 @@ mod tests {
         w("etc/machine-id", "0123456789abcdef\n");
         w("sys/class/thermal/thermal_zone0/type", "x86_pkg_temp\n");
         w("sys/class/thermal/thermal_zone0/temp", "45500\n");
-        let roots = SystemRoots {
-            proc: root.path().join("proc"),
-            sys: root.path().join("sys"),
-            etc: root.path().join("etc"),
-        };
+        let roots =
+            SystemRoots { proc: root.path().join("proc"), sys: root.path().join("sys"), etc: root.path().join("etc") };
         (root, roots)
     }
 

@@ -5,7 +5,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edgeloop_api::{LatencyStats, MeasureRequest};
+use edgeloop_api::{LatencyStats, MeasureRequest, Measurement};
 
 use crate::inputs::{InputError, random_inputs, resolve_shapes};
 use crate::runtime::{LoadOptions, Runtime, RuntimeError};
@@ -48,6 +48,31 @@ pub struct Timings {
     pub stats: LatencyStats,
     pub started_at: u64,
     pub finished_at: u64,
+}
+
+impl Timings {
+    /// The API's `Measurement` of these timings; the caller adds queueing.
+    pub fn into_measurement(self, req: &MeasureRequest, device_id: &str, runtime: &dyn Runtime) -> Measurement {
+        Measurement {
+            model: req.model.clone(),
+            device_id: device_id.to_string(),
+            runtime: runtime.name().into(),
+            runtime_version: runtime.version(),
+            threads: req.threads,
+            load_ms: self.load_ms,
+            first_run_ms: self.first_run_ms,
+            warmup_runs: req.warmup_runs,
+            latency_ms: self.stats,
+            samples_ms: req.keep_samples.then_some(self.samples_ms),
+            energy: None,
+            energy_unavailable_reason: req.energy.then(|| "this agent version has no energy meters".to_string()),
+            thermal: None,
+            ops: None,
+            queue_wait_ms: 0.0,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

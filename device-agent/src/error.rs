@@ -33,7 +33,10 @@ impl ApiError {
         Self::new(ErrorCode::RuntimeCrashed, m)
     }
     pub fn unknown_model(sha256: &str) -> Self {
-        Self::new(ErrorCode::NotFound, format!("no model {sha256} on this agent: upload it with PUT /v1/models/{sha256}"))
+        Self::new(
+            ErrorCode::NotFound,
+            format!("no model {sha256} on this agent: upload it with PUT /v1/models/{sha256}"),
+        )
     }
     pub fn internal(e: impl ToString) -> Self {
         Self::new(ErrorCode::Internal, e.to_string())

@@ -117,7 +117,8 @@ mod tests {
 
     #[test]
     fn dynamic_dim_without_shape_names_the_input() {
-        let err = resolve_shapes(&declared(vec![Dim::Dynamic("batch".into()), 3.into()]), &BTreeMap::new()).unwrap_err();
+        let err =
+            resolve_shapes(&declared(vec![Dim::Dynamic("batch".into()), 3.into()]), &BTreeMap::new()).unwrap_err();
         assert_eq!(err, InputError::DynamicDim { name: "x".into(), dim: "batch".into() });
         assert!(err.to_string().contains("`x`"));
     }

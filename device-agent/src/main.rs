@@ -1,14 +1,15 @@
 //! `edgeloop-agent`: parses flags and wires the library; nothing else.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use edgeloop_agent::device::{MachineFacts, SystemRoots, device_info};
 use edgeloop_agent::runtime::Runtimes;
 use edgeloop_agent::{Agent, AgentConfig, check_listen_addr, engine};
-use edgeloop_api::{MeasureRequest, Measurement};
+use edgeloop_api::MeasureRequest;
+use edgeloop_api::token::resolve_token;
 
 #[derive(Parser)]
 #[command(name = "edgeloop-agent", version, about = "Measures ONNX models on this device for edgeloop", long_about = None)]
@@ -43,7 +44,8 @@ struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
     /// File holding the bearer token clients must present.
-    #[arg(long, conflicts_with = "token")]
+    /// Takes precedence over --token and EDGELOOP_TOKEN.
+    #[arg(long)]
     token_file: Option<PathBuf>,
     /// Bearer token (prefer --token-file: environment variables leak into process listings less, files not at all).
     #[arg(long, env = "EDGELOOP_TOKEN", hide_env_values = true)]
@@ -104,20 +106,20 @@ fn default_cache_dir() -> PathBuf {
     dirs::cache_dir().map(|d| d.join("edgeloop-agent")).unwrap_or_else(|| PathBuf::from("edgeloop-agent-cache"))
 }
 
-fn read_token(path: &Path) -> Result<String> {
-    let token = std::fs::read_to_string(path).with_context(|| format!("reading token file {}", path.display()))?;
-    let token = token.trim().to_string();
-    if token.is_empty() {
-        bail!("token file {} is empty", path.display());
-    }
-    Ok(token)
-}
-
 impl CommonArgs {
     fn config(&self) -> AgentConfig {
         let mut config = AgentConfig::new(self.cache_dir.clone().unwrap_or_else(default_cache_dir));
         config.device_id = self.device_id.clone();
         config
+    }
+
+    /// This machine's facts and device id, as `serve` would report them.
+    fn local_device(&self) -> Result<(MachineFacts, String)> {
+        let config = self.config();
+        let facts = MachineFacts::read(&config.roots);
+        let id = edgeloop_agent::device::device_id(&config.cache_dir, &facts, config.device_id.as_deref())
+            .with_context(|| format!("reading the device id in {}", config.cache_dir.display()))?;
+        Ok((facts, id))
     }
 }
 
@@ -136,10 +138,7 @@ fn main() -> Result<()> {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
-    let token = match (&args.token_file, args.token) {
-        (Some(path), _) => Some(read_token(path)?),
-        (None, token) => token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
-    };
+    let token = resolve_token(args.token_file.as_deref(), args.token.as_deref())?;
     check_listen_addr(args.listen, token.is_some()).map_err(anyhow::Error::msg)?;
     let mut config = args.common.config();
     config.token = token;
@@ -167,10 +166,9 @@ fn serve(args: ServeArgs) -> Result<()> {
 fn bench(args: BenchArgs) -> Result<()> {
     let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
     let runtimes = Runtimes::detect();
-    let runtime = runtimes.get(&args.runtime).ok_or_else(|| anyhow::anyhow!(runtimes.unavailable_reason(&args.runtime)))?;
-    let config = args.common.config();
-    let facts = MachineFacts::read(&config.roots);
-    let device_id = edgeloop_agent::device::device_id(&config.cache_dir, &facts, config.device_id.as_deref())?;
+    let runtime =
+        runtimes.get(&args.runtime).ok_or_else(|| anyhow::anyhow!(runtimes.unavailable_reason(&args.runtime)))?;
+    let (_, device_id) = args.common.local_device()?;
     let request = MeasureRequest {
         model: edgeloop_agent::store::sha256_hex(&bytes),
         runtime: args.runtime.clone(),
@@ -182,27 +180,9 @@ fn bench(args: BenchArgs) -> Result<()> {
         seed: args.seed,
         ..Default::default()
     };
-    let timings = engine::measure(runtime.as_ref(), &bytes, &request)
-        .with_context(|| format!("measuring {}", args.model.display()))?;
-    let measurement = Measurement {
-        model: request.model.clone(),
-        device_id,
-        runtime: runtime.name().into(),
-        runtime_version: runtime.version(),
-        threads: request.threads,
-        load_ms: timings.load_ms,
-        first_run_ms: timings.first_run_ms,
-        warmup_runs: request.warmup_runs,
-        latency_ms: timings.stats,
-        samples_ms: None,
-        energy: None,
-        energy_unavailable_reason: None,
-        thermal: None,
-        ops: None,
-        queue_wait_ms: 0.0,
-        started_at: timings.started_at,
-        finished_at: timings.finished_at,
-    };
+    let measurement = engine::measure(runtime.as_ref(), &bytes, &request)
+        .with_context(|| format!("measuring {}", args.model.display()))?
+        .into_measurement(&request, &device_id, runtime.as_ref());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&measurement)?);
     } else {
@@ -212,10 +192,8 @@ fn bench(args: BenchArgs) -> Result<()> {
 }
 
 fn info(args: InfoArgs) -> Result<()> {
-    let config = args.common.config();
-    let facts = MachineFacts::read(&SystemRoots::default());
-    let device_id = edgeloop_agent::device::device_id(&config.cache_dir, &facts, config.device_id.as_deref())?;
-    let info = device_info(&device_id, &facts, &config.roots, &Runtimes::detect());
+    let (facts, device_id) = args.common.local_device()?;
+    let info = device_info(&device_id, &facts, &SystemRoots::default(), &Runtimes::detect());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {

@@ -174,7 +174,10 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<DeviceInfo> {
     Json(device_info(&state.device_id, &state.facts, &state.roots, &state.runtimes))
 }
 
-async fn model_info(State(state): State<Arc<AppState>>, Path(sha256): Path<String>) -> Result<Json<ModelInfo>, ApiError> {
+async fn model_info(
+    State(state): State<Arc<AppState>>,
+    Path(sha256): Path<String>,
+) -> Result<Json<ModelInfo>, ApiError> {
     check_hash(&sha256).map_err(|e| ApiError::bad_request(e.to_string()))?;
     state.store.info(&sha256).map(Json).ok_or_else(|| ApiError::unknown_model(&sha256))
 }

@@ -36,25 +36,9 @@ impl Measurer {
             model = %req.model, runtime = %req.runtime, n = timings.stats.n, p50_ms = timings.stats.p50,
             "measured"
         );
-        Ok(Measurement {
-            model: req.model.clone(),
-            device_id: self.device_id.clone(),
-            runtime: runtime.name().into(),
-            runtime_version: runtime.version(),
-            threads: req.threads,
-            load_ms: timings.load_ms,
-            first_run_ms: timings.first_run_ms,
-            warmup_runs: req.warmup_runs,
-            latency_ms: timings.stats,
-            samples_ms: req.keep_samples.then_some(timings.samples_ms),
-            energy: None,
-            energy_unavailable_reason: req.energy.then(|| "this agent version has no energy meters".to_string()),
-            thermal: None,
-            ops: None,
-            queue_wait_ms,
-            started_at: timings.started_at,
-            finished_at: timings.finished_at,
-        })
+        let mut measurement = timings.into_measurement(req, &self.device_id, runtime.as_ref());
+        measurement.queue_wait_ms = queue_wait_ms;
+        Ok(measurement)
     }
 }
 

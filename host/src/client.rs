@@ -7,9 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use edgeloop_api::{
-    API_PREFIX, DeviceInfo, ErrorBody, ErrorCode, Health, MeasureRequest, Measurement,
-};
+use edgeloop_api::{API_PREFIX, DeviceInfo, ErrorBody, ErrorCode, Health, MeasureRequest, Measurement};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -42,12 +40,8 @@ pub enum ClientError {
     Timeout { url: Url, after: Duration },
 
     /// The agent refused the request with an `ErrorBody`.
-    #[error("agent answered {status} {}: {message}", code_name(*code))]
-    Api {
-        status: u16,
-        code: ErrorCode,
-        message: String,
-    },
+    #[error("agent answered {status} {}: {message}", code.as_str())]
+    Api { status: u16, code: ErrorCode, message: String },
 
     /// A non-2xx answer without an `ErrorBody`, e.g. from a proxy in between.
     #[error("agent answered {status}: {body}")]
@@ -75,18 +69,14 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// 4 tries over about 1.4 s: enough to ride out an agent restarting.
     fn default() -> Self {
-        RetryPolicy {
-            attempts: 4,
-            initial_delay: Duration::from_millis(200),
-        }
+        RetryPolicy { attempts: 4, initial_delay: Duration::from_millis(200) }
     }
 }
 
 impl RetryPolicy {
     /// Wait after failed try number `attempt` (1-based).
     fn delay_after(&self, attempt: u32) -> Duration {
-        self.initial_delay
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+        self.initial_delay.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
     }
 }
 
@@ -189,32 +179,23 @@ impl AgentClient {
     pub async fn upload(&self, model: &[u8]) -> Result<UploadOutcome, ClientError> {
         let sha256 = sha256_hex(model);
         if self.has_model(&sha256).await? {
-            return Ok(UploadOutcome {
-                sha256,
-                status: UploadStatus::AlreadyPresent,
-            });
+            return Ok(UploadOutcome { sha256, status: UploadStatus::AlreadyPresent });
         }
         let response = self
             .send(Method::PUT, &["models", &sha256], |r| {
-                r.header(CONTENT_TYPE, "application/octet-stream")
-                    .body(model.to_vec())
+                r.header(CONTENT_TYPE, "application/octet-stream").body(model.to_vec())
             })
             .await?;
         let response = checked(response).await?;
         // 200 instead of 201: another host uploaded it since we asked.
-        let status = if response.status() == StatusCode::CREATED {
-            UploadStatus::Stored
-        } else {
-            UploadStatus::AlreadyPresent
-        };
+        let status =
+            if response.status() == StatusCode::CREATED { UploadStatus::Stored } else { UploadStatus::AlreadyPresent };
         Ok(UploadOutcome { sha256, status })
     }
 
     /// `POST /v1/measure`.
     pub async fn measure(&self, request: &MeasureRequest) -> Result<Measurement, ClientError> {
-        let response = self
-            .send(Method::POST, &["measure"], |r| r.json(request))
-            .await?;
+        let response = self.send(Method::POST, &["measure"], |r| r.json(request)).await?;
         decode(checked(response).await?).await
     }
 
@@ -226,10 +207,7 @@ impl AgentClient {
         template: &MeasureRequest,
     ) -> Result<(UploadOutcome, Measurement), ClientError> {
         let upload = self.upload(model).await?;
-        let request = MeasureRequest {
-            model: upload.sha256.clone(),
-            ..template.clone()
-        };
+        let request = MeasureRequest { model: upload.sha256.clone(), ..template.clone() };
         let measurement = self.measure(&request).await?;
         Ok((upload, measurement))
     }
@@ -253,19 +231,14 @@ impl AgentClient {
         route: &[&str],
         prepare: impl FnOnce(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response, ClientError> {
-        let mut request = self
-            .http
-            .request(method, self.endpoint(route))
-            .timeout(self.request_timeout);
+        let mut request = self.http.request(method, self.endpoint(route)).timeout(self.request_timeout);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
         let request = prepare(request);
         let mut attempt = 1;
         loop {
-            let this_try = request
-                .try_clone()
-                .expect("request bodies are in memory, hence clonable");
+            let this_try = request.try_clone().expect("request bodies are in memory, hence clonable");
             match this_try.send().await {
                 Ok(response) => return Ok(response),
                 Err(error) if error.is_connect() && attempt < self.retry.attempts => {
@@ -286,15 +259,9 @@ impl AgentClient {
 
     fn transport_error(&self, error: reqwest::Error) -> ClientError {
         if error.is_connect() {
-            ClientError::Connect {
-                url: self.base.clone(),
-                source: error,
-            }
+            ClientError::Connect { url: self.base.clone(), source: error }
         } else if error.is_timeout() {
-            ClientError::Timeout {
-                url: self.base.clone(),
-                after: self.request_timeout,
-            }
+            ClientError::Timeout { url: self.base.clone(), after: self.request_timeout }
         } else {
             ClientError::Http(error)
         }
@@ -303,22 +270,14 @@ impl AgentClient {
 
 /// Checks that `input` is a usable agent base URL.
 pub fn parse_base_url(input: &str) -> Result<Url, ClientError> {
-    let invalid = |reason: String| ClientError::InvalidUrl {
-        url: input.to_owned(),
-        reason,
-    };
+    let invalid = |reason: String| ClientError::InvalidUrl { url: input.to_owned(), reason };
     let trimmed = input.trim();
     if !trimmed.contains("://") {
-        return Err(invalid(format!(
-            "no scheme; did you mean http://{trimmed} ?"
-        )));
+        return Err(invalid(format!("no scheme; did you mean http://{trimmed} ?")));
     }
     let url = Url::parse(trimmed).map_err(|e| invalid(e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(format!(
-            "scheme {:?} is neither http nor https",
-            url.scheme()
-        )));
+        return Err(invalid(format!("scheme {:?} is neither http nor https", url.scheme())));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host".into()));
@@ -352,9 +311,7 @@ pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-fn root_cause<'a>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> &'a (dyn std::error::Error + 'static) {
+fn root_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> &'a (dyn std::error::Error + 'static) {
     let mut cause = error;
     while let Some(inner) = cause.source() {
         cause = inner;
@@ -382,15 +339,10 @@ async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, ClientErro
 /// The error a non-2xx answer stands for.
 fn error_from_answer(status: StatusCode, body: &str) -> ClientError {
     match serde_json::from_str::<ErrorBody>(body) {
-        Ok(ErrorBody { error }) => ClientError::Api {
-            status: status.as_u16(),
-            code: error.code,
-            message: error.message,
-        },
-        Err(_) => ClientError::UnexpectedStatus {
-            status: status.as_u16(),
-            body: quote(body),
-        },
+        Ok(ErrorBody { error }) => {
+            ClientError::Api { status: status.as_u16(), code: error.code, message: error.message }
+        }
+        Err(_) => ClientError::UnexpectedStatus { status: status.as_u16(), body: quote(body) },
     }
 }
 
@@ -407,18 +359,8 @@ fn quote(body: &str) -> String {
 }
 
 /// The wire name of `code` ("unsupported_model"), as users see it in the API docs.
-fn code_name(code: ErrorCode) -> String {
-    match serde_json::to_value(code) {
-        Ok(serde_json::Value::String(name)) => name,
-        _ => format!("{code:?}"),
-    }
-}
-
 fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, ClientError> {
-    reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .build()
-        .map_err(ClientError::Http)
+    reqwest::Client::builder().connect_timeout(connect_timeout).build().map_err(ClientError::Http)
 }
 
 #[cfg(test)]
@@ -427,20 +369,13 @@ mod tests {
 
     #[test]
     fn sha256_is_lowercase_hex() {
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(sha256_hex(b"").len(), 64);
     }
 
     #[test]
     fn base_urls_are_validated() {
-        for good in [
-            "http://127.0.0.1:7878",
-            "https://dev.local",
-            " http://h:1/prefix/ ",
-        ] {
+        for good in ["http://127.0.0.1:7878", "https://dev.local", " http://h:1/prefix/ "] {
             assert!(parse_base_url(good).is_ok(), "{good}");
         }
         for (bad, why) in [
@@ -451,10 +386,7 @@ mod tests {
             ("http://h:99999", "invalid port"),
         ] {
             let error = AgentClient::new(bad, None).unwrap_err();
-            assert!(
-                matches!(error, ClientError::InvalidUrl { .. }),
-                "{bad}: {error:?}"
-            );
+            assert!(matches!(error, ClientError::InvalidUrl { .. }), "{bad}: {error:?}");
             assert!(error.to_string().contains(why), "{bad}: {error}");
         }
     }
@@ -462,17 +394,11 @@ mod tests {
     #[test]
     fn endpoints_keep_the_base_path() {
         let client = AgentClient::new("http://h:1/agent/", None).unwrap();
-        assert_eq!(
-            client.endpoint(&["models", "ab"]).as_str(),
-            "http://h:1/agent/v1/models/ab"
-        );
+        assert_eq!(client.endpoint(&["models", "ab"]).as_str(), "http://h:1/agent/v1/models/ab");
         let client = AgentClient::new("http://h:1", None).unwrap();
         assert_eq!(client.endpoint(&["info"]).as_str(), "http://h:1/v1/info");
         // A hostile "sha" cannot leave its path segment.
-        assert_eq!(
-            client.endpoint(&["models", "../x?y"]).as_str(),
-            "http://h:1/v1/models/..%2Fx%3Fy"
-        );
+        assert_eq!(client.endpoint(&["models", "../x?y"]).as_str(), "http://h:1/v1/models/..%2Fx%3Fy");
     }
 
     #[test]
@@ -483,21 +409,10 @@ mod tests {
 
     #[test]
     fn error_bodies_become_api_errors() {
-        let body =
-            serde_json::to_string(&ErrorBody::new(ErrorCode::UnsupportedModel, "op Foo")).unwrap();
+        let body = serde_json::to_string(&ErrorBody::new(ErrorCode::UnsupportedModel, "op Foo")).unwrap();
         let error = error_from_answer(StatusCode::UNPROCESSABLE_ENTITY, &body);
-        assert!(matches!(
-            error,
-            ClientError::Api {
-                status: 422,
-                code: ErrorCode::UnsupportedModel,
-                ..
-            }
-        ));
-        assert_eq!(
-            error.to_string(),
-            "agent answered 422 unsupported_model: op Foo"
-        );
+        assert!(matches!(error, ClientError::Api { status: 422, code: ErrorCode::UnsupportedModel, .. }));
+        assert_eq!(error.to_string(), "agent answered 422 unsupported_model: op Foo");
     }
 
     #[test]
@@ -507,9 +422,7 @@ mod tests {
         let error = error_from_answer(StatusCode::NOT_FOUND, "");
         assert_eq!(error.to_string(), "agent answered 404: (empty body)");
         let long = "é".repeat(2 * MAX_QUOTED_BODY);
-        let ClientError::UnexpectedStatus { body, .. } =
-            error_from_answer(StatusCode::BAD_GATEWAY, &long)
-        else {
+        let ClientError::UnexpectedStatus { body, .. } = error_from_answer(StatusCode::BAD_GATEWAY, &long) else {
             panic!("not an UnexpectedStatus");
         };
         assert_eq!(body.chars().count(), MAX_QUOTED_BODY + 1);
@@ -527,20 +440,11 @@ mod tests {
         // Port 1 on loopback: nothing listens there, so connecting fails at once.
         let client = AgentClient::new("http://127.0.0.1:1", None)
             .unwrap()
-            .with_retry(RetryPolicy {
-                attempts: 2,
-                initial_delay: Duration::from_millis(1),
-            });
+            .with_retry(RetryPolicy { attempts: 2, initial_delay: Duration::from_millis(1) });
         let error = client.health().await.unwrap_err();
         assert!(matches!(error, ClientError::Connect { .. }), "{error:?}");
-        assert_eq!(
-            error.to_string(),
-            "cannot connect to agent at http://127.0.0.1:1/"
-        );
+        assert_eq!(error.to_string(), "cannot connect to agent at http://127.0.0.1:1/");
         let line = error_line(&error);
-        assert!(
-            line.starts_with("cannot connect to agent at http://127.0.0.1:1/: Connection refused"),
-            "{line}"
-        );
+        assert!(line.starts_with("cannot connect to agent at http://127.0.0.1:1/: Connection refused"), "{line}");
     }
 }

@@ -3,6 +3,5 @@
 
 pub mod client;
 pub mod commands;
-pub mod token;
 
 pub use client::{AgentClient, ClientError, RetryPolicy, UploadOutcome, UploadStatus};

@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use edgeloop::AgentClient;
 use edgeloop::client::{DEFAULT_REQUEST_TIMEOUT, error_line};
 use edgeloop::commands::{devices, measure};
-use edgeloop::token::resolve_token;
 use edgeloop_api::MeasureRequest;
+use edgeloop_api::token::resolve_token;
 use tracing_subscriber::EnvFilter;
 
 /// Hardware-in-the-loop neural architecture search: measure models on real devices.
@@ -40,21 +40,13 @@ struct Auth {
 
     /// Bearer token of the agents. Prefer EDGELOOP_TOKEN or --token-file:
     /// other users of the machine can read command lines.
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "EDGELOOP_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, value_name = "TOKEN", env = "EDGELOOP_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
 
 impl Auth {
     fn token(&self) -> anyhow::Result<Option<String>> {
-        Ok(resolve_token(
-            self.token_file.as_deref(),
-            self.token.as_deref(),
-        )?)
+        Ok(resolve_token(self.token_file.as_deref(), self.token.as_deref())?)
     }
 }
 
@@ -101,8 +93,12 @@ struct MeasureArgs {
 
     /// Seconds to wait for the result. The agent measures one model at a time,
     /// so this includes waiting behind other hosts' measurements.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT.as_secs(),
-          value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = DEFAULT_REQUEST_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     timeout_secs: u64,
 
     /// Print the agent's measurement as JSON instead of a table.
@@ -120,7 +116,12 @@ struct DevicesArgs {
     auth: Auth,
 
     /// Seconds to wait for each agent's answer.
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     timeout_secs: u64,
 
     /// Print a JSON array of {"url", "info"} or {"url", "error"} objects instead of tables.
@@ -164,21 +165,13 @@ async fn run_measure(args: MeasureArgs) -> anyhow::Result<()> {
         seed: args.seed,
         ..MeasureRequest::default()
     };
-    print!(
-        "{}",
-        measure::run(&client, &args.model, &template, args.json).await?
-    );
+    print!("{}", measure::run(&client, &args.model, &template, args.json).await?);
     Ok(())
 }
 
 async fn run_devices(args: DevicesArgs) -> anyhow::Result<()> {
     let token = args.auth.token()?;
-    let reports = devices::query(
-        &args.devices,
-        token.as_deref(),
-        Duration::from_secs(args.timeout_secs),
-    )
-    .await;
+    let reports = devices::query(&args.devices, token.as_deref(), Duration::from_secs(args.timeout_secs)).await;
     let output = if args.json {
         devices::render_json(&reports).context("cannot encode the device list")?
     } else {
@@ -186,10 +179,6 @@ async fn run_devices(args: DevicesArgs) -> anyhow::Result<()> {
     };
     print!("{output}");
     let failed = reports.iter().filter(|r| r.info.is_err()).count();
-    anyhow::ensure!(
-        failed == 0,
-        "{failed} of {} agents could not be queried",
-        reports.len()
-    );
+    anyhow::ensure!(failed == 0, "{failed} of {} agents could not be queried", reports.len());
     Ok(())
 }

@@ -96,11 +96,8 @@ pub mod bad_models {
         let mut g = GraphBuilder::new("bad_pads");
         let x = g.input("x", ElemType::F32, &[1.into(), 2.into(), 8.into(), 8.into()]);
         let w = g.constant_f32("W", &[2, 2, 3, 3], vec![0.1; 36]);
-        let y = g.node(
-            "Conv",
-            &[&x, &w],
-            vec![Attr::Ints("kernel_shape", vec![3, 3]), Attr::Ints("pads", vec![1, 1, 1])],
-        );
+        let y =
+            g.node("Conv", &[&x, &w], vec![Attr::Ints("kernel_shape", vec![3, 3]), Attr::Ints("pads", vec![1, 1, 1])]);
         g.output(&y, ElemType::F32, &[1.into(), 2.into(), 8.into(), 8.into()]);
         encode(&g.finish())
     }

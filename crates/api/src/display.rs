@@ -24,7 +24,16 @@ pub fn measurement_table(m: &Measurement) -> String {
     let mut table = vec![
         ("model", m.model.clone()),
         ("device", m.device_id.clone()),
-        ("runtime", format!("{} {} ({} thread{})", m.runtime, m.runtime_version, m.threads, if m.threads == 1 { "" } else { "s" })),
+        (
+            "runtime",
+            format!(
+                "{} {} ({} thread{})",
+                m.runtime,
+                m.runtime_version,
+                m.threads,
+                if m.threads == 1 { "" } else { "s" }
+            ),
+        ),
         ("load", ms(m.load_ms)),
         ("first run", ms(m.first_run_ms)),
         ("warm-up runs", m.warmup_runs.to_string()),
@@ -38,7 +47,10 @@ pub fn measurement_table(m: &Measurement) -> String {
         ("queue wait", ms(m.queue_wait_ms)),
     ];
     if let Some(e) = &m.energy {
-        table.push(("energy", format!("{:.4} mJ/inference, {:.3} W avg ({})", e.mj_per_inference, e.avg_power_w, e.sensor)));
+        table.push((
+            "energy",
+            format!("{:.4} mJ/inference, {:.3} W avg ({})", e.mj_per_inference, e.avg_power_w, e.sensor),
+        ));
     } else if let Some(reason) = &m.energy_unavailable_reason {
         table.push(("energy", format!("unavailable: {reason}")));
     }

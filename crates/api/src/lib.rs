@@ -4,6 +4,7 @@
 //! depends on serde alone: it must build for every target the agent ships to.
 
 pub mod display;
+pub mod token;
 
 use std::collections::BTreeMap;
 
@@ -196,6 +197,21 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The snake_case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::MalformedModel => "malformed_model",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedModel => "unsupported_model",
+            ErrorCode::RuntimeUnavailable => "runtime_unavailable",
+            ErrorCode::RuntimeCrashed => "runtime_crashed",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
     /// The HTTP status each code is answered with.
     pub fn http_status(self) -> u16 {
         match self {
@@ -252,5 +268,8 @@ mod tests {
         assert_eq!(json["error"]["code"], "payload_too_large");
         assert_eq!(json["error"]["message"], "too big");
         assert_eq!(ErrorCode::PayloadTooLarge.http_status(), 413);
+        for code in [ErrorCode::BadRequest, ErrorCode::RuntimeUnavailable, ErrorCode::Internal] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
     }
 }

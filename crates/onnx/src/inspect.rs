@@ -45,31 +45,26 @@ pub fn decode(bytes: &[u8]) -> Result<pb::ModelProto, OnnxError> {
 /// initializers among the inputs; those are skipped.
 pub fn declared_inputs(model: &pb::ModelProto) -> Result<Vec<DeclaredInput>, OnnxError> {
     let graph = model.graph.as_ref().ok_or(OnnxError::NoGraph)?;
-    let initializers: std::collections::HashSet<&str> =
-        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let initializers: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     graph
         .input
         .iter()
         .filter(|vi| !initializers.contains(vi.name.as_str()))
         .map(|vi| {
             let name = vi.name.clone();
-            let Some(pb::type_proto::Value::TensorType(tensor)) =
-                vi.r#type.as_ref().and_then(|t| t.value.as_ref())
+            let Some(pb::type_proto::Value::TensorType(tensor)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref())
             else {
                 return Err(OnnxError::UntypedInput { name });
             };
-            let elem_type = ElemType::from_onnx_code(tensor.elem_type).ok_or_else(|| {
-                OnnxError::UnsupportedInputType { name: name.clone(), code: tensor.elem_type }
-            })?;
+            let elem_type = ElemType::from_onnx_code(tensor.elem_type)
+                .ok_or_else(|| OnnxError::UnsupportedInputType { name: name.clone(), code: tensor.elem_type })?;
             let dims = tensor
                 .shape
                 .iter()
                 .flat_map(|s| &s.dim)
                 .map(|d| match &d.value {
                     Some(dimension::Value::DimValue(v)) if *v >= 0 => Ok(Dim::Fixed(*v as usize)),
-                    Some(dimension::Value::DimParam(p)) if !p.is_empty() => {
-                        Ok(Dim::Dynamic(p.clone()))
-                    }
+                    Some(dimension::Value::DimParam(p)) if !p.is_empty() => Ok(Dim::Dynamic(p.clone())),
                     _ => Err(OnnxError::UnknownDim { name: name.clone() }),
                 })
                 .collect::<Result<_, _>>()?;

@@ -7,5 +7,5 @@ mod inspect;
 pub mod samples;
 
 pub use graph::{Attr, Dim, ElemType, GraphBuilder, OPSET};
-pub use inspect::{DeclaredInput, OnnxError, decode, declared_inputs, encode};
+pub use inspect::{DeclaredInput, OnnxError, declared_inputs, decode, encode};
 pub use tract_onnx::pb;

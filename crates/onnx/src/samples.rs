@@ -36,10 +36,7 @@ impl MbconvNet {
             input_hw: 32,
             stem_channels: 8,
             stem_stride: 2,
-            stages: vec![
-                Stage { channels: 16, blocks: 2, stride: 2 },
-                Stage { channels: 24, blocks: 2, stride: 2 },
-            ],
+            stages: vec![Stage { channels: 16, blocks: 2, stride: 2 }, Stage { channels: 24, blocks: 2, stride: 2 }],
             kernel: 3,
             expand: 3,
             head_channels: 64,
@@ -88,14 +85,25 @@ impl MbconvNet {
         let flat = g.flatten(&pooled);
         let logits = g.gemm(
             &flat,
-            (&[self.classes, self.head_channels], weights(&mut rng, self.classes * self.head_channels, self.head_channels)),
+            (
+                &[self.classes, self.head_channels],
+                weights(&mut rng, self.classes * self.head_channels, self.head_channels),
+            ),
             vec![0.0; self.classes],
         );
         g.output(&logits, ElemType::F32, &[1.into(), self.classes.into()]);
         g.finish()
     }
 
-    fn mbconv(&self, g: &mut GraphBuilder, rng: &mut SmallRng, x: &str, c_in: usize, c_out: usize, stride: usize) -> String {
+    fn mbconv(
+        &self,
+        g: &mut GraphBuilder,
+        rng: &mut SmallRng,
+        x: &str,
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+    ) -> String {
         let mid = c_in * self.expand;
         let expanded = conv(g, rng, x, c_in, mid, 1, 1, 1);
         let expanded = g.relu6(&expanded);
@@ -113,7 +121,16 @@ fn weights(rng: &mut SmallRng, count: usize, fan_in: usize) -> Vec<f32> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn conv(g: &mut GraphBuilder, rng: &mut SmallRng, x: &str, c_in: usize, c_out: usize, k: usize, stride: usize, group: usize) -> String {
+fn conv(
+    g: &mut GraphBuilder,
+    rng: &mut SmallRng,
+    x: &str,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    group: usize,
+) -> String {
     let per_group = c_in / group;
     let dims = [c_out, per_group, k, k];
     let w = weights(rng, dims.iter().product(), per_group * k * k);

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use edgeloop_api::RuntimeInfo;
 
-use crate::inputs::InputTensor;
 pub use self::tract::TractRuntime;
+use crate::inputs::InputTensor;
 
 /// What a runtime reports when it cannot load or run a model. The message is
 /// the runtime's own, passed on to the client.

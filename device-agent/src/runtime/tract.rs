@@ -51,10 +51,8 @@ impl Runtime for TractRuntime {
         let executor =
             if options.threads > 1 { Executor::multithread(options.threads) } else { Executor::SingleThread };
         let run_options = RunOptions { executor: Some(executor), ..Default::default() };
-        let plan = model
-            .into_optimized()
-            .and_then(|m| m.into_runnable_with_options(&run_options))
-            .map_err(runtime_error)?;
+        let plan =
+            model.into_optimized().and_then(|m| m.into_runnable_with_options(&run_options)).map_err(runtime_error)?;
         let state = plan.spawn().map_err(runtime_error)?;
         let inputs = inputs.iter().map(to_tvalue).collect::<Result<_, _>>()?;
         Ok(Box::new(TractModel { state, inputs }))

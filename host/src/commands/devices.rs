@@ -25,10 +25,7 @@ pub async fn query(urls: &[String], token: Option<&str>, timeout: Duration) -> V
             Ok(client) => client.with_request_timeout(timeout).info().await,
             Err(error) => Err(error),
         };
-        DeviceReport {
-            url: url.clone(),
-            info,
-        }
+        DeviceReport { url: url.clone(), info }
     }))
     .await
 }
@@ -91,22 +88,12 @@ mod tests {
     #[test]
     fn devices_are_blocks_under_their_url() {
         let reports = [
-            DeviceReport {
-                url: "http://a".into(),
-                info: Ok(info()),
-            },
-            DeviceReport {
-                url: "http://b".into(),
-                info: Ok(info()),
-            },
+            DeviceReport { url: "http://a".into(), info: Ok(info()) },
+            DeviceReport { url: "http://b".into(), info: Ok(info()) },
         ];
         let block = format!("{}\n{}", "http://a", device_table(&info()));
-        assert_eq!(
-            render_human(&reports),
-            format!("{block}\n{}", block.replace("http://a", "http://b"))
-        );
-        let json: serde_json::Value =
-            serde_json::from_str(&render_json(&reports).unwrap()).unwrap();
+        assert_eq!(render_human(&reports), format!("{block}\n{}", block.replace("http://a", "http://b")));
+        let json: serde_json::Value = serde_json::from_str(&render_json(&reports).unwrap()).unwrap();
         assert_eq!(json[0]["url"], "http://a");
         assert_eq!(json[0]["info"]["device_id"], "pi4");
         assert!(json[0].get("error").is_none());
@@ -119,24 +106,13 @@ mod tests {
         let text = render_human(&reports);
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("not a url: error: invalid agent URL"), "{text}");
         assert!(
-            lines[0].starts_with("not a url: error: invalid agent URL"),
+            lines[2].starts_with("http://127.0.0.1:1: error: cannot connect to agent at http://127.0.0.1:1/: "),
             "{text}"
         );
-        assert!(
-            lines[2].starts_with(
-                "http://127.0.0.1:1: error: cannot connect to agent at http://127.0.0.1:1/: "
-            ),
-            "{text}"
-        );
-        let json: serde_json::Value =
-            serde_json::from_str(&render_json(&reports).unwrap()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&render_json(&reports).unwrap()).unwrap();
         assert_eq!(json[1]["url"], "http://127.0.0.1:1");
-        assert!(
-            json[1]["error"]
-                .as_str()
-                .unwrap()
-                .starts_with("cannot connect")
-        );
+        assert!(json[1]["error"].as_str().unwrap().starts_with("cannot connect"));
     }
 }

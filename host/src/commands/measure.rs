@@ -10,35 +10,18 @@ use crate::client::{AgentClient, UploadStatus};
 
 /// Uploads the model at `model` unless the agent has it, measures it with the
 /// settings of `template`, and renders the result with [`render`].
-pub async fn run(
-    client: &AgentClient,
-    model: &Path,
-    template: &MeasureRequest,
-    json: bool,
-) -> anyhow::Result<String> {
-    let bytes = tokio::fs::read(model)
-        .await
-        .with_context(|| format!("cannot read model file {}", model.display()))?;
+pub async fn run(client: &AgentClient, model: &Path, template: &MeasureRequest, json: bool) -> anyhow::Result<String> {
+    let bytes = tokio::fs::read(model).await.with_context(|| format!("cannot read model file {}", model.display()))?;
     let (upload, measurement) = client
         .upload_and_measure(&bytes, template)
         .await
-        .with_context(|| {
-            format!(
-                "cannot measure {} on {}",
-                model.display(),
-                client.base_url()
-            )
-        })?;
+        .with_context(|| format!("cannot measure {} on {}", model.display(), client.base_url()))?;
     Ok(render(upload.status, &measurement, json)?)
 }
 
 /// The agent's measurement as pretty JSON, unchanged so scripts can rely on
 /// the wire format; or a line on the upload followed by the shared table.
-pub fn render(
-    upload: UploadStatus,
-    measurement: &Measurement,
-    json: bool,
-) -> serde_json::Result<String> {
+pub fn render(upload: UploadStatus, measurement: &Measurement, json: bool) -> serde_json::Result<String> {
     if json {
         return Ok(serde_json::to_string_pretty(measurement)? + "\n");
     }
@@ -93,11 +76,7 @@ mod tests {
         let (first, rest) = text.split_once('\n').unwrap();
         assert_eq!(first, "model already on the agent, upload skipped");
         assert_eq!(rest, measurement_table(&m));
-        assert!(
-            render(UploadStatus::Stored, &m, false)
-                .unwrap()
-                .starts_with("model uploaded\n")
-        );
+        assert!(render(UploadStatus::Stored, &m, false).unwrap().starts_with("model uploaded\n"));
     }
 
     #[test]

@@ -1,0 +1,100 @@
+//! The `edgeloop` binary against a real agent on a loopback port.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use edgeloop_agent::runtime::Runtimes;
+use edgeloop_agent::{AgentConfig, LocalAgent};
+use edgeloop_api::{DeviceInfo, Measurement};
+use edgeloop_onnx::samples::MbconvNet;
+
+const TOKEN: &str = "cli-test-token";
+
+struct Setup {
+    agent: LocalAgent,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = AgentConfig::new(dir.path().join("cache"));
+        config.token = Some(TOKEN.into());
+        let agent = LocalAgent::start(config, Runtimes::detect()).unwrap();
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        std::fs::write(dir.path().join("model.onnx"), edgeloop_onnx::encode(&MbconvNet::small().to_model())).unwrap();
+        Setup { agent, dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn edgeloop(args: &[&str], token_file: Option<&Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeloop"));
+    cmd.args(args).env_remove("EDGELOOP_TOKEN");
+    if let Some(f) = token_file {
+        cmd.arg("--token-file").arg(f);
+    }
+    cmd.output().unwrap()
+}
+
+fn quick_measure<'a>(url: &'a str, model: &'a str) -> Vec<&'a str> {
+    vec!["measure", "--device", url, model, "--runs", "5", "--warmup", "1", "--min-duration-ms", "10"]
+}
+
+#[test]
+fn measure_uploads_once_and_prints_json_or_a_table() {
+    let s = Setup::new();
+    let url = s.agent.url();
+    let model = s.path("model.onnx");
+    let model = model.to_str().unwrap();
+    let mut args = quick_measure(&url, model);
+    args.push("--json");
+    let out = edgeloop(&args, Some(&s.path("token")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m: Measurement = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(m.latency_ms.n >= 5);
+    assert_eq!(m.device_id, s.agent.device_id());
+
+    let out = edgeloop(&quick_measure(&url, model), Some(&s.path("token")));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("model already on the agent, upload skipped"), "{text}");
+    assert!(text.contains("p50"));
+}
+
+#[test]
+fn measure_reports_a_refused_token_and_a_missing_file() {
+    let s = Setup::new();
+    let url = s.agent.url();
+    std::fs::write(s.path("wrong"), "nope").unwrap();
+    let model = s.path("model.onnx");
+    let out = edgeloop(&quick_measure(&url, model.to_str().unwrap()), Some(&s.path("wrong")));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401") && err.contains("unauthorized"), "{err}");
+
+    let out = edgeloop(&quick_measure(&url, "/no/such/model.onnx"), Some(&s.path("token")));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/model.onnx"));
+}
+
+#[test]
+fn devices_lists_every_agent_and_fails_on_unreachable_ones() {
+    let s = Setup::new();
+    let url = s.agent.url();
+    let out = edgeloop(&["devices", "--device", &url, "--json"], Some(&s.path("token")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let info: DeviceInfo = serde_json::from_value(listed[0]["info"].clone()).unwrap();
+    assert_eq!(info.device_id, s.agent.device_id());
+
+    // Port 9 (discard) on loopback: nothing listens there.
+    let out = edgeloop(
+        &["devices", "--device", &url, "--device", "http://127.0.0.1:9", "--timeout-secs", "5"],
+        Some(&s.path("token")),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(s.agent.device_id()));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 agents"));
+}
