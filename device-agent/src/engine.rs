@@ -229,7 +229,11 @@ mod tests {
             min_duration: Duration::ZERO,
             max_duration: Duration::from_millis(20),
         };
-        let (samples, start, end) = time_runs(&plan, || Ok(std::thread::sleep(Duration::from_millis(1)))).unwrap();
+        let (samples, start, end) = time_runs(&plan, || {
+            std::thread::sleep(Duration::from_millis(1));
+            Ok(())
+        })
+        .unwrap();
         assert!(samples.len() < 1_000_000);
         assert!(end - start < 2_000_000);
     }

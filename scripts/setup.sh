@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Idempotent setup of everything edgeloop needs to build and test on a fresh
+# Debian machine. Safe to run again: each step checks before it installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "setup: cargo not found. Install Rust (rustup) first: the project needs Rust 1.95 or newer." >&2
+    exit 1
+  fi
+fi
+
+need_version=1.95
+have_version=$(rustc --version | awk '{print $2}')
+if [[ "$(printf '%s\n%s\n' "$need_version" "$have_version" | sort -V | head -n1)" != "$need_version" ]]; then
+  echo "setup: rustc $have_version is older than $need_version" >&2
+  exit 1
+fi
+log "rustc $have_version"
+
+log "fetching crates (Cargo.lock is the source of truth)"
+cargo fetch --locked >/dev/null
+log "done"
