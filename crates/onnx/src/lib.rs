@@ -2,6 +2,7 @@
 //! of `tract-onnx` (no hand-rolled protobuf), readers for what a model
 //! declares, and small sample networks that tests and benchmarks build.
 
+pub mod export;
 mod graph;
 mod inspect;
 pub mod samples;
