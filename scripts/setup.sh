@@ -23,6 +23,17 @@ if [[ "$(printf '%s\n%s\n' "$need_version" "$have_version" | sort -V | head -n1)
 fi
 log "rustc $have_version"
 
+# A venv the project owns, for the ONNX checker and ONNX Runtime (tests).
+if [[ ! -x .venv/bin/python ]]; then
+  log "creating .venv"
+  python3 -m venv .venv
+fi
+if ! cmp -s scripts/requirements.txt .venv/.requirements 2>/dev/null; then
+  log "installing Python packages (scripts/requirements.txt)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r scripts/requirements.txt
+  cp scripts/requirements.txt .venv/.requirements
+fi
+
 log "fetching crates (Cargo.lock is the source of truth)"
 cargo fetch --locked >/dev/null
 log "done"

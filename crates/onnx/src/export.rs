@@ -54,8 +54,9 @@ pub trait Weights {
     fn linear(&mut self, name: &str, out: usize, inp: usize) -> Linear;
 }
 
-/// Seeded He-uniform weights with non-trivial BatchNorm statistics, so that
-/// folding is exercised and activations stay in range through deep nets.
+/// Seeded He-uniform weights with BatchNorm statistics that normalise each
+/// conv's output, so folding is exercised and activations keep the scale of
+/// a trained network through deep stacks.
 pub struct RandomWeights {
     rng: SmallRng,
 }
@@ -72,15 +73,19 @@ impl RandomWeights {
 
 impl Weights for RandomWeights {
     fn conv_bn(&mut self, _name: &str, shape: [usize; 4]) -> ConvBn {
-        let fan_in = (shape[1] * shape[2] * shape[3]) as f32;
-        let bound = (6.0 / fan_in).sqrt();
+        let fan_in = shape[1] * shape[2] * shape[3];
+        let bound = (6.0 / fan_in as f32).sqrt();
         let weight = self.uniform(shape.iter().product(), -bound, bound);
         let c = shape[0];
+        // Running variance = the variance this conv's output has for
+        // unit-variance inputs (sum of w^2), as BN on real data would settle
+        // to: normalised activations, like a trained network's.
+        let var = weight.chunks(fan_in).map(|w| w.iter().map(|v| v * v).sum::<f32>()).collect();
         let bn = BatchNorm {
             gamma: self.uniform(c, 0.5, 1.5),
             beta: self.uniform(c, -0.1, 0.1),
             mean: self.uniform(c, -0.1, 0.1),
-            var: self.uniform(c, 0.5, 1.5),
+            var,
             eps: 1e-5,
         };
         ConvBn { weight, shape, bn }
