@@ -3,5 +3,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod predict;
+pub mod table;
 
 pub use client::{AgentClient, ClientError, RetryPolicy, UploadOutcome, UploadStatus};

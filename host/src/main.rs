@@ -8,9 +8,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use edgeloop::AgentClient;
 use edgeloop::client::{DEFAULT_REQUEST_TIMEOUT, error_line};
-use edgeloop::commands::{devices, measure};
+use edgeloop::commands::table;
+use edgeloop::commands::{devices, export, measure, space};
+use edgeloop::predict::Predictor;
+use edgeloop::table::LatencyTable;
 use edgeloop_api::MeasureRequest;
 use edgeloop_api::token::resolve_token;
+use edgeloop_space::Arch;
 use tracing_subscriber::EnvFilter;
 
 /// Hardware-in-the-loop neural architecture search: measure models on real devices.
@@ -28,6 +32,138 @@ enum Command {
     Measure(MeasureArgs),
     /// Show the device behind each agent: CPU, memory, runtimes and precisions.
     Devices(DevicesArgs),
+    /// Inspect search spaces.
+    #[command(subcommand)]
+    Space(SpaceCommand),
+    /// Export an architecture of a space to ONNX (seeded random weights, BatchNorm folded).
+    Export(ExportArgs),
+    /// Per-layer latency tables of a device: build one, predict networks from one.
+    #[command(subcommand)]
+    Table(TableCommand),
+}
+
+#[derive(Subcommand)]
+enum TableCommand {
+    /// Measure every layer of a space on an agent into a latency table.
+    /// Resumable: rows already in the file are skipped.
+    Build(TableBuildArgs),
+    /// Predict the latency of an architecture from a latency table.
+    Predict(TablePredictArgs),
+}
+
+#[derive(Args)]
+struct TableBuildArgs {
+    /// Base URL of the agent, e.g. http://192.168.1.20:7878
+    #[arg(long, value_name = "URL")]
+    device: String,
+
+    #[command(flatten)]
+    auth: Auth,
+
+    #[command(flatten)]
+    space: SpaceArgs,
+
+    /// Inference runtime on the device.
+    #[arg(long, value_name = "NAME", default_value_t = table::default_request().runtime)]
+    runtime: String,
+
+    /// Threads the runtime may use.
+    #[arg(long, value_name = "N", default_value_t = table::default_request().threads)]
+    threads: usize,
+
+    /// Untimed runs before each row's timing starts.
+    #[arg(long, value_name = "N", default_value_t = table::default_request().warmup_runs)]
+    warmup: usize,
+
+    /// Minimum number of timed runs per row.
+    #[arg(long, value_name = "N", default_value_t = table::default_request().min_runs)]
+    runs: usize,
+
+    /// Keep running each row until its timed runs took at least this long.
+    #[arg(long, value_name = "MS", default_value_t = table::default_request().min_duration_ms)]
+    min_duration_ms: u64,
+
+    /// Stop a row after this long even when fewer than --runs runs were done.
+    #[arg(long, value_name = "MS", default_value_t = table::default_request().max_duration_ms)]
+    max_duration_ms: u64,
+
+    /// Table file to create or complete
+    /// [default: latency-tables/<device_id>--<runtime>--<space>.csv].
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TablePredictArgs {
+    /// Latency table (CSV) of the device.
+    #[arg(long, value_name = "FILE")]
+    table: PathBuf,
+
+    #[command(flatten)]
+    space: SpaceArgs,
+
+    /// Architecture JSON ({"space", "width", "ops": [...]}).
+    #[arg(long, value_name = "A.json")]
+    arch: PathBuf,
+
+    /// Print the prediction as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum SpaceCommand {
+    /// Print a space's blocks, candidate ops and number of architectures.
+    Show(ShowArgs),
+}
+
+#[derive(Args)]
+struct ShowArgs {
+    /// Preset (proxyless-mobile, proxyless-cifar, tiny) or path to a space TOML file.
+    #[arg(value_name = "NAME|FILE")]
+    space: String,
+    /// Width multiplier applied to every channel count (rounded to multiples of 8).
+    #[arg(long, value_name = "W", default_value_t = 1.0)]
+    width: f64,
+}
+
+/// Which search space: a preset name or a TOML file, and its width multiplier.
+#[derive(Args)]
+struct SpaceArgs {
+    /// Preset (proxyless-mobile, proxyless-cifar, tiny) or path to a space TOML file.
+    #[arg(long, value_name = "NAME|FILE")]
+    space: String,
+    /// Width multiplier applied to every channel count (rounded to multiples of 8).
+    #[arg(long, value_name = "W", default_value_t = 1.0)]
+    width: f64,
+}
+
+impl SpaceArgs {
+    fn load(&self) -> anyhow::Result<edgeloop_space::Space> {
+        Ok(edgeloop_space::Space::load(&self.space, self.width)?)
+    }
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["arch", "random"])))]
+struct ExportArgs {
+    #[command(flatten)]
+    space: SpaceArgs,
+    /// Architecture JSON ({"space", "width", "ops": [...]}).
+    #[arg(long, value_name = "A.json")]
+    arch: Option<PathBuf>,
+    /// Export a random architecture drawn with this seed instead.
+    #[arg(long, value_name = "SEED")]
+    random: Option<u64>,
+    /// Seed of the random weights.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    weights_seed: u64,
+    /// Where to write the model.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Also write the architecture as JSON here (useful with --random).
+    #[arg(long, value_name = "FILE")]
+    arch_out: Option<PathBuf>,
 }
 
 /// How to authenticate to agents.
@@ -141,6 +277,12 @@ async fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Measure(args) => run_measure(args).await,
         Command::Devices(args) => run_devices(args).await,
+        Command::Space(SpaceCommand::Show(args)) => edgeloop_space::Space::load(&args.space, args.width)
+            .map(|s| print!("{}", space::render(&s)))
+            .map_err(Into::into),
+        Command::Export(args) => run_export(args),
+        Command::Table(TableCommand::Build(args)) => run_table_build(args).await,
+        Command::Table(TableCommand::Predict(args)) => run_table_predict(args),
     };
     // One line, not anyhow's multi-line report (with a backtrace under RUST_BACKTRACE).
     match outcome {
@@ -180,5 +322,58 @@ async fn run_devices(args: DevicesArgs) -> anyhow::Result<()> {
     print!("{output}");
     let failed = reports.iter().filter(|r| r.info.is_err()).count();
     anyhow::ensure!(failed == 0, "{failed} of {} agents could not be queried", reports.len());
+    Ok(())
+}
+
+fn run_export(args: ExportArgs) -> anyhow::Result<()> {
+    let space = args.space.load()?;
+    let source = match (&args.arch, args.random) {
+        (Some(path), _) => export::ArchSource::File(path),
+        (None, seed) => export::ArchSource::Random(seed.expect("clap requires --arch or --random")),
+    };
+    let exported = export::run(&space, source, args.weights_seed, &args.out)?;
+    if let Some(path) = &args.arch_out {
+        std::fs::write(path, exported.arch.to_json() + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "{} ({} bytes, sha256 {}, arch {})",
+        args.out.display(),
+        exported.bytes,
+        exported.sha256,
+        &exported.arch.hash()[..12]
+    );
+    Ok(())
+}
+
+async fn run_table_build(args: TableBuildArgs) -> anyhow::Result<()> {
+    let space = args.space.load()?;
+    let client = AgentClient::new(&args.device, args.auth.token()?)?;
+    let template = MeasureRequest {
+        runtime: args.runtime,
+        threads: args.threads,
+        warmup_runs: args.warmup,
+        min_runs: args.runs,
+        min_duration_ms: args.min_duration_ms,
+        max_duration_ms: args.max_duration_ms,
+        ..table::default_request()
+    };
+    let report = table::build(&client, &space, &template, args.out.as_deref()).await?;
+    println!(
+        "{}: {} rows measured, {} already there, {} in all",
+        report.path.display(),
+        report.measured,
+        report.skipped,
+        report.total
+    );
+    Ok(())
+}
+
+fn run_table_predict(args: TablePredictArgs) -> anyhow::Result<()> {
+    let space = args.space.load()?;
+    let latency = LatencyTable::load(&args.table)?;
+    let text = std::fs::read_to_string(&args.arch).with_context(|| format!("cannot read {}", args.arch.display()))?;
+    let arch = Arch::from_json(&text).with_context(|| format!("cannot read {}", args.arch.display()))?;
+    let prediction = Predictor::new(&latency).predict(&space, &arch)?;
+    print!("{}", table::render_prediction(&prediction, args.json)?);
     Ok(())
 }

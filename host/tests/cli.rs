@@ -98,3 +98,31 @@ fn devices_lists_every_agent_and_fails_on_unreachable_ones() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(s.agent.device_id()));
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 agents"));
 }
+
+#[test]
+fn space_show_and_export() {
+    let out = edgeloop(&["space", "show", "proxyless-mobile"], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("21 choice blocks (15 may be skipped with `zero`)"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    let arch = dir.path().join("arch.json");
+    let export = |extra: &[&str]| {
+        let mut args = vec!["export", "--space", "tiny", "--out", model.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        edgeloop(&args, None)
+    };
+    let out = export(&["--random", "5", "--arch-out", arch.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first = std::fs::read(&model).unwrap();
+    assert!(edgeloop_onnx::decode(&first).is_ok());
+    // Re-exporting the written arch gives the same bytes.
+    assert!(export(&["--arch", arch.to_str().unwrap()]).status.success());
+    assert_eq!(std::fs::read(&model).unwrap(), first);
+    // An arch of another space is refused, naming the file.
+    std::fs::write(&arch, r#"{"space":"proxyless-cifar","width":1.0,"ops":[]}"#).unwrap();
+    let out = export(&["--arch", arch.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("arch.json"));
+}

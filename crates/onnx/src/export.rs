@@ -103,46 +103,45 @@ fn nchw(shape: Shape) -> [Dim; 4] {
     [1.into(), shape.channels.into(), shape.height.into(), shape.width.into()]
 }
 
-/// Conv (+ folded BN), then ReLU6 when `relu6`.
-fn conv_bn(
-    g: &mut GraphBuilder,
-    w: &mut dyn Weights,
-    x: &str,
-    name: &str,
-    shape: [usize; 4],
-    stride: usize,
-    group: usize,
-    relu6: bool,
-) -> String {
-    let (weight, bias) = w.conv_bn(name, shape).folded();
-    let y = g.conv(x, (&shape, weight), bias, stride, group);
-    if relu6 { g.relu6(&y) } else { y }
+/// Appends layers to a graph, drawing their weights from `weights`.
+struct Emitter<'a> {
+    g: &'a mut GraphBuilder,
+    weights: &'a mut dyn Weights,
 }
 
-/// Appends `layer` reading `x`; returns its output value. `name` prefixes
-/// the layer's weight names.
-fn emit(g: &mut GraphBuilder, w: &mut dyn Weights, x: &str, layer: &Layer, name: &str) -> String {
-    let c_in = layer.input.channels;
-    let (k, out) = (layer.kernel, layer.out_channels);
-    match layer.kind {
-        LayerKind::Stem => conv_bn(g, w, x, name, [out, c_in, k, k], layer.stride, 1, true),
-        LayerKind::HeadConv => conv_bn(g, w, x, name, [out, c_in, 1, 1], 1, 1, true),
-        LayerKind::MbConv => {
-            let mid = c_in * layer.expand;
-            let expanded = if layer.expand == 1 {
-                x.to_string()
-            } else {
-                conv_bn(g, w, x, &format!("{name}.expand"), [mid, c_in, 1, 1], 1, 1, true)
-            };
-            let dw = conv_bn(g, w, &expanded, &format!("{name}.depthwise"), [mid, 1, k, k], layer.stride, mid, true);
-            let projected = conv_bn(g, w, &dw, &format!("{name}.project"), [out, mid, 1, 1], 1, 1, false);
-            if layer.idskip { g.add(&projected, x) } else { projected }
-        }
-        LayerKind::Logits => {
-            let pooled = g.global_average_pool(x);
-            let flat = g.flatten(&pooled);
-            let fc = w.linear(name, out, c_in);
-            g.gemm(&flat, (&[out, c_in], fc.weight), fc.bias)
+impl Emitter<'_> {
+    /// Conv (+ folded BN), then ReLU6 when `relu6`.
+    fn conv_bn(&mut self, x: &str, name: &str, shape: [usize; 4], stride: usize, group: usize, relu6: bool) -> String {
+        let (weight, bias) = self.weights.conv_bn(name, shape).folded();
+        let y = self.g.conv(x, (&shape, weight), bias, stride, group);
+        if relu6 { self.g.relu6(&y) } else { y }
+    }
+
+    /// Appends `layer` reading `x`; returns its output value. `name`
+    /// prefixes the layer's weight names.
+    fn layer(&mut self, x: &str, layer: &Layer, name: &str) -> String {
+        let c_in = layer.input.channels;
+        let (k, out) = (layer.kernel, layer.out_channels);
+        match layer.kind {
+            LayerKind::Stem => self.conv_bn(x, name, [out, c_in, k, k], layer.stride, 1, true),
+            LayerKind::HeadConv => self.conv_bn(x, name, [out, c_in, 1, 1], 1, 1, true),
+            LayerKind::MbConv => {
+                let mid = c_in * layer.expand;
+                let expanded = if layer.expand == 1 {
+                    x.to_string()
+                } else {
+                    self.conv_bn(x, &format!("{name}.expand"), [mid, c_in, 1, 1], 1, 1, true)
+                };
+                let dw = self.conv_bn(&expanded, &format!("{name}.depthwise"), [mid, 1, k, k], layer.stride, mid, true);
+                let projected = self.conv_bn(&dw, &format!("{name}.project"), [out, mid, 1, 1], 1, 1, false);
+                if layer.idskip { self.g.add(&projected, x) } else { projected }
+            }
+            LayerKind::Logits => {
+                let pooled = self.g.global_average_pool(x);
+                let flat = self.g.flatten(&pooled);
+                let fc = self.weights.linear(name, out, c_in);
+                self.g.gemm(&flat, (&[out, c_in], fc.weight), fc.bias)
+            }
         }
     }
 }
@@ -177,8 +176,9 @@ pub fn arch_model(space: &Space, arch: &Arch, weights: &mut dyn Weights) -> Resu
     let names = layer_names(space, arch);
     let mut g = GraphBuilder::new(format!("{}-{}", space.name(), &arch.hash()[..12]));
     let mut x = g.input(INPUT, ElemType::F32, &nchw(layers[0].input));
+    let mut emitter = Emitter { g: &mut g, weights };
     for (layer, name) in layers.iter().zip(&names) {
-        x = emit(&mut g, weights, &x, layer, name);
+        x = emitter.layer(&x, layer, name);
     }
     declare_output(&mut g, &x, layers.last().expect("an arch has layers"));
     Ok(g.finish())
@@ -188,7 +188,7 @@ pub fn arch_model(space: &Space, arch: &Arch, weights: &mut dyn Weights) -> Resu
 pub fn layer_model(layer: &Layer, weights: &mut dyn Weights) -> pb::ModelProto {
     let mut g = GraphBuilder::new(layer.key());
     let x = g.input(INPUT, ElemType::F32, &nchw(layer.input));
-    let y = emit(&mut g, weights, &x, layer, "layer");
+    let y = Emitter { g: &mut g, weights }.layer(&x, layer, "layer");
     declare_output(&mut g, &y, layer);
     g.finish()
 }

@@ -12,7 +12,10 @@ use crate::space::{ChoiceBlock, Space};
 /// A candidate op of a choice block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Op {
-    MbConv { kernel: usize, expand: usize },
+    MbConv {
+        kernel: usize,
+        expand: usize,
+    },
     /// Skip the block (identity shortcut only).
     Zero,
 }
@@ -174,7 +177,10 @@ mod tests {
         assert_ne!(Arch::random(&space, 43).hash(), arch.hash());
         // Pinned: the hash must not change between versions.
         let fixed = Arch { space: "tiny".into(), width: 1.0, ops: vec![Op::MbConv { kernel: 3, expand: 3 }; 4] };
-        assert_eq!(fixed.hash(), hex::encode(Sha256::digest(b"tiny|1|3x3_MBConv3,3x3_MBConv3,3x3_MBConv3,3x3_MBConv3")));
+        assert_eq!(
+            fixed.hash(),
+            hex::encode(Sha256::digest(b"tiny|1|3x3_MBConv3,3x3_MBConv3,3x3_MBConv3,3x3_MBConv3"))
+        );
     }
 
     #[test]

@@ -134,8 +134,8 @@ impl Space {
         if !path.exists() {
             return Err(SpaceError::Unknown { name: name_or_path.into(), presets: preset_names().join(", ") });
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| SpaceError::Read { path: name_or_path.into(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SpaceError::Read { path: name_or_path.into(), source })?;
         Space::from_toml(&text, name_or_path, width)
     }
 
@@ -267,9 +267,11 @@ mod tests {
         assert_eq!(keys[0], "Conv-input:224x224x3-output:112x112x32");
         assert!(keys.contains(&"Conv_1-input:7x7x320-output:7x7x1280".to_string()));
         assert!(keys.contains(&"Logits-input:7x7x1280-output:1000".to_string()));
-        assert!(keys.contains(
-            &"expanded_conv-input:56x56x24-output:56x56x24-expand:6-kernel:5-stride:1-idskip:1".to_string()
-        ));
+        assert!(
+            keys.contains(
+                &"expanded_conv-input:56x56x24-output:56x56x24-expand:6-kernel:5-stride:1-idskip:1".to_string()
+            )
+        );
     }
 
     #[test]

@@ -1,0 +1,205 @@
+//! `edgeloop table build` and `edgeloop table predict` (DESIGN §7).
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use edgeloop_api::MeasureRequest;
+use edgeloop_onnx::encode;
+use edgeloop_onnx::export::{RandomWeights, identity_model, layer_model};
+use edgeloop_space::{Shape, Space};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::client::{AgentClient, ClientError};
+use crate::predict::Prediction;
+use crate::table::{Provenance, Row, TableError, TableWriter, Target};
+
+/// Folder of the default table paths, relative to the current directory.
+pub const TABLES_DIR: &str = "latency-tables";
+
+/// Measurement settings of a table row unless overridden: shorter than a
+/// whole-model measurement (there are many rows), long enough for a stable median.
+pub fn default_request() -> MeasureRequest {
+    MeasureRequest { warmup_runs: 10, min_runs: 30, min_duration_ms: 300, ..MeasureRequest::default() }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot ask the agent at {url} what device it is")]
+    Info {
+        url: String,
+        #[source]
+        source: ClientError,
+    },
+
+    #[error("the agent at {url} has no runtime `{runtime}` (it has: {available})")]
+    NoRuntime { url: String, runtime: String, available: String },
+
+    #[error("cannot measure {key}")]
+    Measure {
+        key: String,
+        #[source]
+        source: ClientError,
+    },
+
+    #[error(transparent)]
+    Table(#[from] TableError),
+}
+
+/// What [`build`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildReport {
+    pub path: PathBuf,
+    /// Rows the space needs: every distinct layer plus the overhead row.
+    pub total: usize,
+    /// Rows that were in the file already.
+    pub skipped: usize,
+    /// Rows measured and appended now.
+    pub measured: usize,
+}
+
+/// `latency-tables/<device_id>--<runtime>--<space>.csv`, with characters
+/// that do not belong in a file name replaced by `_`.
+pub fn default_path(device_id: &str, runtime: &str, space: &str) -> PathBuf {
+    let part = |s: &str| s.replace(|c: char| !(c.is_ascii_alphanumeric() || "._-".contains(c)), "_");
+    Path::new(TABLES_DIR).join(format!("{}--{}--{}.csv", part(device_id), part(runtime), part(space)))
+}
+
+/// Every row `space` needs: the overhead row first, then each distinct layer.
+pub fn targets(space: &Space) -> Vec<Target> {
+    let overhead = Target::Overhead(Shape::input(&space.spec.input));
+    std::iter::once(overhead).chain(space.all_layers().into_iter().map(Target::Layer)).collect()
+}
+
+/// The single-model ONNX of a row. Weights are seeded per model, so a row
+/// does not depend on which rows were built before it.
+fn target_model(target: &Target) -> Vec<u8> {
+    match target {
+        Target::Layer(layer) => encode(&layer_model(layer, &mut RandomWeights::new(0))),
+        Target::Overhead(input) => encode(&identity_model(*input)),
+    }
+}
+
+/// Measures every row of `space` missing from the table at `out` (default:
+/// [`default_path`] for the agent's device) on the agent behind `client`,
+/// appending each row as soon as it is measured, with a progress bar on
+/// stderr. `template` gives the runtime, threads and run counts.
+pub async fn build(
+    client: &AgentClient,
+    space: &Space,
+    template: &MeasureRequest,
+    out: Option<&Path>,
+) -> Result<BuildReport, BuildError> {
+    let url = client.base_url().to_string();
+    let info = client.info().await.map_err(|source| BuildError::Info { url: url.clone(), source })?;
+    let Some(runtime) = info.runtimes.iter().find(|r| r.name == template.runtime) else {
+        let available = info.runtimes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(BuildError::NoRuntime { url, runtime: template.runtime.clone(), available });
+    };
+    let provenance = Provenance {
+        device_id: info.device_id.clone(),
+        runtime: runtime.name.clone(),
+        runtime_version: runtime.version.clone(),
+        threads: template.threads,
+    };
+    let path = out.map_or_else(|| default_path(&info.device_id, &runtime.name, space.name()), Path::to_path_buf);
+    let mut writer = TableWriter::open(&path)?;
+    writer.check_provenance(&provenance)?;
+
+    let targets = targets(space);
+    let todo: Vec<Target> = targets.iter().filter(|t| !writer.table().contains(&t.key())).copied().collect();
+    let bar = ProgressBar::new(todo.len() as u64).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} rows, ETA {eta}  {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    for target in &todo {
+        let key = target.key();
+        bar.set_message(key.clone());
+        let (_, measurement) = client
+            .upload_and_measure(&target_model(target), template)
+            .await
+            .map_err(|source| BuildError::Measure { key, source })?;
+        writer.append(Row::from_measurement(*target, &measurement, SystemTime::now()))?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(BuildReport { path, total: targets.len(), skipped: targets.len() - todo.len(), measured: todo.len() })
+}
+
+/// The prediction as pretty JSON, or a table of blocks ending with the
+/// overhead and the total (the sum of the lines above it).
+pub fn render_prediction(prediction: &Prediction, json: bool) -> serde_json::Result<String> {
+    if json {
+        return Ok(serde_json::to_string_pretty(prediction)? + "\n");
+    }
+    let key_width = prediction.per_layer.iter().map(|l| l.key.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    let mut line = |block: &str, op: &str, key: &str, ms: &str| {
+        let _ = writeln!(out, "{block:<16} {op:<12} {key:<key_width$} {ms:>10}");
+    };
+    line("block", "op", "key", "ms");
+    for l in &prediction.per_layer {
+        line(&l.block, &l.op, &l.key, &format!("{:.4}", l.ms));
+    }
+    line("(per call)", "overhead", "", &format!("{:.4}", prediction.overhead_ms));
+    line("total", "", "", &format!("{:.4}", prediction.total_ms));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::predict::LayerCost;
+
+    #[test]
+    fn default_paths_are_safe_file_names() {
+        assert_eq!(
+            default_path("x86_64-intel-core-i7-1a2b3c4d", "tract", "tiny"),
+            Path::new("latency-tables/x86_64-intel-core-i7-1a2b3c4d--tract--tiny.csv")
+        );
+        assert_eq!(
+            default_path("my phone/1", "tract", "../x"),
+            Path::new("latency-tables/my_phone_1--tract--.._x.csv")
+        );
+    }
+
+    #[test]
+    fn targets_are_the_overhead_then_every_layer() {
+        let space = Space::load("tiny", 1.0).unwrap();
+        let targets = targets(&space);
+        assert_eq!(targets[0].key(), "Overhead-input:32x32x3");
+        assert_eq!(targets.len(), space.all_layers().len() + 1);
+        // Each row's model takes that row's input.
+        for t in [targets[0], targets[1]] {
+            let input = match t {
+                Target::Layer(layer) => layer.input,
+                Target::Overhead(input) => input,
+            };
+            let model = edgeloop_onnx::decode(&target_model(&t)).unwrap();
+            let dims = &edgeloop_onnx::declared_inputs(&model).unwrap()[0].dims;
+            let expected: Vec<edgeloop_onnx::Dim> =
+                [1, input.channels, input.height, input.width].into_iter().map(Into::into).collect();
+            assert_eq!(dims, &expected, "{}", t.key());
+        }
+    }
+
+    #[test]
+    fn prediction_renders_blocks_then_overhead_and_total() {
+        let p = Prediction {
+            total_ms: 1.5,
+            overhead_ms: 0.25,
+            per_layer: vec![LayerCost { block: "stem".into(), op: "3x3_Conv".into(), key: "Conv-k".into(), ms: 1.25 }],
+        };
+        let text = render_prediction(&p, false).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("block") && lines[0].ends_with("ms"), "{text}");
+        assert!(lines[1].starts_with("stem") && lines[1].contains("Conv-k") && lines[1].ends_with("1.2500"), "{text}");
+        assert!(lines[2].contains("overhead") && lines[2].ends_with("0.2500"), "{text}");
+        assert!(lines[3].starts_with("total") && lines[3].ends_with("1.5000"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&render_prediction(&p, true).unwrap()).unwrap();
+        assert_eq!(json["total_ms"], 1.5);
+        assert_eq!(json["per_layer"][0]["key"], "Conv-k");
+    }
+}

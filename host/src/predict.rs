@@ -1,0 +1,176 @@
+//! Latency of a whole architecture from a [`LatencyTable`] (DESIGN §7).
+//!
+//! Every row of the table is one runtime call on a single-layer model, so it
+//! includes the runtime's per-call overhead `c` once (measured by the table's
+//! identity-model row). A network is one call too, so
+//!
+//! ```text
+//! predicted = c + Σ_layers max(row_i − c, 0)
+//! ```
+//!
+//! with every row taken at its median (`p50_ms`). The clamp only matters for
+//! layers so cheap that noise puts them below the identity model.
+
+use std::path::PathBuf;
+
+use edgeloop_space::{Arch, ArchError, Layer, LayerKind, Op, Shape, Space};
+use serde::Serialize;
+
+use crate::table::{LatencyTable, Target};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    #[error("latency table {} has no row {key}; build it for this space with `edgeloop table build`", table.display())]
+    MissingKey { key: String, table: PathBuf },
+
+    #[error(transparent)]
+    Arch(#[from] ArchError),
+}
+
+/// One layer of the network and its share of the prediction.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerCost {
+    /// `stem`, `first_block`, the choice block's name (`stage1.block2`), `head` or `classifier`.
+    pub block: String,
+    /// `3x3_Conv`, `5x5_MBConv6`, `1x1_Conv` or `GAP_FC`.
+    pub op: String,
+    /// The table key.
+    pub key: String,
+    /// The layer's time without the per-call overhead.
+    pub ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    /// `overhead_ms` plus the layers' `ms`.
+    pub total_ms: f64,
+    /// The per-call overhead, counted once.
+    pub overhead_ms: f64,
+    /// In network order; blocks set to `zero` have no layer.
+    pub per_layer: Vec<LayerCost>,
+}
+
+/// Predicts latencies from one table.
+#[derive(Debug, Clone, Copy)]
+pub struct Predictor<'a> {
+    table: &'a LatencyTable,
+}
+
+impl<'a> Predictor<'a> {
+    pub fn new(table: &'a LatencyTable) -> Self {
+        Predictor { table }
+    }
+
+    /// The predicted latency of `arch` (validated against `space`).
+    pub fn predict(&self, space: &Space, arch: &Arch) -> Result<Prediction, PredictError> {
+        let layers = arch.layers(space)?;
+        let overhead_ms = self.row_ms(&Target::Overhead(Shape::input(&space.spec.input)))?;
+        let per_layer = layers
+            .iter()
+            .zip(block_names(space, arch))
+            .map(|(layer, block)| {
+                let ms = (self.row_ms(&Target::Layer(*layer))? - overhead_ms).max(0.0);
+                Ok(LayerCost { block, op: op_name(layer), key: layer.key(), ms })
+            })
+            .collect::<Result<Vec<_>, PredictError>>()?;
+        let total_ms = overhead_ms + per_layer.iter().map(|l| l.ms).sum::<f64>();
+        Ok(Prediction { total_ms, overhead_ms, per_layer })
+    }
+
+    fn row_ms(&self, target: &Target) -> Result<f64, PredictError> {
+        let key = target.key();
+        match self.table.get(&key) {
+            Some(row) => Ok(row.latency_ms()),
+            None => Err(PredictError::MissingKey { key, table: self.table.path().to_path_buf() }),
+        }
+    }
+}
+
+/// The block of each layer of `arch.layers(space)`, in the same order.
+fn block_names(space: &Space, arch: &Arch) -> Vec<String> {
+    let chosen = arch.ops.iter().zip(&space.blocks).filter(|(op, _)| **op != Op::Zero).map(|(_, b)| b.name.as_str());
+    ["stem", "first_block"].into_iter().chain(chosen).chain(["head", "classifier"]).map(str::to_owned).collect()
+}
+
+/// The op a layer is, named like the candidate ops (`5x5_MBConv6`).
+fn op_name(layer: &Layer) -> String {
+    let k = layer.kernel;
+    match layer.kind {
+        LayerKind::Stem | LayerKind::HeadConv => format!("{k}x{k}_Conv"),
+        LayerKind::MbConv => Op::MbConv { kernel: k, expand: layer.expand }.to_string(),
+        LayerKind::Logits => "GAP_FC".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::TableWriter;
+    use crate::table::tests::row;
+
+    /// A table for every layer of `tiny` where the overhead row is `overhead`
+    /// and a layer's row `base` + its output channels / 128 ms (exact in binary).
+    fn tiny_table(dir: &std::path::Path, overhead: f64, base: f64) -> (Space, LatencyTable) {
+        let space = Space::load("tiny", 1.0).unwrap();
+        let path = dir.join("t.csv");
+        let mut writer = TableWriter::open(&path).unwrap();
+        writer.append(row(Target::Overhead(Shape::input(&space.spec.input)), overhead)).unwrap();
+        for layer in space.all_layers() {
+            writer.append(row(Target::Layer(layer), base + layer.out_channels as f64 / 128.0)).unwrap();
+        }
+        (space, LatencyTable::load(&path).unwrap())
+    }
+
+    #[test]
+    fn sums_rows_net_of_the_overhead_plus_one_overhead() {
+        let dir = tempfile::tempdir().unwrap();
+        let (space, table) = tiny_table(dir.path(), 0.5, 0.5);
+        let mut arch = Arch::random(&space, 0);
+        arch.ops = vec![Op::MbConv { kernel: 3, expand: 3 }, Op::Zero, Op::MbConv { kernel: 7, expand: 6 }, Op::Zero];
+        let p = Predictor::new(&table).predict(&space, &arch).unwrap();
+        // stem 8, first block 8, stage1.block1 16, stage2.block1 24, head 64, logits 10 channels.
+        let expected = [8.0, 8.0, 16.0, 24.0, 64.0, 10.0].map(|c| c / 128.0);
+        assert_eq!(p.per_layer.iter().map(|l| l.ms).collect::<Vec<_>>(), expected);
+        assert_eq!(p.overhead_ms, 0.5);
+        assert_eq!(p.total_ms, 0.5 + 130.0 / 128.0);
+        let labels: Vec<(&str, &str)> = p.per_layer.iter().map(|l| (l.block.as_str(), l.op.as_str())).collect();
+        assert_eq!(
+            labels,
+            [
+                ("stem", "3x3_Conv"),
+                ("first_block", "3x3_MBConv1"),
+                ("stage1.block1", "3x3_MBConv3"),
+                ("stage2.block1", "7x7_MBConv6"),
+                ("head", "1x1_Conv"),
+                ("classifier", "GAP_FC"),
+            ]
+        );
+        assert_eq!(p.per_layer[2].key, "expanded_conv-input:16x16x8-output:8x8x16-expand:3-kernel:3-stride:2-idskip:0");
+    }
+
+    #[test]
+    fn layers_cheaper_than_the_overhead_cost_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (space, table) = tiny_table(dir.path(), 10.0, 0.0);
+        let p = Predictor::new(&table).predict(&space, &Arch::random(&space, 1)).unwrap();
+        assert_eq!((p.total_ms, p.overhead_ms), (10.0, 10.0));
+        assert!(p.per_layer.iter().all(|l| l.ms == 0.0));
+    }
+
+    #[test]
+    fn missing_rows_and_foreign_archs_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, table) = tiny_table(dir.path(), 0.5, 0.5);
+        let cifar = Space::load("proxyless-cifar", 1.0).unwrap();
+        // Same input as tiny, so the overhead row is there; the stem differs.
+        let error = Predictor::new(&table).predict(&cifar, &Arch::random(&cifar, 0)).unwrap_err();
+        let PredictError::MissingKey { key, table: path } = &error else { panic!("{error:?}") };
+        assert_eq!(key, "Conv-input:32x32x3-output:32x32x32");
+        assert_eq!(path, table.path());
+        assert!(error.to_string().contains(&table.path().display().to_string()));
+
+        let tiny = Space::load("tiny", 1.0).unwrap();
+        let error = Predictor::new(&table).predict(&tiny, &Arch::random(&cifar, 0)).unwrap_err();
+        assert!(matches!(error, PredictError::Arch(ArchError::WrongSpace { .. })), "{error:?}");
+    }
+}

@@ -1,0 +1,102 @@
+//! `edgeloop table build` killed with SIGKILL mid-build and rerun, and
+//! `edgeloop table predict`, against a real agent on a loopback port.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edgeloop::commands::table::{default_path, targets};
+use edgeloop::table::LatencyTable;
+use edgeloop_agent::runtime::Runtimes;
+use edgeloop_agent::{AgentConfig, LocalAgent};
+use edgeloop_space::{Arch, Space};
+
+const TOKEN: &str = "table-cli-test-token";
+
+fn build_command(dir: &Path, url: &str, min_duration_ms: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeloop"));
+    cmd.current_dir(dir).env_remove("EDGELOOP_TOKEN").args(["table", "build", "--device", url, "--space", "tiny"]);
+    cmd.args(["--token-file", "token", "--warmup", "1", "--runs", "5", "--min-duration-ms", min_duration_ms]);
+    cmd
+}
+
+fn line_count(path: &Path) -> usize {
+    std::fs::read(path).map_or(0, |bytes| bytes.iter().filter(|&&b| b == b'\n').count())
+}
+
+#[test]
+fn build_survives_sigkill_resumes_and_predicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = AgentConfig::new(dir.path().join("cache"));
+    config.token = Some(TOKEN.into());
+    let agent = LocalAgent::start(config, Runtimes::detect()).unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let space = Space::load("tiny", 1.0).unwrap();
+    let path = dir.path().join(default_path(agent.device_id(), "tract", "tiny"));
+
+    // Slow rows (100 ms each) so that the kill lands mid-build.
+    let mut child = build_command(dir.path(), &agent.url(), "100").stdout(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while line_count(&path) < 4 {
+        assert!(Instant::now() < deadline, "no rows after 120 s");
+        assert!(child.try_wait().unwrap().is_none(), "the build ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let kept = LatencyTable::load(&path).unwrap();
+    assert!(kept.len() >= 3 && kept.len() < targets(&space).len(), "{} rows", kept.len());
+    // What a kill in the middle of a write leaves: a line without its end.
+    let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut file, b"expanded_conv-input:8x8x16-output:8x8x16,expanded_c").unwrap();
+    drop(file);
+
+    let out = build_command(dir.path(), &agent.url(), "5").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let total = targets(&space).len();
+    let summary = format!("{} rows measured, {} already there, {total} in all", total - kept.len(), kept.len());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&summary), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("incomplete last line"));
+
+    // Complete, each key once, every line a row, the rows from before the kill kept as they were.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.ends_with('\n'));
+    assert_eq!(text.lines().count(), total + 1);
+    let table = LatencyTable::load(&path).unwrap();
+    let mut keys: Vec<String> = table.rows().iter().map(|r| r.key()).collect();
+    keys.sort();
+    let mut expected: Vec<String> = targets(&space).iter().map(|t| t.key()).collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+    assert_eq!(&table.rows()[..kept.len()], kept.rows());
+
+    // Predict a random arch through the CLI.
+    std::fs::write(dir.path().join("arch.json"), Arch::random(&space, 3).to_json()).unwrap();
+    let predict = |extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeloop"));
+        cmd.current_dir(dir.path()).args(["table", "predict", "--space", "tiny", "--arch", "arch.json", "--table"]);
+        let out = cmd.arg(&path).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_str(&predict(&["--json"])).unwrap();
+    let total_ms = json["total_ms"].as_f64().unwrap();
+    let layers: f64 = json["per_layer"].as_array().unwrap().iter().map(|l| l["ms"].as_f64().unwrap()).sum();
+    assert!(total_ms > 0.0 && (total_ms - layers - json["overhead_ms"].as_f64().unwrap()).abs() < 1e-9);
+    let text = predict(&[]);
+    assert!(text.lines().last().unwrap().starts_with("total"), "{text}");
+    assert!(text.contains("stem") && text.contains("classifier"), "{text}");
+
+    // The table has no rows for a wider tiny: the error names a missing key and the file.
+    let wide = Space::load("tiny", 2.0).unwrap();
+    std::fs::write(dir.path().join("wide.json"), Arch::random(&wide, 3).to_json()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .current_dir(dir.path())
+        .args(["table", "predict", "--space", "tiny", "--width", "2", "--arch", "wide.json", "--table"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let error = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("latency table {} has no row Conv-input:32x32x3-output:16x16x16", path.display());
+    assert!(!out.status.success() && error.contains(&expected), "{error}");
+}

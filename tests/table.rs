@@ -1,0 +1,55 @@
+//! Latency tables end to end (DESIGN §7): a table of the `tiny` space built
+//! on a real agent through the library, resumed, and used to predict.
+
+use std::collections::HashSet;
+
+use edgeloop::commands::table::{self, BuildReport};
+use edgeloop::predict::Predictor;
+use edgeloop::table::LatencyTable;
+use edgeloop_e2e::{TestAgent, quick_request};
+use edgeloop_space::{Arch, Space};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tiny_table_builds_resumes_and_predicts() {
+    let agent = TestAgent::start();
+    let client = agent.client();
+    let space = Space::load("tiny", 1.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tables/tiny.csv");
+    let template = quick_request("");
+
+    let report = table::build(&client, &space, &template, Some(&path)).await.unwrap();
+    let targets = table::targets(&space);
+    assert_eq!(report, BuildReport { path: path.clone(), total: targets.len(), skipped: 0, measured: targets.len() });
+
+    // Every key exactly once (loading refuses duplicates), the overhead row included.
+    let built = LatencyTable::load(&path).unwrap();
+    let keys: Vec<String> = built.rows().iter().map(|r| r.key()).collect();
+    let expected: Vec<String> = targets.iter().map(|t| t.key()).collect();
+    assert_eq!(keys, expected);
+    assert_eq!(keys.iter().collect::<HashSet<_>>().len(), keys.len());
+    assert!(built.overhead(space.prefix_layers()[0].input).is_some());
+    let provenance = built.provenance().unwrap();
+    assert_eq!((provenance.device_id.as_str(), provenance.runtime.as_str()), (agent.agent.device_id(), "tract"));
+    assert!(built.rows().iter().all(|r| r.n >= template.min_runs && r.p50_ms > 0.0));
+
+    // A second build finds nothing to do and leaves the file as it was.
+    let before = std::fs::read(&path).unwrap();
+    let again = table::build(&client, &space, &template, Some(&path)).await.unwrap();
+    assert_eq!((again.skipped, again.measured), (targets.len(), 0));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    // Another thread count is another table.
+    let two_threads = edgeloop_api::MeasureRequest { threads: 2, ..template.clone() };
+    let error = table::build(&client, &space, &two_threads, Some(&path)).await.unwrap_err().to_string();
+    assert!(error.contains("1 thread(s), not with") && error.contains("2 thread(s)"), "{error}");
+
+    let arch = Arch::random(&space, 7);
+    let prediction = Predictor::new(&built).predict(&space, &arch).unwrap();
+    let layers = arch.layers(&space).unwrap();
+    assert_eq!(prediction.per_layer.len(), layers.len());
+    assert!(prediction.per_layer.iter().zip(&layers).all(|(cost, layer)| cost.key == layer.key()));
+    assert!(prediction.total_ms > 0.0 && prediction.overhead_ms > 0.0);
+    let sum = prediction.overhead_ms + prediction.per_layer.iter().map(|l| l.ms).sum::<f64>();
+    assert!((prediction.total_ms - sum).abs() < 1e-9, "{} != {sum}", prediction.total_ms);
+}
