@@ -5,5 +5,6 @@ pub mod client;
 pub mod commands;
 pub mod predict;
 pub mod table;
+pub mod validate;
 
 pub use client::{AgentClient, ClientError, RetryPolicy, UploadOutcome, UploadStatus};

@@ -12,6 +12,7 @@ use edgeloop::commands::table;
 use edgeloop::commands::{devices, export, measure, space};
 use edgeloop::predict::Predictor;
 use edgeloop::table::LatencyTable;
+use edgeloop::validate;
 use edgeloop_api::MeasureRequest;
 use edgeloop_api::token::resolve_token;
 use edgeloop_space::Arch;
@@ -49,6 +50,43 @@ enum TableCommand {
     Build(TableBuildArgs),
     /// Predict the latency of an architecture from a latency table.
     Predict(TablePredictArgs),
+    /// Measure random whole networks on the device and report how well the table predicts them.
+    Validate(TableValidateArgs),
+}
+
+#[derive(Args)]
+struct TableValidateArgs {
+    /// Latency table (CSV) of the device; its device, runtime and threads are used.
+    #[arg(long, value_name = "FILE")]
+    table: PathBuf,
+    /// Base URL of the agent on the table's device.
+    #[arg(long, value_name = "URL")]
+    device: String,
+    #[command(flatten)]
+    auth: Auth,
+    #[command(flatten)]
+    space: SpaceArgs,
+    /// Random architectures to measure.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    samples: usize,
+    /// Seed of the architecture sampler.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// Untimed runs per network.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    warmup: usize,
+    /// Timed runs per network, at least.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    runs: usize,
+    /// Timed duration per network, at least, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 300)]
+    min_duration_ms: u64,
+    /// Where validation.csv and validation.png go [default: next to the table, <table>.validation/].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the metrics as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -283,6 +321,7 @@ async fn main() -> ExitCode {
         Command::Export(args) => run_export(args),
         Command::Table(TableCommand::Build(args)) => run_table_build(args).await,
         Command::Table(TableCommand::Predict(args)) => run_table_predict(args),
+        Command::Table(TableCommand::Validate(args)) => run_table_validate(args).await,
     };
     // One line, not anyhow's multi-line report (with a backtrace under RUST_BACKTRACE).
     match outcome {
@@ -375,5 +414,61 @@ fn run_table_predict(args: TablePredictArgs) -> anyhow::Result<()> {
     let arch = Arch::from_json(&text).with_context(|| format!("cannot read {}", args.arch.display()))?;
     let prediction = Predictor::new(&latency).predict(&space, &arch)?;
     print!("{}", table::render_prediction(&prediction, args.json)?);
+    Ok(())
+}
+
+async fn run_table_validate(args: TableValidateArgs) -> anyhow::Result<()> {
+    let space = args.space.load()?;
+    let latency = LatencyTable::load(&args.table)?;
+    let provenance =
+        latency.provenance().with_context(|| format!("latency table {} has no rows", args.table.display()))?.clone();
+    let client = AgentClient::new(&args.device, args.auth.token()?)?;
+    let device_id = client.info().await?.device_id;
+    anyhow::ensure!(
+        device_id == provenance.device_id,
+        "the agent at {} is device {device_id}, but {} was measured on {}",
+        args.device,
+        args.table.display(),
+        provenance.device_id
+    );
+    let template = MeasureRequest {
+        runtime: provenance.runtime.clone(),
+        threads: provenance.threads,
+        warmup_runs: args.warmup,
+        min_runs: args.runs,
+        min_duration_ms: args.min_duration_ms,
+        ..MeasureRequest::default()
+    };
+    let archs = validate::sample_archs(&space, args.samples, args.seed);
+    let bar = indicatif::ProgressBar::new(archs.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} archs, ETA {eta}  {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    let predictor = Predictor::new(&latency);
+    let samples = validate::run(&client, &space, &predictor, &archs, &template, |s| {
+        bar.set_message(format!("last: predicted {:.3} ms, measured {:.3} ms", s.predicted_ms, s.measured_ms));
+        bar.inc(1);
+    })
+    .await?;
+    bar.finish_and_clear();
+    let metrics = validate::metrics(&samples);
+    let out = args.out.unwrap_or_else(|| args.table.with_extension("validation"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    validate::write_csv(&out.join("validation.csv"), &samples)?;
+    validate::write_plot(&out.join("validation.png"), &samples, &metrics, space.name())?;
+    if args.json {
+        println!("{}", serde_json::to_string(&metrics)?);
+    } else {
+        println!(
+            "{} archs: {:.1}% within ±10%, MAPE {:.2}%, RMSE {:.4} ms, Kendall τ {:.3}\nwrote {}/validation.csv and validation.png",
+            metrics.samples,
+            metrics.within_10pct * 100.0,
+            metrics.mape,
+            metrics.rmse_ms,
+            metrics.kendall_tau,
+            out.display()
+        );
+    }
     Ok(())
 }

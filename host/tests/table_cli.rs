@@ -1,5 +1,5 @@
 //! `edgeloop table build` killed with SIGKILL mid-build and rerun, and
-//! `edgeloop table predict`, against a real agent on a loopback port.
+//! `edgeloop table predict` and `table validate`, against a real agent on a loopback port.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -99,4 +99,24 @@ fn build_survives_sigkill_resumes_and_predicts() {
     let error = String::from_utf8_lossy(&out.stderr);
     let expected = format!("latency table {} has no row Conv-input:32x32x3-output:16x16x16", path.display());
     assert!(!out.status.success() && error.contains(&expected), "{error}");
+
+    // Validate on the same table: metrics as JSON, validation.csv and the plot written.
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .current_dir(dir.path())
+        .env_remove("EDGELOOP_TOKEN")
+        .args(["table", "validate", "--device", &agent.url(), "--token-file", "token", "--space", "tiny"])
+        .args(["--samples", "4", "--seed", "1", "--warmup", "1", "--runs", "3", "--min-duration-ms", "5"])
+        .args(["--json", "--out", "validation", "--table"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(metrics["samples"], 4);
+    for key in ["within_10pct", "mape", "rmse_ms", "kendall_tau"] {
+        assert!(metrics[key].is_number(), "{key} in {metrics}");
+    }
+    let csv = std::fs::read_to_string(dir.path().join("validation/validation.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5);
+    assert!(std::fs::read(dir.path().join("validation/validation.png")).unwrap().starts_with(b"\x89PNG"));
 }

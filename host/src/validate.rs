@@ -1,0 +1,253 @@
+//! How well a latency table predicts whole networks (DESIGN §7): sample
+//! random architectures, measure each whole network on the device, compare
+//! with the prediction. Nothing measured here feeds back into the table.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use edgeloop_api::MeasureRequest;
+use edgeloop_onnx::encode;
+use edgeloop_onnx::export::{RandomWeights, arch_model};
+use edgeloop_space::{Arch, Space};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::Serialize;
+
+use crate::client::{AgentClient, ClientError};
+use crate::predict::{PredictError, Predictor};
+
+/// One architecture: predicted and measured whole-network latency (p50).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub arch: Arch,
+    pub predicted_ms: f64,
+    pub measured_ms: f64,
+}
+
+impl Sample {
+    pub fn error_pct(&self) -> f64 {
+        (self.predicted_ms - self.measured_ms) / self.measured_ms * 100.0
+    }
+}
+
+/// The figures `table validate` reports (`--json` prints exactly these keys).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Metrics {
+    pub samples: usize,
+    /// Fraction of samples predicted within ±10% of the measurement.
+    pub within_10pct: f64,
+    /// Mean absolute percentage error, in percent.
+    pub mape: f64,
+    pub rmse_ms: f64,
+    pub kendall_tau: f64,
+}
+
+/// Kendall's τ-b: rank agreement of two sequences, ties accounted for.
+pub fn kendall_tau(a: &[f64], b: &[f64]) -> f64 {
+    let (mut concordant, mut discordant, mut ties_a, mut ties_b) = (0i64, 0i64, 0i64, 0i64);
+    for i in 0..a.len() {
+        for j in i + 1..a.len() {
+            let (da, db) = (a[i] - a[j], b[i] - b[j]);
+            match (da == 0.0, db == 0.0) {
+                (true, true) => {}
+                (true, false) => ties_a += 1,
+                (false, true) => ties_b += 1,
+                (false, false) if da.signum() == db.signum() => concordant += 1,
+                (false, false) => discordant += 1,
+            }
+        }
+    }
+    let denominator =
+        (((concordant + discordant + ties_a) as f64) * ((concordant + discordant + ties_b) as f64)).sqrt();
+    if denominator == 0.0 { 0.0 } else { (concordant - discordant) as f64 / denominator }
+}
+
+pub fn metrics(samples: &[Sample]) -> Metrics {
+    let n = samples.len().max(1) as f64;
+    let within = samples.iter().filter(|s| s.error_pct().abs() <= 10.0).count() as f64;
+    let mape = samples.iter().map(|s| s.error_pct().abs()).sum::<f64>() / n;
+    let rmse = (samples.iter().map(|s| (s.predicted_ms - s.measured_ms).powi(2)).sum::<f64>() / n).sqrt();
+    let predicted: Vec<f64> = samples.iter().map(|s| s.predicted_ms).collect();
+    let measured: Vec<f64> = samples.iter().map(|s| s.measured_ms).collect();
+    Metrics {
+        samples: samples.len(),
+        within_10pct: within / n,
+        mape,
+        rmse_ms: rmse,
+        kendall_tau: kendall_tau(&predicted, &measured),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    #[error(transparent)]
+    Predict(#[from] PredictError),
+    #[error("measuring arch {arch}: {source}")]
+    Measure { arch: String, source: ClientError },
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("plotting {path}: {message}")]
+    Plot { path: PathBuf, message: String },
+}
+
+/// `count` distinct random archs drawn from `seed`.
+pub fn sample_archs(space: &Space, count: usize, seed: u64) -> Vec<Arch> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut seen = HashSet::new();
+    let mut archs = Vec::with_capacity(count);
+    // Bounded so a space smaller than `count` still ends.
+    for _ in 0..count * 100 {
+        if archs.len() == count {
+            break;
+        }
+        let arch = Arch::sample(space, &mut rng);
+        if seen.insert(arch.hash()) {
+            archs.push(arch);
+        }
+    }
+    archs
+}
+
+/// Predicts, then measures each arch on the agent; `on_sample` sees each
+/// result as it arrives (progress).
+pub async fn run(
+    client: &AgentClient,
+    space: &Space,
+    predictor: &Predictor<'_>,
+    archs: &[Arch],
+    template: &MeasureRequest,
+    mut on_sample: impl FnMut(&Sample),
+) -> Result<Vec<Sample>, ValidateError> {
+    let mut samples = Vec::with_capacity(archs.len());
+    for (i, arch) in archs.iter().enumerate() {
+        let predicted_ms = predictor.predict(space, arch)?.total_ms;
+        let model = encode(&arch_model(space, arch, &mut RandomWeights::new(i as u64)).map_err(PredictError::from)?);
+        let (_, m) = client
+            .upload_and_measure(&model, template)
+            .await
+            .map_err(|source| ValidateError::Measure { arch: arch.hash()[..12].to_string(), source })?;
+        let sample = Sample { arch: arch.clone(), predicted_ms, measured_ms: m.latency_ms.p50 };
+        on_sample(&sample);
+        samples.push(sample);
+    }
+    Ok(samples)
+}
+
+/// `validation.csv`: arch_hash, predicted_ms, measured_ms, error_pct, ops.
+pub fn write_csv(path: &Path, samples: &[Sample]) -> Result<(), ValidateError> {
+    let write = || -> std::io::Result<()> {
+        let tmp = path.with_extension("csv.tmp");
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        writeln!(f, "arch_hash,predicted_ms,measured_ms,error_pct,ops")?;
+        for s in samples {
+            let ops: Vec<String> = s.arch.ops.iter().map(ToString::to_string).collect();
+            writeln!(
+                f,
+                "{},{:.6},{:.6},{:.3},{}",
+                s.arch.hash(),
+                s.predicted_ms,
+                s.measured_ms,
+                s.error_pct(),
+                ops.join(" ")
+            )?;
+        }
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|source| ValidateError::Write { path: path.to_path_buf(), source })
+}
+
+/// Predicted-vs-measured scatter with the y = x line and the ±10% band.
+pub fn write_plot(path: &Path, samples: &[Sample], m: &Metrics, title: &str) -> Result<(), ValidateError> {
+    use plotters::prelude::*;
+    let plot_err = |e: &dyn std::fmt::Display| ValidateError::Plot { path: path.to_path_buf(), message: e.to_string() };
+    // Bundled font: no dependency on the fonts a machine has.
+    plotters::style::register_font("sans-serif", FontStyle::Normal, include_bytes!("../assets/DejaVuSans.ttf"))
+        .map_err(|_| plot_err(&"invalid bundled font"))?;
+    let hi = samples.iter().flat_map(|s| [s.predicted_ms, s.measured_ms]).fold(0.0f64, f64::max) * 1.1;
+    let hi = if hi > 0.0 { hi } else { 1.0 };
+    let root = BitMapBackend::new(path, (800, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(&e))?;
+    let caption = format!(
+        "{title}: {:.0}% within ±10%, MAPE {:.1}%, RMSE {:.3} ms, τ {:.3}",
+        m.within_10pct * 100.0,
+        m.mape,
+        m.rmse_ms,
+        m.kendall_tau
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 18))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..hi, 0.0..hi)
+        .map_err(|e| plot_err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("measured p50 (ms)")
+        .y_desc("predicted (ms)")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| plot_err(&e))?;
+    for (factor, style) in
+        [(1.0, BLACK.stroke_width(1)), (1.1, RED.mix(0.5).stroke_width(1)), (0.9, RED.mix(0.5).stroke_width(1))]
+    {
+        chart.draw_series(LineSeries::new([(0.0, 0.0), (hi, hi * factor)], style)).map_err(|e| plot_err(&e))?;
+    }
+    chart
+        .draw_series(samples.iter().map(|s| Circle::new((s.measured_ms, s.predicted_ms), 3, BLUE.filled())))
+        .map_err(|e| plot_err(&e))?;
+    root.present().map_err(|e| plot_err(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(predicted_ms: f64, measured_ms: f64) -> Sample {
+        let arch = Arch { space: "tiny".into(), width: 1.0, ops: vec![] };
+        Sample { arch, predicted_ms, measured_ms }
+    }
+
+    #[test]
+    fn kendall_tau_of_known_orders() {
+        assert_eq!(kendall_tau(&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]), 1.0);
+        assert_eq!(kendall_tau(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]), -1.0);
+        // One discordant pair of three: (2 - 1) / 3.
+        assert!((kendall_tau(&[1.0, 2.0, 3.0], &[1.0, 3.0, 2.0]) - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn metrics_by_hand() {
+        let s = [sample(1.0, 1.0), sample(1.05, 1.02), sample(2.4, 2.0), sample(3.0, 4.0)];
+        let m = metrics(&s);
+        assert_eq!(m.samples, 4);
+        assert_eq!(m.within_10pct, 0.5);
+        assert!((m.mape - (0.0 + 3.0 / 1.02 + 20.0 + 25.0) / 4.0).abs() < 1e-9);
+        let rmse = ((0.0 + 0.03f64.powi(2) + 0.4f64.powi(2) + 1.0) / 4.0).sqrt();
+        assert!((m.rmse_ms - rmse).abs() < 1e-12);
+        assert_eq!(m.kendall_tau, 1.0);
+    }
+
+    #[test]
+    fn sampled_archs_are_distinct_and_seeded() {
+        let space = Space::load("tiny", 1.0).unwrap();
+        let a = sample_archs(&space, 20, 3);
+        assert_eq!(a.len(), 20);
+        assert_eq!(a.iter().map(Arch::hash).collect::<HashSet<_>>().len(), 20);
+        assert_eq!(a, sample_archs(&space, 20, 3));
+    }
+
+    #[test]
+    fn csv_and_plot_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = [sample(1.0, 1.1), sample(2.0, 1.9)];
+        write_csv(&dir.path().join("validation.csv"), &s).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("validation.csv")).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        let png = dir.path().join("validation.png");
+        write_plot(&png, &s, &metrics(&s), "tiny").unwrap();
+        assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    }
+}
