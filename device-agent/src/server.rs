@@ -162,8 +162,16 @@ async fn require_token(State(state): State<Arc<AppState>>, request: Request, nex
         next.run(request).await
     } else {
         let message = if presented.is_some() { "bad token" } else { "missing `Authorization: Bearer <token>`" };
-        ApiError::new(ErrorCode::Unauthorized, message).into_response()
+        closing(ApiError::new(ErrorCode::Unauthorized, message).into_response())
     }
+}
+
+/// Marks an answer given before the request body was read: the rest of the
+/// body is never read, so the connection must not be reused (a client that
+/// reused it would see its next request cut off).
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    response
 }
 
 async fn health() -> Json<Health> {
@@ -189,24 +197,23 @@ fn too_large(max: u64) -> ApiError {
     )
 }
 
-async fn upload(
-    State(state): State<Arc<AppState>>,
-    Path(sha256): Path<String>,
-    body: Body,
-) -> Result<(StatusCode, Json<ModelInfo>), ApiError> {
-    check_hash(&sha256).map_err(|e| ApiError::bad_request(e.to_string()))?;
+async fn upload(State(state): State<Arc<AppState>>, Path(sha256): Path<String>, body: Body) -> Response {
+    // Answers before the body is read close the connection (see `closing`).
+    if let Err(e) = check_hash(&sha256) {
+        return closing(ApiError::bad_request(e.to_string()).into_response());
+    }
     if let Some(info) = state.store.info(&sha256) {
-        return Ok((StatusCode::OK, Json(info)));
+        return closing((StatusCode::OK, Json(info)).into_response());
     }
     let max = state.max_model_bytes;
-    let bytes = to_bytes(body, max as usize).await.map_err(|e| {
+    let bytes = match to_bytes(body, max as usize).await {
+        Ok(bytes) => bytes,
         // Length-limit errors are wrapped; anything else is a broken upload.
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-            too_large(max)
-        } else {
-            ApiError::bad_request(format!("reading upload: {e}"))
+        Err(e) if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) => {
+            return closing(too_large(max).into_response());
         }
-    })?;
+        Err(e) => return closing(ApiError::bad_request(format!("reading upload: {e}")).into_response()),
+    };
     let store = state.store.clone();
     let stored = tokio::task::spawn_blocking(move || -> Result<(Stored, ModelInfo), ApiError> {
         // Refuse what is not ONNX at all now, rather than at measure time.
@@ -218,9 +225,13 @@ async fn upload(
         Ok((stored, ModelInfo { sha256, size_bytes: bytes.len() as u64 }))
     })
     .await
-    .map_err(ApiError::internal)??;
-    let status = if stored.0 == Stored::New { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(stored.1)))
+    .map_err(ApiError::internal)
+    .and_then(|r| r);
+    match stored {
+        Ok((Stored::New, info)) => (StatusCode::CREATED, Json(info)).into_response(),
+        Ok((Stored::AlreadyPresent, info)) => (StatusCode::OK, Json(info)).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn measure(
