@@ -1,6 +1,7 @@
 //! Host side of edgeloop: talks to the device agents (DESIGN §5) and drives
 //! measurements. The `edgeloop` binary is a thin command line over this crate.
 
+pub mod calibrate;
 pub mod client;
 pub mod commands;
 pub mod predict;

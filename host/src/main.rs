@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use edgeloop::AgentClient;
+use edgeloop::calibrate::Calibration;
 use edgeloop::client::{DEFAULT_REQUEST_TIMEOUT, error_line};
 use edgeloop::commands::table;
 use edgeloop::commands::{devices, export, measure, space};
@@ -52,10 +53,13 @@ enum TableCommand {
     Predict(TablePredictArgs),
     /// Measure random whole networks on the device and report how well the table predicts them.
     Validate(TableValidateArgs),
+    /// Fit the predictor's correction factor on a few whole networks (held out from validation).
+    Calibrate(TableCalibrateArgs),
 }
 
+/// Measuring random whole networks against a table.
 #[derive(Args)]
-struct TableValidateArgs {
+struct WholeNetworkArgs {
     /// Latency table (CSV) of the device; its device, runtime and threads are used.
     #[arg(long, value_name = "FILE")]
     table: PathBuf,
@@ -66,12 +70,6 @@ struct TableValidateArgs {
     auth: Auth,
     #[command(flatten)]
     space: SpaceArgs,
-    /// Random architectures to measure.
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    samples: usize,
-    /// Seed of the architecture sampler.
-    #[arg(long, value_name = "S", default_value_t = 0)]
-    seed: u64,
     /// Untimed runs per network.
     #[arg(long, value_name = "N", default_value_t = 5)]
     warmup: usize,
@@ -81,6 +79,30 @@ struct TableValidateArgs {
     /// Timed duration per network, at least, in ms.
     #[arg(long, value_name = "MS", default_value_t = 300)]
     min_duration_ms: u64,
+}
+
+#[derive(Args)]
+struct TableCalibrateArgs {
+    #[command(flatten)]
+    net: WholeNetworkArgs,
+    /// Whole networks to fit on.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    samples: usize,
+    /// Seed of the architecture sampler (keep it apart from validation seeds).
+    #[arg(long, value_name = "S", default_value_t = 1_000_003)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct TableValidateArgs {
+    #[command(flatten)]
+    net: WholeNetworkArgs,
+    /// Random architectures to measure.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    samples: usize,
+    /// Seed of the architecture sampler.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
     /// Where validation.csv and validation.png go [default: next to the table, <table>.validation/].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -322,6 +344,7 @@ async fn main() -> ExitCode {
         Command::Table(TableCommand::Build(args)) => run_table_build(args).await,
         Command::Table(TableCommand::Predict(args)) => run_table_predict(args),
         Command::Table(TableCommand::Validate(args)) => run_table_validate(args).await,
+        Command::Table(TableCommand::Calibrate(args)) => run_table_calibrate(args).await,
     };
     // One line, not anyhow's multi-line report (with a backtrace under RUST_BACKTRACE).
     match outcome {
@@ -412,56 +435,102 @@ fn run_table_predict(args: TablePredictArgs) -> anyhow::Result<()> {
     let latency = LatencyTable::load(&args.table)?;
     let text = std::fs::read_to_string(&args.arch).with_context(|| format!("cannot read {}", args.arch.display()))?;
     let arch = Arch::from_json(&text).with_context(|| format!("cannot read {}", args.arch.display()))?;
-    let prediction = Predictor::new(&latency).predict(&space, &arch)?;
+    let calibration = Calibration::load_for(&args.table)?;
+    let prediction = Predictor::calibrated(&latency, calibration.as_ref()).predict(&space, &arch)?;
     print!("{}", table::render_prediction(&prediction, args.json)?);
     Ok(())
 }
 
-async fn run_table_validate(args: TableValidateArgs) -> anyhow::Result<()> {
-    let space = args.space.load()?;
-    let latency = LatencyTable::load(&args.table)?;
-    let provenance =
-        latency.provenance().with_context(|| format!("latency table {} has no rows", args.table.display()))?.clone();
-    let client = AgentClient::new(&args.device, args.auth.token()?)?;
-    let device_id = client.info().await?.device_id;
-    anyhow::ensure!(
-        device_id == provenance.device_id,
-        "the agent at {} is device {device_id}, but {} was measured on {}",
-        args.device,
-        args.table.display(),
-        provenance.device_id
-    );
-    let template = MeasureRequest {
-        runtime: provenance.runtime.clone(),
-        threads: provenance.threads,
-        warmup_runs: args.warmup,
-        min_runs: args.runs,
-        min_duration_ms: args.min_duration_ms,
-        ..MeasureRequest::default()
-    };
-    let archs = validate::sample_archs(&space, args.samples, args.seed);
-    let bar = indicatif::ProgressBar::new(archs.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} archs, ETA {eta}  {msg}")
+/// What measuring whole networks against a table needs.
+struct WholeNetworkRun {
+    space: edgeloop_space::Space,
+    latency: LatencyTable,
+    client: AgentClient,
+    template: MeasureRequest,
+}
+
+impl WholeNetworkArgs {
+    /// Loads the table and checks that the agent is the table's device.
+    async fn open(&self) -> anyhow::Result<WholeNetworkRun> {
+        let space = self.space.load()?;
+        let latency = LatencyTable::load(&self.table)?;
+        let provenance =
+            latency.provenance().with_context(|| format!("latency table {} has no rows", self.table.display()))?;
+        let client = AgentClient::new(&self.device, self.auth.token()?)?;
+        let device_id = client.info().await?.device_id;
+        anyhow::ensure!(
+            device_id == provenance.device_id,
+            "the agent at {} is device {device_id}, but {} was measured on {}",
+            self.device,
+            self.table.display(),
+            provenance.device_id
+        );
+        let template = MeasureRequest {
+            runtime: provenance.runtime.clone(),
+            threads: provenance.threads,
+            warmup_runs: self.warmup,
+            min_runs: self.runs,
+            min_duration_ms: self.min_duration_ms,
+            ..MeasureRequest::default()
+        };
+        Ok(WholeNetworkRun { space, latency, client, template })
+    }
+}
+
+impl WholeNetworkRun {
+    /// Measures `archs` with a progress bar, comparing with `predictor`.
+    async fn measure(
+        &self,
+        predictor: &Predictor<'_>,
+        archs: &[edgeloop_space::Arch],
+    ) -> anyhow::Result<Vec<validate::Sample>> {
+        let bar = indicatif::ProgressBar::new(archs.len() as u64).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{wide_bar}] {pos}/{len} archs, ETA {eta}  {msg}",
+            )
             .expect("the template is valid")
             .progress_chars("=> "),
-    );
-    let predictor = Predictor::new(&latency);
-    let samples = validate::run(&client, &space, &predictor, &archs, &template, |s| {
-        bar.set_message(format!("last: predicted {:.3} ms, measured {:.3} ms", s.predicted_ms, s.measured_ms));
-        bar.inc(1);
-    })
-    .await?;
-    bar.finish_and_clear();
+        );
+        let samples = validate::run(&self.client, &self.space, predictor, archs, &self.template, |s| {
+            bar.set_message(format!("last: predicted {:.3} ms, measured {:.3} ms", s.predicted_ms, s.measured_ms));
+            bar.inc(1);
+        })
+        .await?;
+        bar.finish_and_clear();
+        Ok(samples)
+    }
+}
+
+async fn run_table_calibrate(args: TableCalibrateArgs) -> anyhow::Result<()> {
+    let run = args.net.open().await?;
+    let predictor = Predictor::new(&run.latency);
+    let archs = validate::sample_archs(&run.space, args.samples, args.seed, &[]);
+    let samples = run.measure(&predictor, &archs).await?;
+    let calibration = Calibration::fit(&samples, predictor.overhead_ms(&run.space)?)?;
+    let path = calibration.save_for(&args.net.table)?;
+    println!("scale {:.4} fitted on {} archs; wrote {}", calibration.scale, samples.len(), path.display());
+    Ok(())
+}
+
+async fn run_table_validate(args: TableValidateArgs) -> anyhow::Result<()> {
+    let run = args.net.open().await?;
+    let calibration = Calibration::load_for(&args.net.table)?;
+    let held_out = calibration.as_ref().map_or(&[][..], |c| &c.archs[..]);
+    let archs = validate::sample_archs(&run.space, args.samples, args.seed, held_out);
+    let predictor = Predictor::calibrated(&run.latency, calibration.as_ref());
+    let samples = run.measure(&predictor, &archs).await?;
     let metrics = validate::metrics(&samples);
-    let out = args.out.unwrap_or_else(|| args.table.with_extension("validation"));
+    let out = args.out.unwrap_or_else(|| args.net.table.with_extension("validation"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     validate::write_csv(&out.join("validation.csv"), &samples)?;
-    validate::write_plot(&out.join("validation.png"), &samples, &metrics, space.name())?;
+    validate::write_plot(&out.join("validation.png"), &samples, &metrics, run.space.name())?;
     if args.json {
         println!("{}", serde_json::to_string(&metrics)?);
     } else {
+        let correction =
+            calibration.map_or("no calibration".to_string(), |c| format!("calibrated, scale {:.4}", c.scale));
         println!(
-            "{} archs: {:.1}% within ±10%, MAPE {:.2}%, RMSE {:.4} ms, Kendall τ {:.3}\nwrote {}/validation.csv and validation.png",
+            "{} archs ({correction}): {:.1}% within ±10%, MAPE {:.2}%, RMSE {:.4} ms, Kendall τ {:.3}\nwrote {}/validation.csv and validation.png",
             metrics.samples,
             metrics.within_10pct * 100.0,
             metrics.mape,

@@ -8,7 +8,7 @@
 //! predicted = c + Σ_layers max(row_i − c, 0)
 //! ```
 //!
-//! with every row taken at its median (`p50_ms`). The clamp only matters for
+//! with every row taken at its fastest run (`min_ms`, see `Row::latency_ms`). The clamp only matters for
 //! layers so cheap that noise puts them below the identity model.
 
 use std::path::PathBuf;
@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use edgeloop_space::{Arch, ArchError, Layer, LayerKind, Op, Shape, Space};
 use serde::Serialize;
 
+use crate::calibrate::Calibration;
 use crate::table::{LatencyTable, Target};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +37,7 @@ pub struct LayerCost {
     pub op: String,
     /// The table key.
     pub key: String,
-    /// The layer's time without the per-call overhead.
+    /// The layer's time without the per-call overhead (times the calibration factor).
     pub ms: f64,
 }
 
@@ -50,26 +51,39 @@ pub struct Prediction {
     pub per_layer: Vec<LayerCost>,
 }
 
-/// Predicts latencies from one table.
+/// Predicts latencies from one table, with an optional fitted correction.
 #[derive(Debug, Clone, Copy)]
 pub struct Predictor<'a> {
     table: &'a LatencyTable,
+    /// Factor on the layer sum; 1 without calibration.
+    scale: f64,
 }
 
 impl<'a> Predictor<'a> {
+    /// The plain sum (no correction).
     pub fn new(table: &'a LatencyTable) -> Self {
-        Predictor { table }
+        Predictor { table, scale: 1.0 }
+    }
+
+    /// With the correction `calibration` fitted for this table, if any.
+    pub fn calibrated(table: &'a LatencyTable, calibration: Option<&Calibration>) -> Self {
+        Predictor { table, scale: calibration.map_or(1.0, |c| c.scale) }
+    }
+
+    /// The per-call overhead row of `space`'s input.
+    pub fn overhead_ms(&self, space: &Space) -> Result<f64, PredictError> {
+        self.row_ms(&Target::Overhead(Shape::input(&space.spec.input)))
     }
 
     /// The predicted latency of `arch` (validated against `space`).
     pub fn predict(&self, space: &Space, arch: &Arch) -> Result<Prediction, PredictError> {
         let layers = arch.layers(space)?;
-        let overhead_ms = self.row_ms(&Target::Overhead(Shape::input(&space.spec.input)))?;
+        let overhead_ms = self.overhead_ms(space)?;
         let per_layer = layers
             .iter()
             .zip(block_names(space, arch))
             .map(|(layer, block)| {
-                let ms = (self.row_ms(&Target::Layer(*layer))? - overhead_ms).max(0.0);
+                let ms = self.scale * (self.row_ms(&Target::Layer(*layer))? - overhead_ms).max(0.0);
                 Ok(LayerCost { block, op: op_name(layer), key: layer.key(), ms })
             })
             .collect::<Result<Vec<_>, PredictError>>()?;

@@ -19,7 +19,7 @@ use edgeloop_space::{Layer, LayerKind, Shape};
 use serde::{Deserialize, Serialize};
 
 /// The CSV header, in order.
-pub const COLUMNS: [&str; 19] = [
+pub const COLUMNS: [&str; 20] = [
     "key",
     "kind",
     "input_h",
@@ -33,6 +33,7 @@ pub const COLUMNS: [&str; 19] = [
     "mean_ms",
     "std_ms",
     "p50_ms",
+    "min_ms",
     "n",
     "device_id",
     "runtime",
@@ -92,6 +93,7 @@ pub struct Row {
     pub mean_ms: f64,
     pub std_ms: f64,
     pub p50_ms: f64,
+    pub min_ms: f64,
     /// Timed runs behind the statistics.
     pub n: usize,
     pub provenance: Provenance,
@@ -106,6 +108,7 @@ impl Row {
             mean_ms: m.latency_ms.mean,
             std_ms: m.latency_ms.std,
             p50_ms: m.latency_ms.p50,
+            min_ms: m.latency_ms.min,
             n: m.latency_ms.n,
             provenance: Provenance {
                 device_id: m.device_id.clone(),
@@ -121,10 +124,12 @@ impl Row {
         self.target.key()
     }
 
-    /// The latency the predictor uses: the median, which one slow run (a
-    /// context switch, a page fault) cannot move.
+    /// The latency the predictor uses: the fastest run. On a shared or
+    /// noisy machine whole stretches of runs can be slowed (CPU steal, a
+    /// neighbour's burst), moving even the median; the minimum is what the
+    /// hardware needs and repeats best.
     pub fn latency_ms(&self) -> f64 {
-        self.p50_ms
+        self.min_ms
     }
 }
 
@@ -357,6 +362,7 @@ struct Record {
     mean_ms: f64,
     std_ms: f64,
     p50_ms: f64,
+    min_ms: f64,
     n: usize,
     device_id: String,
     runtime: String,
@@ -386,6 +392,7 @@ impl Record {
             mean_ms: row.mean_ms,
             std_ms: row.std_ms,
             p50_ms: row.p50_ms,
+            min_ms: row.min_ms,
             n: row.n,
             device_id: row.provenance.device_id.clone(),
             runtime: row.provenance.runtime.clone(),
@@ -413,7 +420,9 @@ impl Record {
         if target.key() != self.key {
             return Err(format!("key `{}` does not match the row's fields, which give `{}`", self.key, target.key()));
         }
-        for (name, value) in [("mean_ms", self.mean_ms), ("std_ms", self.std_ms), ("p50_ms", self.p50_ms)] {
+        for (name, value) in
+            [("mean_ms", self.mean_ms), ("std_ms", self.std_ms), ("p50_ms", self.p50_ms), ("min_ms", self.min_ms)]
+        {
             if !(value.is_finite() && value >= 0.0) {
                 return Err(format!("{name} is {value}, not a finite time ≥ 0"));
             }
@@ -425,6 +434,7 @@ impl Record {
             mean_ms: self.mean_ms,
             std_ms: self.std_ms,
             p50_ms: self.p50_ms,
+            min_ms: self.min_ms,
             n: self.n,
             provenance: Provenance {
                 device_id: self.device_id,
@@ -468,6 +478,12 @@ fn create_with_header(path: &Path) -> Result<(), TableError> {
     fs::create_dir_all(dir).map_err(io_error("create the folder of", path))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_error("create", path))?;
     tmp.write_all(format!("{}\n", COLUMNS.join(",")).as_bytes()).map_err(io_error("create", path))?;
+    // Temp files are created owner-only; a table is for everyone's tools.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io_error("create", path))?;
+    }
     tmp.as_file().sync_all().map_err(io_error("create", path))?;
     match tmp.persist_noclobber(path) {
         Ok(_) => sync_dir(dir).map_err(io_error("sync the folder of", path)),
@@ -497,12 +513,14 @@ pub(crate) mod tests {
         Provenance { device_id: "pi4".into(), runtime: "tract".into(), runtime_version: "0.23.9".into(), threads: 1 }
     }
 
-    pub(crate) fn row(target: Target, p50_ms: f64) -> Row {
+    /// A row whose p50 and min (the predictor's statistic) are both `ms`.
+    pub(crate) fn row(target: Target, ms: f64) -> Row {
         Row {
             target,
-            mean_ms: p50_ms * 1.01,
+            mean_ms: ms * 1.01,
             std_ms: 0.125,
-            p50_ms,
+            p50_ms: ms,
+            min_ms: ms,
             n: 30,
             provenance: provenance(),
             measured_at: UNIX_EPOCH + Duration::from_secs(1_760_000_000),
@@ -542,7 +560,7 @@ pub(crate) mod tests {
         assert_eq!(lines[0], COLUMNS.join(","));
         assert_eq!(
             lines[1],
-            "Overhead-input:224x224x3,Overhead,224,224,3,3,1,1,1,0,0.012625,0.125,0.0125,30,pi4,tract,0.23.9,1,\
+            "Overhead-input:224x224x3,Overhead,224,224,3,3,1,1,1,0,0.012625,0.125,0.0125,0.0125,30,pi4,tract,0.23.9,1,\
              2025-10-09T08:53:20Z"
         );
         assert!(lines[2].starts_with(&format!("{},expanded_conv,56,56,24,24,6,5,1,1,", mbconv().key())));
@@ -607,7 +625,7 @@ pub(crate) mod tests {
             (line.replace(",24,24,6,5,", ",24,32,6,5,"), "does not match the row's fields"),
             (line.replace(",expanded_conv,", ",Pool,"), "unknown kind `Pool`"),
             (line.replace(",1,1,0.3", ",1,2,0.3"), "idskip is 2"),
-            (line.replace(",pi4,", ",pi4,extra,"), "found record with 20 fields"),
+            (line.replace(",pi4,", ",pi4,extra,"), "found record with 21 fields"),
             (line.replace("0.125", "NaN"), "std_ms is NaN"),
             (line.replace("Z\n", "+01:00\n"), "not an RFC 3339 UTC time"),
             (line.replace(",30,", ",-3,"), "invalid digit"),

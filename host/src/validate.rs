@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::client::{AgentClient, ClientError};
 use crate::predict::{PredictError, Predictor};
 
-/// One architecture: predicted and measured whole-network latency (p50).
+/// One architecture: predicted and measured whole-network latency (fastest run).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub arch: Arch,
@@ -84,17 +84,18 @@ pub enum ValidateError {
     #[error(transparent)]
     Predict(#[from] PredictError),
     #[error("measuring arch {arch}: {source}")]
-    Measure { arch: String, source: ClientError },
+    Measure { arch: String, source: Box<ClientError> },
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("plotting {path}: {message}")]
     Plot { path: PathBuf, message: String },
 }
 
-/// `count` distinct random archs drawn from `seed`.
-pub fn sample_archs(space: &Space, count: usize, seed: u64) -> Vec<Arch> {
+/// `count` distinct random archs drawn from `seed`, none of them in
+/// `exclude` (hashes, e.g. the archs a calibration was fitted on).
+pub fn sample_archs(space: &Space, count: usize, seed: u64, exclude: &[String]) -> Vec<Arch> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut seen = HashSet::new();
+    let mut seen: HashSet<String> = exclude.iter().cloned().collect();
     let mut archs = Vec::with_capacity(count);
     // Bounded so a space smaller than `count` still ends.
     for _ in 0..count * 100 {
@@ -123,11 +124,12 @@ pub async fn run(
     for (i, arch) in archs.iter().enumerate() {
         let predicted_ms = predictor.predict(space, arch)?.total_ms;
         let model = encode(&arch_model(space, arch, &mut RandomWeights::new(i as u64)).map_err(PredictError::from)?);
-        let (_, m) = client
-            .upload_and_measure(&model, template)
-            .await
-            .map_err(|source| ValidateError::Measure { arch: arch.hash()[..12].to_string(), source })?;
-        let sample = Sample { arch: arch.clone(), predicted_ms, measured_ms: m.latency_ms.p50 };
+        let (_, m) = client.upload_and_measure(&model, template).await.map_err(|source| ValidateError::Measure {
+            arch: arch.hash()[..12].to_string(),
+            source: Box::new(source),
+        })?;
+        // The table's statistic (see `Row::latency_ms`), so like is compared with like.
+        let sample = Sample { arch: arch.clone(), predicted_ms, measured_ms: m.latency_ms.min };
         on_sample(&sample);
         samples.push(sample);
     }
@@ -165,8 +167,10 @@ pub fn write_plot(path: &Path, samples: &[Sample], m: &Metrics, title: &str) -> 
     // Bundled font: no dependency on the fonts a machine has.
     plotters::style::register_font("sans-serif", FontStyle::Normal, include_bytes!("../assets/DejaVuSans.ttf"))
         .map_err(|_| plot_err(&"invalid bundled font"))?;
-    let hi = samples.iter().flat_map(|s| [s.predicted_ms, s.measured_ms]).fold(0.0f64, f64::max) * 1.1;
+    let values = || samples.iter().flat_map(|s| [s.predicted_ms, s.measured_ms]);
+    let hi = values().fold(0.0f64, f64::max) * 1.1;
     let hi = if hi > 0.0 { hi } else { 1.0 };
+    let lo = values().fold(hi, f64::min) * 0.9;
     let root = BitMapBackend::new(path, (800, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(&e))?;
     let caption = format!(
@@ -181,11 +185,11 @@ pub fn write_plot(path: &Path, samples: &[Sample], m: &Metrics, title: &str) -> 
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
-        .build_cartesian_2d(0.0..hi, 0.0..hi)
+        .build_cartesian_2d(lo..hi, lo..hi)
         .map_err(|e| plot_err(&e))?;
     chart
         .configure_mesh()
-        .x_desc("measured p50 (ms)")
+        .x_desc("measured, fastest run (ms)")
         .y_desc("predicted (ms)")
         .label_style(("sans-serif", 14))
         .draw()
@@ -193,7 +197,8 @@ pub fn write_plot(path: &Path, samples: &[Sample], m: &Metrics, title: &str) -> 
     for (factor, style) in
         [(1.0, BLACK.stroke_width(1)), (1.1, RED.mix(0.5).stroke_width(1)), (0.9, RED.mix(0.5).stroke_width(1))]
     {
-        chart.draw_series(LineSeries::new([(0.0, 0.0), (hi, hi * factor)], style)).map_err(|e| plot_err(&e))?;
+        let line = [(lo, lo * factor), (hi / factor.max(1.0), hi / factor.max(1.0) * factor)];
+        chart.draw_series(LineSeries::new(line, style)).map_err(|e| plot_err(&e))?;
     }
     chart
         .draw_series(samples.iter().map(|s| Circle::new((s.measured_ms, s.predicted_ms), 3, BLUE.filled())))
@@ -233,10 +238,13 @@ mod tests {
     #[test]
     fn sampled_archs_are_distinct_and_seeded() {
         let space = Space::load("tiny", 1.0).unwrap();
-        let a = sample_archs(&space, 20, 3);
+        let a = sample_archs(&space, 20, 3, &[]);
         assert_eq!(a.len(), 20);
         assert_eq!(a.iter().map(Arch::hash).collect::<HashSet<_>>().len(), 20);
-        assert_eq!(a, sample_archs(&space, 20, 3));
+        assert_eq!(a, sample_archs(&space, 20, 3, &[]));
+        let held_out = [a[0].hash(), a[5].hash()];
+        let b = sample_archs(&space, 20, 3, &held_out);
+        assert!(b.iter().all(|arch| !held_out.contains(&arch.hash())));
     }
 
     #[test]

@@ -100,16 +100,30 @@ fn build_survives_sigkill_resumes_and_predicts() {
     let expected = format!("latency table {} has no row Conv-input:32x32x3-output:16x16x16", path.display());
     assert!(!out.status.success() && error.contains(&expected), "{error}");
 
-    // Validate on the same table: metrics as JSON, validation.csv and the plot written.
-    let out = Command::new(env!("CARGO_BIN_EXE_edgeloop"))
-        .current_dir(dir.path())
-        .env_remove("EDGELOOP_TOKEN")
-        .args(["table", "validate", "--device", &agent.url(), "--token-file", "token", "--space", "tiny"])
-        .args(["--samples", "4", "--seed", "1", "--warmup", "1", "--runs", "3", "--min-duration-ms", "5"])
-        .args(["--json", "--out", "validation", "--table"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    // Calibrate on a few whole networks, then validate on others.
+    let whole_networks = |command: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .current_dir(dir.path())
+            .env_remove("EDGELOOP_TOKEN")
+            .args(["table", command, "--device", &agent.url(), "--token-file", "token", "--space", "tiny"])
+            .args(["--warmup", "1", "--runs", "3", "--min-duration-ms", "5"])
+            .args(extra)
+            .arg("--table")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = whole_networks("calibrate", &["--samples", "3", "--seed", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let calibration: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path.with_extension("calibration.json")).unwrap()).unwrap();
+    assert!(calibration["scale"].as_f64().unwrap() > 0.0);
+    let fitted_on: Vec<String> =
+        calibration["archs"].as_array().unwrap().iter().map(|h| h.as_str().unwrap().to_string()).collect();
+    assert_eq!(fitted_on.len(), 3);
+
+    // Same seed as the calibration: validation still leaves those archs out.
+    let out = whole_networks("validate", &["--samples", "4", "--seed", "1", "--json", "--out", "validation"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(metrics["samples"], 4);
@@ -118,5 +132,6 @@ fn build_survives_sigkill_resumes_and_predicts() {
     }
     let csv = std::fs::read_to_string(dir.path().join("validation/validation.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5);
+    assert!(csv.lines().skip(1).all(|l| !fitted_on.iter().any(|h| l.starts_with(h.as_str()))), "{csv}");
     assert!(std::fs::read(dir.path().join("validation/validation.png")).unwrap().starts_with(b"\x89PNG"));
 }
