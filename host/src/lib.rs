@@ -5,6 +5,7 @@ pub mod calibrate;
 pub mod client;
 pub mod commands;
 pub mod predict;
+pub mod progress;
 pub mod table;
 pub mod validate;
 

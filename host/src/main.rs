@@ -484,13 +484,7 @@ impl WholeNetworkRun {
         predictor: &Predictor<'_>,
         archs: &[edgeloop_space::Arch],
     ) -> anyhow::Result<Vec<validate::Sample>> {
-        let bar = indicatif::ProgressBar::new(archs.len() as u64).with_style(
-            indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{wide_bar}] {pos}/{len} archs, ETA {eta}  {msg}",
-            )
-            .expect("the template is valid")
-            .progress_chars("=> "),
-        );
+        let bar = edgeloop::progress::bar(archs.len(), "archs");
         let samples = validate::run(&self.client, &self.space, predictor, archs, &self.template, |s| {
             bar.set_message(format!("last: predicted {:.3} ms, measured {:.3} ms", s.predicted_ms, s.measured_ms));
             bar.inc(1);

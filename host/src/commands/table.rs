@@ -8,7 +8,6 @@ use edgeloop_api::MeasureRequest;
 use edgeloop_onnx::encode;
 use edgeloop_onnx::export::{RandomWeights, identity_model, layer_model};
 use edgeloop_space::{Shape, Space};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::client::{AgentClient, ClientError};
 use crate::predict::Prediction;
@@ -108,11 +107,7 @@ pub async fn build(
 
     let targets = targets(space);
     let todo: Vec<Target> = targets.iter().filter(|t| !writer.table().contains(&t.key())).copied().collect();
-    let bar = ProgressBar::new(todo.len() as u64).with_style(
-        ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} rows, ETA {eta}  {msg}")
-            .expect("the template is valid")
-            .progress_chars("=> "),
-    );
+    let bar = crate::progress::bar(todo.len(), "rows");
     for target in &todo {
         let key = target.key();
         bar.set_message(key.clone());
