@@ -1,27 +1,21 @@
-//! Small MBConv networks with seeded random weights, for tests and
-//! benchmarks that need a realistic model before any search has run.
+//! Sample MBConv networks for tests and benchmarks that need a realistic
+//! model without a search: a one-candidate space exported by [`crate::export`].
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use edgeloop_space::{
+    Arch, ChoiceSpec, FirstBlockSpec, HeadSpec, InputSpec, Op, Space, SpaceSpec, StageSpec, StemSpec,
+};
 
-use crate::{ElemType, GraphBuilder, pb};
+use crate::export::{RandomWeights, arch_model};
+use crate::pb;
 
-/// One stage: `blocks` MBConv blocks of `channels` outputs, the first with `stride`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stage {
-    pub channels: usize,
-    pub blocks: usize,
-    pub stride: usize,
-}
-
-/// A plain MBConv network: conv3×3 stem, stages of identical MBConv blocks,
-/// 1×1 conv head, global average pool, fully connected classifier.
+/// A plain MBConv network: conv3×3 stem, a fixed MBConv1 block, stages of
+/// identical MBConv blocks, 1×1 conv head, global average pool, classifier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MbconvNet {
     pub input_hw: usize,
     pub stem_channels: usize,
     pub stem_stride: usize,
-    pub stages: Vec<Stage>,
+    pub stages: Vec<StageSpec>,
     pub kernel: usize,
     pub expand: usize,
     pub head_channels: usize,
@@ -29,14 +23,18 @@ pub struct MbconvNet {
     pub seed: u64,
 }
 
+fn stage(channels: usize, blocks: usize, stride: usize) -> StageSpec {
+    StageSpec { channels, blocks, stride }
+}
+
 impl MbconvNet {
-    /// A few hundred microseconds per inference on one desktop core.
+    /// About a tenth of a millisecond per inference on one desktop core.
     pub fn small() -> Self {
         MbconvNet {
             input_hw: 32,
             stem_channels: 8,
             stem_stride: 2,
-            stages: vec![Stage { channels: 16, blocks: 2, stride: 2 }, Stage { channels: 24, blocks: 2, stride: 2 }],
+            stages: vec![stage(16, 2, 2), stage(24, 2, 2)],
             kernel: 3,
             expand: 3,
             head_channels: 64,
@@ -45,18 +43,13 @@ impl MbconvNet {
         }
     }
 
-    /// Tens of milliseconds per inference on one desktop core.
+    /// About ten milliseconds per inference on one desktop core.
     pub fn large() -> Self {
         MbconvNet {
             input_hw: 112,
             stem_channels: 32,
             stem_stride: 2,
-            stages: vec![
-                Stage { channels: 24, blocks: 2, stride: 2 },
-                Stage { channels: 40, blocks: 3, stride: 2 },
-                Stage { channels: 80, blocks: 3, stride: 2 },
-                Stage { channels: 160, blocks: 2, stride: 1 },
-            ],
+            stages: vec![stage(24, 2, 2), stage(40, 3, 2), stage(80, 3, 2), stage(160, 2, 1)],
             kernel: 5,
             expand: 6,
             head_channels: 640,
@@ -66,76 +59,21 @@ impl MbconvNet {
     }
 
     pub fn to_model(&self) -> pb::ModelProto {
-        let mut rng = SmallRng::seed_from_u64(self.seed);
-        let mut g = GraphBuilder::new("mbconv_net");
-        let x = g.input("input", ElemType::F32, &[1.into(), 3.into(), self.input_hw.into(), self.input_hw.into()]);
-        let stem = conv(&mut g, &mut rng, &x, 3, self.stem_channels, 3, self.stem_stride, 1);
-        let mut y = g.relu6(&stem);
-        let mut c_in = self.stem_channels;
-        for stage in &self.stages {
-            for b in 0..stage.blocks {
-                let stride = if b == 0 { stage.stride } else { 1 };
-                y = self.mbconv(&mut g, &mut rng, &y, c_in, stage.channels, stride);
-                c_in = stage.channels;
-            }
-        }
-        let head = conv(&mut g, &mut rng, &y, c_in, self.head_channels, 1, 1, 1);
-        let head = g.relu6(&head);
-        let pooled = g.global_average_pool(&head);
-        let flat = g.flatten(&pooled);
-        let logits = g.gemm(
-            &flat,
-            (
-                &[self.classes, self.head_channels],
-                weights(&mut rng, self.classes * self.head_channels, self.head_channels),
-            ),
-            vec![0.0; self.classes],
-        );
-        g.output(&logits, ElemType::F32, &[1.into(), self.classes.into()]);
-        g.finish()
+        let spec = SpaceSpec {
+            name: "sample".into(),
+            input: InputSpec { height: self.input_hw, width: self.input_hw, channels: 3 },
+            classes: self.classes,
+            stem: StemSpec { channels: self.stem_channels, kernel: 3, stride: self.stem_stride },
+            first_block: FirstBlockSpec { channels: self.stem_channels, kernel: 3, expand: 1 },
+            stages: self.stages.clone(),
+            head: HeadSpec { channels: self.head_channels },
+            choices: ChoiceSpec { kernels: vec![self.kernel], expands: vec![self.expand], zero: false },
+        };
+        let space = Space::new(spec, 1.0).expect("sample networks are valid spaces");
+        let op = Op::MbConv { kernel: self.kernel, expand: self.expand };
+        let arch = Arch { space: space.name().into(), width: 1.0, ops: vec![op; space.blocks.len()] };
+        arch_model(&space, &arch, &mut RandomWeights::new(self.seed)).expect("the arch fits its own space")
     }
-
-    fn mbconv(
-        &self,
-        g: &mut GraphBuilder,
-        rng: &mut SmallRng,
-        x: &str,
-        c_in: usize,
-        c_out: usize,
-        stride: usize,
-    ) -> String {
-        let mid = c_in * self.expand;
-        let expanded = conv(g, rng, x, c_in, mid, 1, 1, 1);
-        let expanded = g.relu6(&expanded);
-        let dw = conv(g, rng, &expanded, mid, mid, self.kernel, stride, mid);
-        let dw = g.relu6(&dw);
-        let projected = conv(g, rng, &dw, mid, c_out, 1, 1, 1);
-        if stride == 1 && c_in == c_out { g.add(&projected, x) } else { projected }
-    }
-}
-
-/// He-uniform weights, so activations stay in range through deep stacks.
-fn weights(rng: &mut SmallRng, count: usize, fan_in: usize) -> Vec<f32> {
-    let bound = (6.0 / fan_in as f32).sqrt();
-    (0..count).map(|_| rng.random_range(-bound..bound)).collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn conv(
-    g: &mut GraphBuilder,
-    rng: &mut SmallRng,
-    x: &str,
-    c_in: usize,
-    c_out: usize,
-    k: usize,
-    stride: usize,
-    group: usize,
-) -> String {
-    let per_group = c_in / group;
-    let dims = [c_out, per_group, k, k];
-    let w = weights(rng, dims.iter().product(), per_group * k * k);
-    let b = (0..c_out).map(|_| rng.random_range(-0.1..0.1)).collect();
-    g.conv(x, (&dims, w), b, stride, group)
 }
 
 #[cfg(test)]

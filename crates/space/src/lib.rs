@@ -9,4 +9,7 @@ mod space;
 
 pub use arch::{Arch, ArchError, Op};
 pub use layer::{Layer, LayerKind, Shape};
-pub use space::{ChoiceBlock, Space, SpaceError, SpaceSpec, preset_names};
+pub use space::{
+    ChoiceBlock, ChoiceSpec, FirstBlockSpec, HeadSpec, InputSpec, Space, SpaceError, SpaceSpec, StageSpec, StemSpec,
+    preset_names,
+};
