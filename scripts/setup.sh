@@ -23,7 +23,9 @@ if [[ "$(printf '%s\n%s\n' "$need_version" "$have_version" | sort -V | head -n1)
 fi
 log "rustc $have_version"
 
-# A venv the project owns, for the ONNX checker and ONNX Runtime (tests).
+# A venv the project owns: the ONNX checker and ONNX Runtime (tests) and
+# PyTorch, whose libtorch tch links (.cargo/config.toml points LIBTORCH at
+# .venv/libtorch).
 if [[ ! -x .venv/bin/python ]]; then
   log "creating .venv"
   python3 -m venv .venv
@@ -33,6 +35,11 @@ if ! cmp -s scripts/requirements.txt .venv/.requirements 2>/dev/null; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -r scripts/requirements.txt
   cp scripts/requirements.txt .venv/.requirements
 fi
+torch_dir=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+if [[ "$(readlink .venv/libtorch 2>/dev/null)" != "$torch_dir" ]]; then
+  ln -sfn "$torch_dir" .venv/libtorch
+fi
+log "libtorch $(.venv/bin/python -c 'import torch; print(torch.__version__)') at .venv/libtorch"
 
 log "fetching crates (Cargo.lock is the source of truth)"
 cargo fetch --locked >/dev/null

@@ -6,6 +6,7 @@ pub mod client;
 pub mod commands;
 pub mod predict;
 pub mod progress;
+pub mod search;
 pub mod table;
 pub mod validate;
 

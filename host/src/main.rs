@@ -12,11 +12,13 @@ use edgeloop::client::{DEFAULT_REQUEST_TIMEOUT, error_line};
 use edgeloop::commands::table;
 use edgeloop::commands::{devices, export, measure, space};
 use edgeloop::predict::Predictor;
+use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy};
 use edgeloop::table::LatencyTable;
 use edgeloop::validate;
 use edgeloop_api::MeasureRequest;
 use edgeloop_api::token::resolve_token;
 use edgeloop_space::Arch;
+use edgeloop_train::DeviceKind;
 use tracing_subscriber::EnvFilter;
 
 /// Hardware-in-the-loop neural architecture search: measure models on real devices.
@@ -42,6 +44,109 @@ enum Command {
     /// Per-layer latency tables of a device: build one, predict networks from one.
     #[command(subcommand)]
     Table(TableCommand),
+    /// Search an architecture under a latency budget measured on a device (ProxylessNAS).
+    Search(Box<SearchArgs>),
+}
+
+/// `edgeloop search`: see README "Search".
+#[derive(Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    space: SpaceArgs,
+    /// synthetic[:TRAIN,TEST], cifar10:DIR, mnist:DIR or folder:DIR.
+    #[arg(long, value_name = "SPEC", default_value = "synthetic")]
+    dataset: String,
+    /// Base URL of an agent on the target device; repeat for several devices of one class.
+    #[arg(long = "device", value_name = "URL", required = true)]
+    devices: Vec<String>,
+    #[command(flatten)]
+    auth: Auth,
+    /// Latency budget on the device, ms (judged on the final model's p50).
+    #[arg(long, value_name = "MS")]
+    budget_ms: f64,
+    /// Latency table of the device [default: latency-tables/<device_id>--<runtime>--<space>.csv,
+    /// built through the agent when rows are missing].
+    #[arg(long, value_name = "FILE")]
+    table: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Strategy::Gradient)]
+    strategy: Strategy,
+    /// Search epochs (after the warm-up).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    epochs: usize,
+    /// Weight-only epochs first, on uniformly sampled paths.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    warmup_epochs: usize,
+    /// Epochs of training the chosen arch from scratch.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    final_epochs: usize,
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    batch_size: usize,
+    /// Initial learning rate of the weights (SGD, Nesterov, cosine schedule).
+    #[arg(long, value_name = "LR", default_value_t = 0.05)]
+    lr: f64,
+    #[arg(long, value_name = "M", default_value_t = 0.9)]
+    momentum: f64,
+    #[arg(long, value_name = "WD", default_value_t = 4e-5)]
+    weight_decay: f64,
+    /// Adam learning rate of α (betas 0, 0.999).
+    #[arg(long, value_name = "LR", default_value_t = 1e-3)]
+    arch_lr: f64,
+    /// Weight steps per architecture update.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    arch_every: usize,
+    /// Binary gates of a gradient arch step: `two` sampled paths or `full`.
+    #[arg(long, value_name = "MODE", default_value = "two")]
+    gate_mode: String,
+    /// Cost term of the gradient strategy: mul#log, add#linear or off.
+    #[arg(long, value_name = "LOSS", default_value = "mul#log")]
+    latency_loss: String,
+    /// mul#log: L = a·CE·(log E[LAT] / log T)^b — the a.
+    #[arg(long, value_name = "A", default_value_t = 0.2)]
+    loss_a: f64,
+    /// mul#log: the b.
+    #[arg(long, value_name = "B", default_value_t = 0.3)]
+    loss_b: f64,
+    /// add#linear: L = CE + λ·(E[LAT] − T)/T — the λ.
+    #[arg(long, value_name = "L", default_value_t = 0.1)]
+    loss_lambda: f64,
+    /// REINFORCE: archs sampled (and measured) per update.
+    #[arg(long, value_name = "M", default_value_t = 4)]
+    samples: usize,
+    /// REINFORCE: reward = acc·(LAT/T)^w, the soft w.
+    #[arg(long, value_name = "W", default_value_t = -0.07, allow_negative_numbers = true)]
+    reward_w: f64,
+    /// REINFORCE: w = 0 within the budget, −1 above it.
+    #[arg(long)]
+    hard_constraint: bool,
+    /// REINFORCE: baseline ← d·baseline + (1 − d)·mean reward.
+    #[arg(long, value_name = "D", default_value_t = 0.99)]
+    baseline_decay: f64,
+    /// Training images held out for architecture steps [default: 10% of train].
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    holdout: usize,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+    /// Inference runtime on the device.
+    #[arg(long, value_name = "NAME", default_value_t = MeasureRequest::default().runtime)]
+    runtime: String,
+    /// Threads the device's runtime may use.
+    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().threads)]
+    measure_threads: usize,
+    /// Timed runs of each candidate measured during the search (the final model gets 50 and 1 s).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    probe_runs: usize,
+    /// Where training runs: auto (CUDA when available), cpu or cuda.
+    #[arg(long, value_name = "KIND", default_value = "auto")]
+    device_kind: DeviceKind,
+    /// CPU threads for training [default: libtorch's choice].
+    #[arg(long, value_name = "N")]
+    threads: Option<i32>,
+    /// Run directory: arch.json, search.csv, checkpoint, model.onnx, result.json.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Continue the search (or final training) checkpointed in --out.
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Subcommand)]
@@ -345,6 +450,7 @@ async fn main() -> ExitCode {
         Command::Table(TableCommand::Predict(args)) => run_table_predict(args),
         Command::Table(TableCommand::Validate(args)) => run_table_validate(args).await,
         Command::Table(TableCommand::Calibrate(args)) => run_table_calibrate(args).await,
+        Command::Search(args) => run_search(*args).await,
     };
     // One line, not anyhow's multi-line report (with a backtrace under RUST_BACKTRACE).
     match outcome {
@@ -533,5 +639,64 @@ async fn run_table_validate(args: TableValidateArgs) -> anyhow::Result<()> {
             out.display()
         );
     }
+    Ok(())
+}
+
+async fn run_search(args: SearchArgs) -> anyhow::Result<()> {
+    let token = args.auth.token()?;
+    let devices = args.devices.iter().map(|url| AgentClient::new(url, token.clone())).collect::<Result<Vec<_>, _>>()?;
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n);
+    }
+    let settings = SearchSettings {
+        space: args.space.space.clone(),
+        width: args.space.width,
+        dataset: args.dataset,
+        budget_ms: args.budget_ms,
+        strategy: args.strategy,
+        warmup_epochs: args.warmup_epochs,
+        epochs: args.epochs,
+        final_epochs: args.final_epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        momentum: args.momentum,
+        weight_decay: args.weight_decay,
+        arch_lr: args.arch_lr,
+        arch_every: args.arch_every,
+        gate_mode: args.gate_mode,
+        latency_loss: args.latency_loss,
+        loss_a: args.loss_a,
+        loss_b: args.loss_b,
+        loss_lambda: args.loss_lambda,
+        samples: args.samples,
+        reward_w: args.reward_w,
+        hard_constraint: args.hard_constraint,
+        baseline_decay: args.baseline_decay,
+        holdout: args.holdout,
+        seed: args.seed,
+        runtime: args.runtime.clone(),
+        measure_threads: args.measure_threads,
+    };
+    let probe_request = MeasureRequest {
+        runtime: args.runtime.clone(),
+        threads: args.measure_threads,
+        warmup_runs: 5,
+        min_runs: args.probe_runs,
+        min_duration_ms: 200,
+        ..MeasureRequest::default()
+    };
+    let final_request =
+        MeasureRequest { runtime: args.runtime, threads: args.measure_threads, ..MeasureRequest::default() };
+    let env = SearchEnv {
+        out: args.out.clone(),
+        resume: args.resume,
+        devices,
+        table: args.table,
+        device_kind: args.device_kind,
+        probe_request,
+        final_request,
+    };
+    let result = search::run(settings, env).await?;
+    print!("{}", search::render_summary(&result, &args.out));
     Ok(())
 }

@@ -83,12 +83,18 @@ impl<'a> Predictor<'a> {
             .iter()
             .zip(block_names(space, arch))
             .map(|(layer, block)| {
-                let ms = self.scale * (self.row_ms(&Target::Layer(*layer))? - overhead_ms).max(0.0);
+                let ms = self.layer_ms(layer, overhead_ms)?;
                 Ok(LayerCost { block, op: op_name(layer), key: layer.key(), ms })
             })
             .collect::<Result<Vec<_>, PredictError>>()?;
         let total_ms = overhead_ms + per_layer.iter().map(|l| l.ms).sum::<f64>();
         Ok(Prediction { total_ms, overhead_ms, per_layer })
+    }
+
+    /// What `layer` adds to a network: its row net of the per-call
+    /// overhead `overhead_ms`, times the calibration factor.
+    pub fn layer_ms(&self, layer: &Layer, overhead_ms: f64) -> Result<f64, PredictError> {
+        Ok(self.scale * (self.row_ms(&Target::Layer(*layer))? - overhead_ms).max(0.0))
     }
 
     fn row_ms(&self, target: &Target) -> Result<f64, PredictError> {

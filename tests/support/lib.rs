@@ -1,6 +1,9 @@
 //! Shared pieces of the end-to-end tests and benchmarks: a real agent on a
 //! loopback port, a real client, and models built with the ONNX writer.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 use edgeloop::client::AgentClient;
 use edgeloop_agent::runtime::Runtimes;
 use edgeloop_agent::{AgentConfig, LocalAgent};
@@ -112,4 +115,51 @@ pub fn dynamic_batch_model() -> Vec<u8> {
     let y = g.add(&x, &one);
     g.output(&y, ElemType::F32, &dims);
     encode(&g.finish())
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the repo").to_path_buf()
+}
+
+/// The fixed input shape of a model's first input, as tract reads it.
+pub fn tract_input_shape(model: &[u8]) -> Vec<usize> {
+    use tract_onnx::prelude::*;
+    let model =
+        tract_onnx::onnx().model_for_read(&mut &*model).and_then(|m| m.into_typed()).expect("tract reads the model");
+    model.input_fact(0).expect("one input").shape.as_concrete().expect("fixed shape").to_vec()
+}
+
+/// The first output of `model` in tract (optimised, as the agent runs it) on `input`.
+pub fn run_tract(model: &[u8], input: &[f32]) -> Vec<f32> {
+    use tract_onnx::prelude::*;
+    let shape = tract_input_shape(model);
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut &*model)
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .expect("tract loads the model");
+    let output = plan.run(tvec![Tensor::from_shape(&shape, input).expect("input shape").into()]).expect("tract runs");
+    output[0].to_plain_array_view::<f32>().expect("f32 output").iter().copied().collect()
+}
+
+/// Writes NAME.onnx, NAME.input.bin and NAME.expected.bin for check_onnx.py.
+pub fn write_onnx_case(dir: &Path, name: &str, model: &[u8], input: &[f32], expected: &[f32]) {
+    let raw = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    std::fs::write(dir.join(format!("{name}.onnx")), model).unwrap();
+    std::fs::write(dir.join(format!("{name}.input.bin")), raw(input)).unwrap();
+    std::fs::write(dir.join(format!("{name}.expected.bin")), raw(expected)).unwrap();
+}
+
+/// onnx.checker (full check) and ONNX Runtime against every case in `dir`
+/// (max abs diff ≤ 1e-4), with the project's .venv.
+pub fn check_with_onnx_runtime(dir: &Path) {
+    let python = repo_root().join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup.sh first", python.display());
+    let out = Command::new(python).arg(repo_root().join("scripts/check_onnx.py")).arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "check_onnx.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,0 +1,53 @@
+//! The search loss with a cost term (DESIGN §8): cross-entropy combined with
+//! the expected latency (or energy) E against the target T.
+
+use std::str::FromStr;
+
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CostLoss {
+    /// L = a · CE · (log E / log T)^b. Logs are taken of costs in µs (or µJ),
+    /// so that sub-millisecond budgets still have log T > 0.
+    MulLog { a: f64, b: f64 },
+    /// L = CE + λ (E − T) / T.
+    AddLinear { lambda: f64 },
+    /// L = CE: no cost term.
+    Off,
+}
+
+/// Which loss, without its parameters (the `--latency-loss` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostLossKind {
+    MulLog,
+    AddLinear,
+    Off,
+}
+
+impl FromStr for CostLossKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<CostLossKind, String> {
+        match s {
+            "mul#log" => Ok(CostLossKind::MulLog),
+            "add#linear" => Ok(CostLossKind::AddLinear),
+            "off" | "none" => Ok(CostLossKind::Off),
+            _ => Err(format!("`{s}` is not a latency loss (mul#log, add#linear, off)")),
+        }
+    }
+}
+
+impl CostLoss {
+    /// The loss from `ce` (a scalar on the training device) and `expected`
+    /// (a scalar f64 on the CPU, in ms or mJ, differentiable in α).
+    pub fn apply(&self, ce: &Tensor, expected: &Tensor, target: f64) -> Tensor {
+        let factor = match *self {
+            CostLoss::Off => return ce.shallow_clone(),
+            CostLoss::MulLog { a, b } => ((expected * 1000.0).log() / (target * 1000.0).ln()).pow_tensor_scalar(b) * a,
+            CostLoss::AddLinear { lambda } => {
+                let term = (expected - target) / target * lambda;
+                return ce + term.to_device(ce.device()).to_kind(Kind::Float);
+            }
+        };
+        ce * factor.to_device(ce.device()).to_kind(Kind::Float)
+    }
+}

@@ -1,0 +1,217 @@
+//! A space's over-parameterised network: every candidate op of every choice
+//! block holds its own weights, and a *selection* (one candidate index per
+//! block) says which path a forward pass takes — binarized paths, one active
+//! op per block (DESIGN §8). A derived architecture trained from scratch is
+//! the same network with one candidate per block, so there is one forward,
+//! one set of weight names and one exporter for both.
+
+use edgeloop_space::{Arch, ArchError, Op, Space};
+use tch::Tensor;
+use tch::nn::Path;
+
+use crate::layers::{BnMode, Classifier, ConvBn, MbConv, Param, relu6};
+
+#[derive(Debug)]
+struct ChoiceBlockNet {
+    name: String,
+    candidates: Vec<Op>,
+    /// Per candidate: its residual branch; `None` for `zero`.
+    branches: Vec<Option<MbConv>>,
+    shortcut: bool,
+}
+
+impl ChoiceBlockNet {
+    /// The branch output of candidate `index` (`None` for `zero`: adds nothing).
+    fn branch(&self, x: &Tensor, index: usize, mode: BnMode) -> Option<Tensor> {
+        self.branches[index].as_ref().map(|b| b.forward(x, mode))
+    }
+
+    fn forward(&self, x: &Tensor, index: usize, mode: BnMode) -> Tensor {
+        match (self.branch(x, index, mode), self.shortcut) {
+            (Some(y), true) => y + x,
+            (Some(y), false) => y,
+            (None, _) => x.shallow_clone(),
+        }
+    }
+}
+
+/// What an arch step needs of each choice block after a forward pass.
+#[derive(Debug)]
+pub struct BlockProbe {
+    /// The block's input, detached: inactive branches are evaluated on it.
+    pub input: Tensor,
+    /// The block's output, in the autograd graph: ∂L/∂(output) is ∂L/∂y.
+    pub output: Tensor,
+}
+
+#[derive(Debug)]
+pub struct Supernet {
+    space: Space,
+    stem: ConvBn,
+    first: MbConv,
+    first_shortcut: bool,
+    blocks: Vec<ChoiceBlockNet>,
+    head: ConvBn,
+    classifier: Classifier,
+}
+
+impl Supernet {
+    /// Every candidate of every block of `space`.
+    pub fn new(root: &Path, space: &Space) -> Supernet {
+        Supernet::build(root, space, |b| space.blocks[b].candidates.clone())
+    }
+
+    /// Only the ops of `arch`: the standalone network of a derived architecture.
+    pub fn for_arch(root: &Path, space: &Space, arch: &Arch) -> Result<Supernet, ArchError> {
+        arch.validate(space)?;
+        Ok(Supernet::build(root, space, |b| vec![arch.ops[b]]))
+    }
+
+    fn build(root: &Path, space: &Space, candidates_of: impl Fn(usize) -> Vec<Op>) -> Supernet {
+        let spec = &space.spec;
+        let [stem, first] = space.prefix_layers().try_into().expect("stem and first block");
+        let [head, logits] = space.suffix_layers().try_into().expect("head and classifier");
+        let c = |v: usize| v as i64;
+        let stem_net = ConvBn::new(
+            root,
+            "stem",
+            [c(stem.out_channels), c(stem.input.channels), c(stem.kernel), c(stem.kernel)],
+            c(stem.stride),
+            1,
+        );
+        let fb = &spec.first_block;
+        let first_net =
+            MbConv::new(root, "first_block", c(first.input.channels), c(fb.channels), c(fb.kernel), c(fb.expand), 1);
+        let blocks = space
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(b, block)| {
+                let candidates = candidates_of(b);
+                let branches = candidates
+                    .iter()
+                    .map(|op| match *op {
+                        Op::MbConv { kernel, expand } => Some(MbConv::new(
+                            root,
+                            &format!("{}.{op}", block.name),
+                            c(block.input.channels),
+                            c(block.out_channels),
+                            c(kernel),
+                            c(expand),
+                            c(block.stride),
+                        )),
+                        Op::Zero => None,
+                    })
+                    .collect();
+                ChoiceBlockNet { name: block.name.clone(), candidates, branches, shortcut: block.has_shortcut() }
+            })
+            .collect();
+        Supernet {
+            space: space.clone(),
+            stem: stem_net,
+            first: first_net,
+            first_shortcut: first.idskip,
+            blocks,
+            head: ConvBn::new(root, "head", [c(head.out_channels), c(head.input.channels), 1, 1], 1, 1),
+            classifier: Classifier::new(root, "classifier", c(logits.input.channels), c(logits.out_channels)),
+        }
+    }
+
+    pub fn space(&self) -> &Space {
+        &self.space
+    }
+
+    /// Candidates per choice block.
+    pub fn candidate_counts(&self) -> Vec<usize> {
+        self.blocks.iter().map(|b| b.candidates.len()).collect()
+    }
+
+    /// The candidate ops of block `b`.
+    pub fn candidates(&self, b: usize) -> &[Op] {
+        &self.blocks[b].candidates
+    }
+
+    /// The architecture a selection picks.
+    pub fn arch(&self, selection: &[usize]) -> Arch {
+        let ops = self.blocks.iter().zip(selection).map(|(b, &i)| b.candidates[i]).collect();
+        Arch { space: self.space.name().to_string(), width: self.space.width, ops }
+    }
+
+    /// The selection that picks `arch` (which must be made of candidates of this net).
+    pub fn selection(&self, arch: &Arch) -> Result<Vec<usize>, ArchError> {
+        arch.validate(&self.space)?;
+        self.blocks
+            .iter()
+            .zip(&arch.ops)
+            .enumerate()
+            .map(|(index, (b, op))| {
+                b.candidates.iter().position(|c| c == op).ok_or_else(|| ArchError::NotACandidate {
+                    index,
+                    block: b.name.clone(),
+                    op: *op,
+                    candidates: b.candidates.iter().map(Op::to_string).collect::<Vec<_>>().join(", "),
+                })
+            })
+            .collect()
+    }
+
+    fn prefix(&self, x: &Tensor, mode: BnMode) -> Tensor {
+        let x = relu6(&self.stem.forward(x, mode));
+        let y = self.first.forward(&x, mode);
+        if self.first_shortcut { y + x } else { y }
+    }
+
+    fn suffix(&self, x: &Tensor, mode: BnMode) -> Tensor {
+        self.classifier.forward(&relu6(&self.head.forward(x, mode)))
+    }
+
+    /// Logits of the path `selection` (NCHW float input).
+    pub fn forward(&self, x: &Tensor, selection: &[usize], mode: BnMode) -> Tensor {
+        let x = self.blocks.iter().zip(selection).fold(self.prefix(x, mode), |x, (b, &i)| b.forward(&x, i, mode));
+        self.suffix(&x, mode)
+    }
+
+    /// Like [`Supernet::forward`], also keeping each block's input and output
+    /// for the gate gradients of an arch step.
+    pub fn forward_probed(&self, x: &Tensor, selection: &[usize], mode: BnMode) -> (Tensor, Vec<BlockProbe>) {
+        let mut x = self.prefix(x, mode);
+        let mut probes = Vec::with_capacity(self.blocks.len());
+        for (b, &i) in self.blocks.iter().zip(selection) {
+            let y = b.forward(&x, i, mode);
+            probes.push(BlockProbe { input: x.detach(), output: y.shallow_clone() });
+            x = y;
+        }
+        (self.suffix(&x, mode), probes)
+    }
+
+    /// ∂L/∂g_j = Σ o_j(x) ⊙ ∂L/∂y for each candidate j in `involved` of
+    /// block `b`, where `dy` = ∂L/∂y at the block's output. Inactive
+    /// branches are run without autograd state and with batch statistics.
+    pub fn gate_grads(&self, b: usize, probe_input: &Tensor, dy: &Tensor, involved: &[usize]) -> Vec<f64> {
+        let block = &self.blocks[b];
+        tch::no_grad(|| {
+            involved
+                .iter()
+                .map(|&j| match block.branch(probe_input, j, BnMode::BatchStats) {
+                    Some(o) => (o * dy).sum(tch::Kind::Double).double_value(&[]),
+                    None => 0.0,
+                })
+                .collect()
+        })
+    }
+
+    /// The trainable tensors the path `selection` uses.
+    pub fn params(&self, selection: &[usize]) -> Vec<Param> {
+        let mut out = Vec::new();
+        self.stem.params(&mut out);
+        self.first.params(&mut out);
+        for (b, &i) in self.blocks.iter().zip(selection) {
+            if let Some(branch) = &b.branches[i] {
+                branch.params(&mut out);
+            }
+        }
+        self.head.params(&mut out);
+        self.classifier.params(&mut out);
+        out
+    }
+}

@@ -1,0 +1,251 @@
+//! `edgeloop search`: ProxylessNAS with the device in the loop (DESIGN §8).
+//!
+//! Stages, each its own piece: the space's supernet is trained with binary
+//! paths (edgeloop-train) while a strategy moves the architecture
+//! parameters α — `gradient` against the device's latency table, or
+//! `reinforce` against latencies measured live by the device's agents; the
+//! most likely architecture is then checked on the device, retrained from
+//! scratch, exported with its trained weights and measured again. Only that
+//! last measurement decides whether the budget is met.
+
+mod cache;
+mod costs;
+mod pool;
+mod result;
+mod run_dir;
+mod state;
+mod strategy;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use edgeloop_api::MeasureRequest;
+use edgeloop_data::{BatchLoader, DatasetSpec, ImageShape, LoaderConfig, Normalization, Split};
+use edgeloop_space::{Arch, Space};
+use edgeloop_train::trainer::accuracy;
+use edgeloop_train::{BnMode, CostLoss, DeviceKind, GateMode, Supernet};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+pub use cache::{CachedMeasurement, MeasurementCache};
+pub use pool::DevicePool;
+pub use result::{SearchResult, render_summary};
+pub use run_dir::{EpochRow, RunDir};
+
+use crate::calibrate::Calibration;
+use crate::client::AgentClient;
+use crate::predict::Predictor;
+use crate::table::LatencyTable;
+
+/// How α moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Gradient through binary gates, expected latency from the device's table.
+    Gradient,
+    /// Policy gradient, reward from latencies measured on the device.
+    Reinforce,
+}
+
+/// Everything that shapes a search's outcome. Stored in the checkpoint: a
+/// resumed search must use the same settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchSettings {
+    pub space: String,
+    pub width: f64,
+    pub dataset: String,
+    pub budget_ms: f64,
+    pub strategy: Strategy,
+    pub warmup_epochs: usize,
+    pub epochs: usize,
+    pub final_epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub arch_lr: f64,
+    pub arch_every: usize,
+    pub gate_mode: String,
+    pub latency_loss: String,
+    pub loss_a: f64,
+    pub loss_b: f64,
+    pub loss_lambda: f64,
+    pub samples: usize,
+    pub reward_w: f64,
+    pub hard_constraint: bool,
+    pub baseline_decay: f64,
+    pub holdout: usize,
+    pub seed: u64,
+    pub runtime: String,
+    pub measure_threads: usize,
+}
+
+impl SearchSettings {
+    pub fn cost_loss(&self) -> anyhow::Result<CostLoss> {
+        use edgeloop_train::CostLossKind;
+        let kind: CostLossKind = self.latency_loss.parse().map_err(anyhow::Error::msg)?;
+        Ok(match kind {
+            CostLossKind::MulLog => CostLoss::MulLog { a: self.loss_a, b: self.loss_b },
+            CostLossKind::AddLinear => CostLoss::AddLinear { lambda: self.loss_lambda },
+            CostLossKind::Off => CostLoss::Off,
+        })
+    }
+
+    pub fn gate_mode(&self) -> anyhow::Result<GateMode> {
+        self.gate_mode.parse().map_err(anyhow::Error::msg)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        ensure!(self.budget_ms > 0.0 && self.budget_ms.is_finite(), "--budget-ms must be positive");
+        ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        ensure!(self.arch_every > 0, "--arch-every must be at least 1");
+        ensure!(self.samples > 0, "--samples must be at least 1");
+        ensure!((0.0..1.0).contains(&self.baseline_decay), "--baseline-decay must be in [0, 1)");
+        self.cost_loss()?;
+        self.gate_mode()?;
+        Ok(())
+    }
+}
+
+/// Where and how a search runs; not part of its outcome, so free to change on resume.
+pub struct SearchEnv {
+    pub out: PathBuf,
+    pub resume: bool,
+    pub devices: Vec<AgentClient>,
+    pub table: Option<PathBuf>,
+    pub device_kind: DeviceKind,
+    /// Measurement of candidates during the search (short).
+    pub probe_request: MeasureRequest,
+    /// Measurement of the final model (the one the budget is judged on).
+    pub final_request: MeasureRequest,
+}
+
+/// What training needs of the data: splits on the CPU, normalisation, shape.
+pub struct Data {
+    pub shape: ImageShape,
+    pub classes: usize,
+    /// Train minus the held-out part: weight steps.
+    pub train: Arc<Split>,
+    /// Held out from train: arch steps, rewards, candidate accuracy.
+    pub holdout: Arc<Split>,
+    /// Train and held-out together: the final network's training.
+    pub full_train: Arc<Split>,
+    pub test: Arc<Split>,
+    pub norm: Normalization,
+}
+
+impl Data {
+    fn load(settings: &SearchSettings, space: &Space) -> anyhow::Result<Data> {
+        let spec: DatasetSpec = settings.dataset.parse().map_err(anyhow::Error::msg)?;
+        let input = &space.spec.input;
+        let shape = ImageShape { channels: input.channels, height: input.height, width: input.width };
+        let dataset = spec.load(shape, settings.seed).with_context(|| format!("loading dataset {spec}"))?;
+        ensure!(
+            dataset.classes == space.spec.classes,
+            "dataset {spec} has {} classes but space {} classifies {}",
+            dataset.classes,
+            space.name(),
+            space.spec.classes
+        );
+        let holdout = if settings.holdout > 0 { settings.holdout } else { dataset.train.len() / 10 };
+        ensure!(holdout < dataset.train.len(), "--holdout {holdout} leaves no training images");
+        let full_train = Arc::new(dataset.train.clone());
+        let (train, held) = dataset.train.split_off(holdout, settings.seed);
+        let norm = train.normalization();
+        Ok(Data {
+            shape,
+            classes: dataset.classes,
+            train: Arc::new(train),
+            holdout: Arc::new(held),
+            full_train,
+            test: Arc::new(dataset.test),
+            norm,
+        })
+    }
+
+    fn loader(&self, split: &Arc<Split>, batch_size: usize, shuffle: Option<u64>, augment: bool) -> BatchLoader {
+        let config = LoaderConfig { batch_size, shuffle_seed: shuffle, augment, drop_last: false, prefetch: 4 };
+        BatchLoader::new(split.clone(), self.norm.clone(), config)
+    }
+
+    fn eval_loader(&self, split: &Arc<Split>) -> BatchLoader {
+        self.loader(split, 256, None, false)
+    }
+}
+
+/// Seeds of one epoch's randomness, so a resumed epoch draws what it would have.
+fn epoch_rng(seed: u64, stream: u64, epoch: usize) -> SmallRng {
+    let mix = stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    SmallRng::seed_from_u64(seed ^ mix)
+}
+
+/// Runs (or resumes) a whole search; returns its result, also written to
+/// `<out>/result.json`.
+pub async fn run(settings: SearchSettings, env: SearchEnv) -> anyhow::Result<SearchResult> {
+    settings.check()?;
+    let dir = RunDir::new(&env.out);
+    std::fs::create_dir_all(&dir.root).with_context(|| format!("creating {}", dir.root.display()))?;
+    let resuming = dir.checkpoint().exists() || dir.final_checkpoint().exists();
+    if resuming && !env.resume {
+        bail!("{} already holds a search; pass --resume to continue it, or choose another --out", dir.root.display());
+    }
+    if env.resume && !resuming {
+        bail!("--resume: {} holds no checkpoint to resume", dir.root.display());
+    }
+    let space = Space::load(&settings.space, settings.width)?;
+    let device = env.device_kind.resolve()?;
+    eprintln!("training on {}", edgeloop_train::device::describe(device));
+
+    let cache = MeasurementCache::open(&dir.measurements())?;
+    let mut pool = DevicePool::connect(env.devices.clone(), cache).await?;
+    let table_path = match &env.table {
+        Some(path) => path.clone(),
+        None => strategy::ensure_table(&pool, &space, &settings).await?,
+    };
+    let table = LatencyTable::load(&table_path)?;
+    let calibration = Calibration::load_for(&table_path)?;
+    let predictor = Predictor::calibrated(&table, calibration.as_ref());
+    let costs = costs::latency_costs(&predictor, &space)
+        .with_context(|| format!("pricing the candidates of {} from {}", space.name(), table_path.display()))?;
+
+    let data = Data::load(&settings, &space)?;
+    eprintln!(
+        "dataset {}: {} train, {} held out for the architecture, {} test",
+        settings.dataset,
+        data.train.len(),
+        data.holdout.len(),
+        data.test.len()
+    );
+
+    let started = Instant::now();
+    let ctx =
+        strategy::Context { settings: &settings, env: &env, dir: &dir, space: &space, data: &data, device, costs };
+    let decision = strategy::search(&ctx, &mut pool).await?;
+    let search_seconds = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let (vs, test_accuracy) = strategy::train_final(&ctx, &decision)?;
+    let final_seconds = started.elapsed().as_secs_f64();
+    result::finish(&ctx, &mut pool, &predictor, &vs, decision, test_accuracy, search_seconds, final_seconds).await
+}
+
+/// Accuracy of the path `selection` of `net` on the held-out split.
+fn holdout_accuracy(net: &Supernet, selection: &[usize], data: &Data, device: Device, mode: BnMode) -> f64 {
+    accuracy(net, selection, data.eval_loader(&data.holdout), data.shape, device, mode)
+}
+
+/// The architecture chosen for retraining, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The most likely architecture under the final α.
+    pub derived: Arch,
+    /// Its latency on the device (p50 of a candidate measurement, ms).
+    pub derived_measured_ms: f64,
+    /// What is retrained: `derived`, or the best sampled arch that met the budget.
+    pub chosen: Arch,
+    pub reason: String,
+}

@@ -1,0 +1,137 @@
+//! The devices a search measures on: agents of one device class sharing the
+//! work, one measurement in flight per agent, every result cached.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use edgeloop_api::{DeviceInfo, MeasureRequest};
+use edgeloop_space::Arch;
+use futures_util::future::join_all;
+
+use crate::client::{AgentClient, ClientError};
+use crate::search::cache::{CacheError, CachedMeasurement, MeasurementCache};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot reach the agent at {url}")]
+    Info {
+        url: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error(
+        "the agents are not one device class: {first_url} is {first} and {url} is {other}; \
+         a search pools devices of one kind only"
+    )]
+    Mixed { first_url: String, first: String, url: String, other: String },
+    #[error("measuring arch {arch} on {url}")]
+    Measure {
+        arch: String,
+        url: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+pub struct DevicePool {
+    agents: Vec<(AgentClient, DeviceInfo)>,
+    device_ids: Vec<String>,
+    pub cache: MeasurementCache,
+    /// Archs measured on a device by this process, and answered from the cache.
+    pub measured: usize,
+    pub cache_hits: usize,
+}
+
+/// What makes two devices interchangeable for measuring.
+fn class(info: &DeviceInfo) -> String {
+    format!("{} {} ({} cores)", info.arch, info.cpu_model, info.logical_cores)
+}
+
+impl DevicePool {
+    /// Asks every agent what it is; refuses a mix of device classes.
+    pub async fn connect(clients: Vec<AgentClient>, cache: MeasurementCache) -> Result<DevicePool, PoolError> {
+        let mut agents: Vec<(AgentClient, DeviceInfo)> = Vec::new();
+        for client in clients {
+            let url = client.base_url().to_string();
+            let info = client.info().await.map_err(|source| PoolError::Info { url: url.clone(), source })?;
+            if let Some((first, first_info)) = agents.first()
+                && class(first_info) != class(&info)
+            {
+                return Err(PoolError::Mixed {
+                    first_url: first.base_url().to_string(),
+                    first: class(first_info),
+                    url,
+                    other: class(&info),
+                });
+            }
+            agents.push((client, info));
+        }
+        let device_ids = agents.iter().map(|(_, i)| i.device_id.clone()).collect();
+        Ok(DevicePool { agents, device_ids, cache, measured: 0, cache_hits: 0 })
+    }
+
+    /// The first agent: the one final models and table builds go to.
+    pub fn primary(&self) -> (&AgentClient, &DeviceInfo) {
+        let (c, i) = &self.agents[0];
+        (c, i)
+    }
+
+    pub fn device_ids(&self) -> &[String] {
+        &self.device_ids
+    }
+
+    /// Measures every `(arch, model bytes)` not in the cache, spread over the
+    /// agents (one in flight each), and returns a measurement per arch in
+    /// order.
+    pub async fn measure_archs(
+        &mut self,
+        models: Vec<(Arch, Vec<u8>)>,
+        template: &MeasureRequest,
+    ) -> Result<Vec<CachedMeasurement>, PoolError> {
+        let hashes: Vec<String> = models.iter().map(|(a, _)| a.hash()).collect();
+        let mut seen = std::collections::HashSet::new();
+        let queue: VecDeque<(Arch, Vec<u8>)> = models
+            .into_iter()
+            .zip(&hashes)
+            .filter(|(_, h)| self.cache.get(&self.device_ids, h).is_none() && seen.insert((*h).clone()))
+            .map(|(m, _)| m)
+            .collect();
+        self.cache_hits += hashes.len() - queue.len();
+        let queue = Mutex::new(queue);
+        let results = Mutex::new(Vec::new());
+        let workers = self.agents.iter().map(|(client, info)| {
+            let (queue, results) = (&queue, &results);
+            async move {
+                loop {
+                    let Some((arch, bytes)) = queue.lock().expect("queue lock").pop_front() else { return Ok(()) };
+                    let (_, measurement) =
+                        client.upload_and_measure(&bytes, template).await.map_err(|source| PoolError::Measure {
+                            arch: arch.hash()[..12].to_string(),
+                            url: client.base_url().to_string(),
+                            source,
+                        })?;
+                    let l = &measurement.latency_ms;
+                    results.lock().expect("results lock").push(CachedMeasurement {
+                        device_id: info.device_id.clone(),
+                        arch_hash: arch.hash(),
+                        ops: arch.ops.iter().map(ToString::to_string).collect(),
+                        p50_ms: l.p50,
+                        min_ms: l.min,
+                        mean_ms: l.mean,
+                        measured_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                    });
+                }
+            }
+        });
+        let outcome: Result<Vec<()>, PoolError> = join_all(workers).await.into_iter().collect();
+        // Keep what was measured even when another measurement failed.
+        for m in results.into_inner().expect("results lock") {
+            self.cache.insert(m)?;
+            self.measured += 1;
+        }
+        outcome?;
+        Ok(hashes.iter().map(|h| self.cache.get(&self.device_ids, h).expect("measured or cached").clone()).collect())
+    }
+}

@@ -1,0 +1,133 @@
+//! The end of a search: the retrained network exported with its weights,
+//! measured on the device, judged against the budget on that measurement
+//! alone, and written to `result.json` with a summary.
+
+use anyhow::Context as _;
+use edgeloop_space::Arch;
+use edgeloop_train::export::export_arch;
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+
+use super::run_dir::{write_atomic, write_json};
+use super::strategy::Context;
+use super::{Decision, DevicePool, Strategy};
+use crate::client::sha256_hex;
+use crate::predict::Predictor;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchResult {
+    pub space: String,
+    pub width: f64,
+    pub dataset: String,
+    pub strategy: Strategy,
+    pub arch: Arch,
+    pub arch_hash: String,
+    pub test_accuracy: f64,
+    pub budget_ms: f64,
+    /// p50 of the final model measured on the device.
+    pub measured_latency_ms: f64,
+    pub measured_min_ms: f64,
+    pub measured_runs: usize,
+    /// The table's (calibrated) prediction for `arch`.
+    pub predicted_latency_ms: f64,
+    /// `measured_latency_ms <= budget_ms`: judged on the measurement only.
+    pub budget_met: bool,
+    pub device_id: String,
+    pub runtime: String,
+    pub model_sha256: String,
+    /// Why this arch was retrained (the search's most likely arch or a fallback).
+    pub decision: String,
+    pub derived_arch_hash: String,
+    pub train_device: String,
+    /// Candidate archs this process measured on the device(s), and those the
+    /// measurement cache answered (a resumed search re-measures nothing).
+    pub device_measurements: usize,
+    pub cache_hits: usize,
+    pub search_seconds: f64,
+    pub final_seconds: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn finish(
+    ctx: &Context<'_>,
+    pool: &mut DevicePool,
+    predictor: &Predictor<'_>,
+    vs: &VarStore,
+    decision: Decision,
+    test_accuracy: f64,
+    search_seconds: f64,
+    final_seconds: f64,
+) -> anyhow::Result<SearchResult> {
+    let dir = ctx.dir;
+    let arch = decision.chosen.clone();
+    write_json(&dir.arch(), &arch).with_context(|| format!("writing {}", dir.arch().display()))?;
+    let bytes = export_arch(vs, ctx.space, &arch)?;
+    write_atomic(&dir.model(), &bytes).with_context(|| format!("writing {}", dir.model().display()))?;
+    let (client, info) = pool.primary();
+    eprintln!("measuring {} on {}", dir.model().display(), client.base_url());
+    let (_, measurement) = client
+        .upload_and_measure(&bytes, &ctx.env.final_request)
+        .await
+        .with_context(|| format!("measuring the final model on {}", client.base_url()))?;
+    let predicted = predictor.predict(ctx.space, &arch)?.total_ms;
+    let s = ctx.settings;
+    let result = SearchResult {
+        space: s.space.clone(),
+        width: s.width,
+        dataset: s.dataset.clone(),
+        strategy: s.strategy,
+        arch_hash: arch.hash(),
+        arch,
+        test_accuracy,
+        budget_ms: s.budget_ms,
+        measured_latency_ms: measurement.latency_ms.p50,
+        measured_min_ms: measurement.latency_ms.min,
+        measured_runs: measurement.latency_ms.n,
+        predicted_latency_ms: predicted,
+        budget_met: measurement.latency_ms.p50 <= s.budget_ms,
+        device_id: info.device_id.clone(),
+        runtime: measurement.runtime.clone(),
+        model_sha256: sha256_hex(&bytes),
+        decision: decision.reason,
+        derived_arch_hash: decision.derived.hash(),
+        train_device: edgeloop_train::device::describe(ctx.device),
+        device_measurements: pool.measured,
+        cache_hits: pool.cache_hits,
+        search_seconds,
+        final_seconds,
+    };
+    write_json(&dir.result(), &result).with_context(|| format!("writing {}", dir.result().display()))?;
+    Ok(result)
+}
+
+/// The closing table of `edgeloop search`.
+pub fn render_summary(r: &SearchResult, out_dir: &std::path::Path) -> String {
+    let verdict = if r.budget_met {
+        format!("met: {:.3} ms ≤ {} ms", r.measured_latency_ms, r.budget_ms)
+    } else {
+        format!("NOT met: {:.3} ms > {} ms", r.measured_latency_ms, r.budget_ms)
+    };
+    let ops: Vec<String> = r.arch.ops.iter().map(ToString::to_string).collect();
+    let rows = [
+        ("space", format!("{} (width {})", r.space, r.width)),
+        ("dataset", r.dataset.clone()),
+        ("strategy", format!("{:?}", r.strategy).to_lowercase()),
+        ("arch", format!("{} [{}]", &r.arch_hash[..12], ops.join(", "))),
+        ("test accuracy", format!("{:.2}%", r.test_accuracy * 100.0)),
+        ("predicted latency", format!("{:.3} ms (table)", r.predicted_latency_ms)),
+        (
+            "measured latency",
+            format!("{:.3} ms p50, {:.3} ms min, {} runs", r.measured_latency_ms, r.measured_min_ms, r.measured_runs),
+        ),
+        ("budget", verdict),
+        ("device", format!("{} ({})", r.device_id, r.runtime)),
+        ("trained on", r.train_device.clone()),
+        ("candidates", format!("{} measured on the device, {} from the cache", r.device_measurements, r.cache_hits)),
+        ("time", format!("search {:.0} s, final training {:.0} s", r.search_seconds, r.final_seconds)),
+        ("results", format!("{}/{{result.json, model.onnx, arch.json, search.csv}}", out_dir.display())),
+    ];
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out: String = rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect();
+    out.push_str(&format!("{:<width$}  {}\n", "decision", r.decision));
+    out
+}

@@ -1,0 +1,203 @@
+//! What a checkpoint holds besides tensors, and how the networks and
+//! optimisers are rebuilt from one. Tensors: the var store's (`net.<name>`)
+//! and SGD's momentum buffers (`sgd.<name>`); everything else is JSON.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context as _, ensure};
+use edgeloop_space::{Arch, Space};
+use edgeloop_train::optim::{Adam, Sgd};
+use edgeloop_train::{ArchParams, Supernet, checkpoint};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+use super::{Decision, SearchSettings};
+
+/// Adam's state for α (plain numbers: α is small).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdamState {
+    pub steps: u64,
+    pub m: Vec<Vec<f64>>,
+    pub v: Vec<Vec<f64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchState {
+    pub settings: SearchSettings,
+    pub epochs_done: usize,
+    pub weight_steps: u64,
+    pub alpha: Vec<Vec<f64>>,
+    pub adam: AdamState,
+    /// REINFORCE's moving-average baseline (None before the first update).
+    pub baseline: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinalState {
+    pub settings: SearchSettings,
+    pub decision: Decision,
+    pub epochs_done: usize,
+    pub weight_steps: u64,
+}
+
+/// A network with its optimiser, on the training device.
+pub struct Trainable {
+    pub vs: VarStore,
+    pub net: Supernet,
+    pub sgd: Sgd,
+}
+
+/// The search's supernet, α and optimisers.
+pub struct SearchModel {
+    pub model: Trainable,
+    pub alpha: ArchParams,
+    pub adam: Adam,
+}
+
+fn rows(t: &[Tensor]) -> Vec<Vec<f64>> {
+    t.iter().map(|t| Vec::<f64>::try_from(&t.to_kind(tch::Kind::Double)).expect("f64")).collect()
+}
+
+fn tensors(rows: &[Vec<f64>]) -> Vec<Tensor> {
+    rows.iter().map(|r| Tensor::from_slice(r)).collect()
+}
+
+impl Trainable {
+    /// A fresh network (seeded) of `space`: its supernet, or only `arch`.
+    pub fn new(space: &Space, arch: Option<&Arch>, settings: &SearchSettings, device: Device) -> anyhow::Result<Self> {
+        tch::manual_seed(settings.seed as i64);
+        let vs = VarStore::new(device);
+        let net = match arch {
+            Some(arch) => Supernet::for_arch(&vs.root(), space, arch)?,
+            None => Supernet::new(&vs.root(), space),
+        };
+        Ok(Trainable { vs, net, sgd: Sgd::nesterov(settings.momentum, settings.weight_decay) })
+    }
+
+    fn tensors(&self) -> Vec<(String, Tensor)> {
+        let vars = self.vs.variables().into_iter().map(|(k, v)| (format!("net.{k}"), v));
+        let buffers = self.sgd.buffers.iter().map(|(k, v)| (format!("sgd.{k}"), v.shallow_clone()));
+        vars.chain(buffers).collect()
+    }
+
+    /// Loads weights and momentum from `saved` (every variable must be there).
+    fn restore(&mut self, saved: &std::collections::HashMap<String, Tensor>, path: &Path) -> anyhow::Result<()> {
+        let device = self.vs.device();
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for (name, var) in self.vs.variables() {
+                let src = saved
+                    .get(&format!("net.{name}"))
+                    .with_context(|| format!("checkpoint {} lacks tensor {name}", path.display()))?;
+                ensure!(src.size() == var.size(), "checkpoint {}: tensor {name} has another shape", path.display());
+                var.detach().copy_(src);
+            }
+            Ok(())
+        })?;
+        self.sgd.buffers = saved
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("sgd.").map(|name| (name.to_string(), v.to_device(device))))
+            .collect::<BTreeMap<_, _>>();
+        Ok(())
+    }
+}
+
+fn check_settings(saved: &SearchSettings, now: &SearchSettings, path: &Path) -> anyhow::Result<()> {
+    if saved == now {
+        return Ok(());
+    }
+    let (a, b) = (serde_json::to_value(saved)?, serde_json::to_value(now)?);
+    let differ: Vec<String> = a
+        .as_object()
+        .expect("settings are an object")
+        .iter()
+        .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+        .map(|(k, v)| format!("{k} (checkpoint {v}, now {})", b[k.as_str()]))
+        .collect();
+    anyhow::bail!("{} was made with other settings: {}; resume with the same flags", path.display(), differ.join(", "))
+}
+
+impl SearchModel {
+    /// A new search (α ~ N(0, 1e-3), seeded), or the one saved at `path`.
+    pub fn load_or_new(
+        path: &Path,
+        space: &Space,
+        settings: &SearchSettings,
+        device: Device,
+    ) -> anyhow::Result<(SearchModel, SearchState)> {
+        let mut model = Trainable::new(space, None, settings, device)?;
+        let counts = model.net.candidate_counts();
+        if !path.exists() {
+            let alpha = ArchParams::new(&counts, &mut SmallRng::seed_from_u64(settings.seed));
+            let adam = Adam::new(alpha.tensors(), settings.arch_lr, (0.0, 0.999), 1e-8);
+            let state = SearchState {
+                settings: settings.clone(),
+                epochs_done: 0,
+                weight_steps: 0,
+                alpha: alpha.values(),
+                adam: AdamState { steps: 0, m: rows(&adam.m), v: rows(&adam.v) },
+                baseline: None,
+            };
+            return Ok((SearchModel { model, alpha, adam }, state));
+        }
+        let (saved, meta) = checkpoint::load(path)?;
+        let state: SearchState =
+            serde_json::from_str(&meta).with_context(|| format!("checkpoint {}: unreadable state", path.display()))?;
+        check_settings(&state.settings, settings, path)?;
+        model.restore(&saved, path)?;
+        let alpha = ArchParams::from_values(state.alpha.clone());
+        let mut adam = Adam::new(alpha.tensors(), settings.arch_lr, (0.0, 0.999), 1e-8);
+        adam.steps = state.adam.steps;
+        adam.m = tensors(&state.adam.m);
+        adam.v = tensors(&state.adam.v);
+        Ok((SearchModel { model, alpha, adam }, state))
+    }
+
+    pub fn save(&self, path: &Path, state: &mut SearchState) -> anyhow::Result<()> {
+        state.alpha = self.alpha.values();
+        state.adam = AdamState { steps: self.adam.steps, m: rows(&self.adam.m), v: rows(&self.adam.v) };
+        checkpoint::save(path, &self.model.tensors(), &serde_json::to_string(state)?)?;
+        Ok(())
+    }
+}
+
+/// The final network of `decision.chosen`, fresh or from `path`.
+pub fn load_or_new_final(
+    path: &Path,
+    space: &Space,
+    settings: &SearchSettings,
+    decision: &Decision,
+    device: Device,
+) -> anyhow::Result<(Trainable, FinalState)> {
+    let mut model = Trainable::new(space, Some(&decision.chosen), settings, device)?;
+    if !path.exists() {
+        let state =
+            FinalState { settings: settings.clone(), decision: decision.clone(), epochs_done: 0, weight_steps: 0 };
+        return Ok((model, state));
+    }
+    let (saved, meta) = checkpoint::load(path)?;
+    let state: FinalState =
+        serde_json::from_str(&meta).with_context(|| format!("checkpoint {}: unreadable state", path.display()))?;
+    check_settings(&state.settings, settings, path)?;
+    model.restore(&saved, path)?;
+    Ok((model, state))
+}
+
+/// The decision a final checkpoint was made for, if there is one.
+pub fn saved_decision(path: &Path) -> anyhow::Result<Option<Decision>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let (_, meta) = checkpoint::load(path)?;
+    let state: FinalState =
+        serde_json::from_str(&meta).with_context(|| format!("checkpoint {}: unreadable state", path.display()))?;
+    Ok(Some(state.decision))
+}
+
+pub fn save_final(path: &Path, model: &Trainable, state: &FinalState) -> anyhow::Result<()> {
+    checkpoint::save(path, &model.tensors(), &serde_json::to_string(state)?)?;
+    Ok(())
+}

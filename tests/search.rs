@@ -1,0 +1,155 @@
+//! `edgeloop search` end to end through the library: the `tiny` space, the
+//! synthetic dataset, a real agent on loopback measuring real ONNX.
+
+use std::path::Path;
+
+use edgeloop::commands::table;
+use edgeloop::predict::Predictor;
+use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy};
+use edgeloop::table::LatencyTable;
+use edgeloop_api::MeasureRequest;
+use edgeloop_e2e::{TestAgent, quick_request};
+use edgeloop_space::{Arch, Space};
+use edgeloop_train::DeviceKind;
+
+fn settings(strategy: Strategy, budget_ms: f64) -> SearchSettings {
+    SearchSettings {
+        space: "tiny".into(),
+        width: 1.0,
+        dataset: "synthetic:640,128".into(),
+        budget_ms,
+        strategy,
+        warmup_epochs: 1,
+        epochs: 3,
+        final_epochs: 1,
+        batch_size: 32,
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 4e-5,
+        arch_lr: 1e-2,
+        arch_every: 1,
+        gate_mode: "two".into(),
+        latency_loss: "add#linear".into(),
+        loss_a: 0.2,
+        loss_b: 0.3,
+        loss_lambda: 5.0,
+        samples: 2,
+        reward_w: -0.07,
+        hard_constraint: false,
+        baseline_decay: 0.9,
+        holdout: 0,
+        seed: 7,
+        runtime: "tract".into(),
+        measure_threads: 1,
+    }
+}
+
+fn env(agent: &TestAgent, out: &Path, table: &Path) -> SearchEnv {
+    let probe = |runs| MeasureRequest { min_runs: runs, ..quick_request("") };
+    SearchEnv {
+        out: out.to_path_buf(),
+        resume: false,
+        devices: vec![agent.client()],
+        table: Some(table.to_path_buf()),
+        device_kind: DeviceKind::Cpu,
+        probe_request: probe(10),
+        final_request: MeasureRequest { min_duration_ms: 200, ..probe(30) },
+    }
+}
+
+/// A quickly measured table of tiny on `agent`.
+async fn build_table(agent: &TestAgent, dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("tiny.csv");
+    let template = MeasureRequest { min_duration_ms: 30, ..quick_request("") };
+    table::build(&agent.client(), &Space::load("tiny", 1.0).unwrap(), &template, Some(&path)).await.unwrap();
+    path
+}
+
+fn csv_column(path: &Path, column: &str) -> Vec<f64> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let index = reader.headers().unwrap().iter().position(|h| h == column).unwrap();
+    reader.records().map(|r| r.unwrap()[index].parse().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn heavy_latency_term_moves_alpha_to_cheap_ops_and_meets_the_budget() {
+    let agent = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let table_path = build_table(&agent, dir.path()).await;
+    let space = Space::load("tiny", 1.0).unwrap();
+    let latency = LatencyTable::load(&table_path).unwrap();
+    let predictor = Predictor::new(&latency);
+    // The cheapest arch (`zero` or the smallest MBConv everywhere) and the mean over all ops.
+    let cheapest = Arch {
+        space: "tiny".into(),
+        width: 1.0,
+        ops: space
+            .blocks
+            .iter()
+            .map(|b| {
+                *b.candidates
+                    .iter()
+                    .min_by(|x, y| {
+                        let cost =
+                            |op: &edgeloop_space::Op| op.layer(b).map_or(0.0, |l| predictor.layer_ms(&l, 0.0).unwrap());
+                        cost(x).total_cmp(&cost(y))
+                    })
+                    .unwrap()
+            })
+            .collect(),
+    };
+    let cheapest_ms = predictor.predict(&space, &cheapest).unwrap().total_ms;
+    let out = dir.path().join("heavy");
+    let s = settings(Strategy::Gradient, 0.0);
+    // Budget between the cheapest arch and a uniformly random one.
+    let uniform_ms =
+        (0..64).map(|seed| predictor.predict(&space, &Arch::random(&space, seed)).unwrap().total_ms).sum::<f64>()
+            / 64.0;
+    let budget = (cheapest_ms + uniform_ms) / 2.0;
+    let result =
+        search::run(SearchSettings { budget_ms: budget, ..s.clone() }, env(&agent, &out, &table_path)).await.unwrap();
+
+    let expected = csv_column(&out.join("search.csv"), "expected_latency_ms");
+    assert_eq!(expected.len(), 4);
+    assert!(expected[3] < expected[0] * 0.97, "E[latency] did not fall: {expected:?}");
+    assert!(result.budget_met, "{result:?}");
+    assert!(result.measured_latency_ms <= budget);
+    for file in ["arch.json", "search.csv", "checkpoint", "model.onnx", "result.json", "measurements.jsonl"] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    let arch: Arch = serde_json::from_str(&std::fs::read_to_string(out.join("arch.json")).unwrap()).unwrap();
+    assert_eq!(arch, result.arch);
+    assert_eq!(result.model_sha256, edgeloop::client::sha256_hex(&std::fs::read(out.join("model.onnx")).unwrap()));
+    assert_eq!(result.device_id, agent.agent.device_id());
+
+    // Without the latency term the search need not meet the budget, but
+    // result.json still tells the truth about the measurement.
+    let out = dir.path().join("off");
+    let off = SearchSettings { latency_loss: "off".into(), budget_ms: budget, ..s };
+    let result = search::run(off, env(&agent, &out, &table_path)).await.unwrap();
+    assert_eq!(result.budget_met, result.measured_latency_ms <= budget);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn reinforce_measures_sampled_archs_once_each() {
+    let agent = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let table_path = build_table(&agent, dir.path()).await;
+    let out = dir.path().join("rl");
+    let s = SearchSettings { epochs: 2, arch_every: 4, ..settings(Strategy::Reinforce, 1.0) };
+    let result = search::run(s, env(&agent, &out, &table_path)).await.unwrap();
+    let lines = std::fs::read_to_string(out.join("measurements.jsonl")).unwrap();
+    let keys: Vec<(String, String)> = lines
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["device_id"].as_str().unwrap().to_string(), v["arch_hash"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let distinct: std::collections::HashSet<_> = keys.iter().collect();
+    assert_eq!(distinct.len(), keys.len(), "an arch was measured twice");
+    assert_eq!(result.device_measurements, keys.len());
+    let rewards = csv_column(&out.join("search.csv"), "mean_reward");
+    assert!(rewards[1..].iter().all(|r| r.is_finite() && *r > 0.0), "{rewards:?}");
+    assert_eq!(result.budget_met, result.measured_latency_ms <= 1.0);
+}
