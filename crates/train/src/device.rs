@@ -45,3 +45,21 @@ pub fn describe(device: Device) -> String {
         _ => format!("cpu ({} threads)", tch::get_num_threads()),
     }
 }
+
+/// Keeps freed memory in the process (Linux, glibc). libtorch frees and
+/// reallocates every activation buffer each step; by default glibc hands
+/// large blocks back to the OS (munmap, heap trim) and the next step
+/// page-faults them in again, which cost 20–35% of a CPU training step of
+/// `tiny` here (22–25 ms vs 18 ms). Blocks up to 32 MiB (glibc's maximum)
+/// come from the heap, and up to 1 GiB of free heap is kept. Once per process.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: mallopt only changes allocator thresholds.
+        ONCE.call_once(|| unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        });
+    }
+}

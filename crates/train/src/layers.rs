@@ -86,8 +86,9 @@ impl ConvBn {
     }
 }
 
+/// ReLU6 as PyTorch's `F.relu6` computes it (hardtanh(0, 6)).
 pub fn relu6(x: &Tensor) -> Tensor {
-    x.clamp(0.0, 6.0)
+    x.relu6()
 }
 
 /// The residual branch of an MBConv block: 1×1 expand (unless the ratio is
@@ -146,7 +147,7 @@ impl Classifier {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.mean_dim(&[2i64, 3][..], false, Kind::Float).linear(&self.weight, Some(&self.bias))
+        x.mean_dim(&[2i64, 3][..], false, None::<Kind>).linear(&self.weight, Some(&self.bias))
     }
 
     pub fn params(&self, out: &mut Vec<Param>) {

@@ -198,6 +198,7 @@ pub async fn run(settings: SearchSettings, env: SearchEnv) -> anyhow::Result<Sea
     }
     let space = Space::load(&settings.space, settings.width)?;
     let device = env.device_kind.resolve()?;
+    edgeloop_train::device::keep_freed_memory();
     eprintln!("training on {}", edgeloop_train::device::describe(device));
 
     let cache = MeasurementCache::open(&dir.measurements())?;
