@@ -32,6 +32,6 @@ target/release/edgeloop devices --device "$url" --token-file "$token_file"
 run="$out/search-$(date -u +%Y%m%dT%H%M%SZ)"
 log "searching tiny on synthetic under ${BUDGET_MS:-0.25} ms on $url (run directory $run)"
 target/release/edgeloop search --space tiny --dataset synthetic --device "$url" --token-file "$token_file" \
-  --budget-ms "${BUDGET_MS:-0.25}" --out "$run" "$@"
+  --budget-ms "${BUDGET_MS:-0.25}" --latency-loss add#linear --loss-lambda 1 --out "$run" "$@"
 ln -sfn "$(basename "$run")" "$out/latest"
 log "results: $run/result.json, model.onnx, arch.json, search.csv (also $out/latest); agent log in $out/agent.log"

@@ -71,13 +71,15 @@ struct SearchArgs {
     #[arg(long, value_enum, default_value_t = Strategy::Gradient)]
     strategy: Strategy,
     /// Search epochs (after the warm-up).
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    #[arg(long, value_name = "N", default_value_t = 30)]
     epochs: usize,
-    /// Weight-only epochs first, on uniformly sampled paths.
-    #[arg(long, value_name = "N", default_value_t = 5)]
+    /// Weight-only epochs first, on uniformly sampled paths. A supernet
+    /// learns far slower than one network (each op trains on a fraction of
+    /// the steps): on `tiny` its loss leaves chance level after about 5 epochs.
+    #[arg(long, value_name = "N", default_value_t = 20)]
     warmup_epochs: usize,
     /// Epochs of training the chosen arch from scratch.
-    #[arg(long, value_name = "N", default_value_t = 20)]
+    #[arg(long, value_name = "N", default_value_t = 30)]
     final_epochs: usize,
     #[arg(long, value_name = "N", default_value_t = 64)]
     batch_size: usize,

@@ -82,7 +82,11 @@ fn layout(space: &Space) -> serde_json::Value {
 fn rss_kb() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
@@ -113,7 +117,10 @@ fn main() -> Result<()> {
     };
     let counts = net.candidate_counts();
     let input = &space.spec.input;
-    let x = Tensor::randn([args.batch, input.channels as i64, input.height as i64, input.width as i64], (Kind::Float, device));
+    let x = Tensor::randn(
+        [args.batch, input.channels as i64, input.height as i64, input.width as i64],
+        (Kind::Float, device),
+    );
     let y = Tensor::randint(space.spec.classes as i64, [args.batch], (Kind::Int64, device));
     let mut sgd = Sgd::nesterov(0.9, 4e-5);
     let sync = || {

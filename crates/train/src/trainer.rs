@@ -24,7 +24,7 @@ pub fn weight_step(net: &Supernet, sgd: &mut Sgd, x: &Tensor, y: &Tensor, select
     let loss = net.forward(x, selection, BnMode::Train).cross_entropy_for_logits(y);
     let tensors: Vec<&Tensor> = params.iter().map(|p| &p.tensor).collect();
     let grads = Tensor::run_backward(&[&loss], &tensors, false, false);
-    sgd.step(&params, &grads, lr);
+    sgd.step(&params, grads, lr);
     loss.double_value(&[])
 }
 
