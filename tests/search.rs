@@ -12,6 +12,10 @@ use edgeloop_e2e::{TestAgent, quick_request};
 use edgeloop_space::{Arch, Space};
 use edgeloop_train::DeviceKind;
 
+/// One search at a time: a search trains on every core, and a measurement
+/// taken beside another test's training would not be the device's latency.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn settings(strategy: Strategy, budget_ms: f64) -> SearchSettings {
     SearchSettings {
         space: "tiny".into(),
@@ -73,6 +77,7 @@ fn csv_column(path: &Path, column: &str) -> Vec<f64> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn heavy_latency_term_moves_alpha_to_cheap_ops_and_meets_the_budget() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let agent = TestAgent::start();
     let dir = tempfile::tempdir().unwrap();
     let table_path = build_table(&agent, dir.path()).await;
@@ -132,6 +137,7 @@ async fn heavy_latency_term_moves_alpha_to_cheap_ops_and_meets_the_budget() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn reinforce_measures_sampled_archs_once_each() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let agent = TestAgent::start();
     let dir = tempfile::tempdir().unwrap();
     let table_path = build_table(&agent, dir.path()).await;

@@ -107,6 +107,7 @@ impl SearchSettings {
         ensure!((0.0..1.0).contains(&self.baseline_decay), "--baseline-decay must be in [0, 1)");
         self.cost_loss()?;
         self.gate_mode()?;
+        self.dataset.parse::<DatasetSpec>()?;
         Ok(())
     }
 }
@@ -127,7 +128,6 @@ pub struct SearchEnv {
 /// What training needs of the data: splits on the CPU, normalisation, shape.
 pub struct Data {
     pub shape: ImageShape,
-    pub classes: usize,
     /// Train minus the held-out part: weight steps.
     pub train: Arc<Split>,
     /// Held out from train: arch steps, rewards, candidate accuracy.
@@ -140,7 +140,7 @@ pub struct Data {
 
 impl Data {
     fn load(settings: &SearchSettings, space: &Space) -> anyhow::Result<Data> {
-        let spec: DatasetSpec = settings.dataset.parse().map_err(anyhow::Error::msg)?;
+        let spec: DatasetSpec = settings.dataset.parse()?;
         let input = &space.spec.input;
         let shape = ImageShape { channels: input.channels, height: input.height, width: input.width };
         let dataset = spec.load(shape, settings.seed).with_context(|| format!("loading dataset {spec}"))?;
@@ -158,7 +158,6 @@ impl Data {
         let norm = train.normalization();
         Ok(Data {
             shape,
-            classes: dataset.classes,
             train: Arc::new(train),
             holdout: Arc::new(held),
             full_train,

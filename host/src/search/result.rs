@@ -35,6 +35,10 @@ pub struct SearchResult {
     pub device_id: String,
     pub runtime: String,
     pub model_sha256: String,
+    /// What `model.onnx` expects: pixels scaled to [0, 1], then
+    /// (x − mean) / std per channel (statistics of the training split).
+    pub input_mean: Vec<f32>,
+    pub input_std: Vec<f32>,
     /// Why this arch was retrained (the search's most likely arch or a fallback).
     pub decision: String,
     pub derived_arch_hash: String,
@@ -88,6 +92,8 @@ pub async fn finish(
         device_id: info.device_id.clone(),
         runtime: measurement.runtime.clone(),
         model_sha256: sha256_hex(&bytes),
+        input_mean: ctx.data.norm.mean.clone(),
+        input_std: ctx.data.norm.std.clone(),
         decision: decision.reason,
         derived_arch_hash: decision.derived.hash(),
         train_device: edgeloop_train::device::describe(ctx.device),
