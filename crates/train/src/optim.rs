@@ -1,13 +1,16 @@
 //! The two optimisers of the search, written out so that their state
 //! (momentum, moments) is plain named tensors a checkpoint can hold: SGD with
-//! Nesterov momentum for weights, Adam for α. Updates are applied to the
+//! Nesterov momentum for weights (ATen's fused kernel), Adam for α. Updates are applied to the
 //! tensors given with their gradients, so a step touches only the paths that
 //! were active (an inactive candidate keeps its weights and its momentum,
 //! as PyTorch does for parameters without a gradient).
 
 use std::collections::BTreeMap;
 
+use std::ffi::{c_char, c_int};
+
 use tch::Tensor;
+use torch_sys::C_tensor;
 
 use crate::layers::Param;
 
@@ -33,49 +36,94 @@ impl Sgd {
         Sgd { momentum, weight_decay, nesterov: true, buffers: BTreeMap::new() }
     }
 
-    /// One step on `params` with `grads` (same order), which it consumes:
-    /// they are updated in place. Undefined gradients (unused parameters)
-    /// are skipped. The update of `torch.optim.SGD`, in
-    /// five in-place kernels per tensor and no temporaries (launches are
-    /// what a small network's step costs on a GPU):
-    /// d = g + wd·p; buf = μ·buf + d; p −= lr·(d + μ·buf) (Nesterov) or lr·buf.
+    /// One step on `params` with `grads` (same order); undefined gradients
+    /// (unused parameters) are skipped. The update of `torch.optim.SGD`
+    /// (d = g + wd·p; buf = μ·buf + d; p −= lr·(d + μ·buf) with Nesterov),
+    /// run by ATen's fused multi-tensor kernel: a few launches per step
+    /// instead of several per tensor, which is what a small network's step
+    /// costs on a GPU. One call per (weight decay or not, new buffer or not).
     pub fn step(&mut self, params: &[Param], grads: Vec<Tensor>, lr: f64) {
-        let Some(first) = params.first() else { return };
-        // 0-dim factors on the parameters' device, made once per step.
-        let device = first.tensor.device();
-        let scalar = |v: f64| Tensor::from(v as f32).to_device(device);
-        let (wd, neg_lr, neg_lr_mu) = (scalar(self.weight_decay), scalar(-lr), scalar(-lr * self.momentum));
-        tch::no_grad(|| {
-            for (param, grad) in params.iter().zip(grads) {
-                if !grad.defined() {
-                    continue;
-                }
-                let mut p = param.tensor.detach();
-                let mut d = grad;
-                if param.decay && self.weight_decay != 0.0 {
-                    let _ = d.addcmul_(&p, &wd);
-                }
-                if self.momentum == 0.0 {
-                    let _ = p.addcmul_(&d, &neg_lr);
-                    continue;
-                }
-                match self.buffers.get_mut(&param.name) {
-                    Some(buf) => {
-                        let _ = buf.g_mul_scalar_(self.momentum).g_add_(&d);
-                    }
-                    None => {
-                        self.buffers.insert(param.name.clone(), d.copy());
-                    }
-                }
-                let buf = &self.buffers[&param.name];
-                if self.nesterov {
-                    let _ = p.addcmul_(&d, &neg_lr);
-                    let _ = p.addcmul_(buf, &neg_lr_mu);
-                } else {
-                    let _ = p.addcmul_(buf, &neg_lr);
-                }
+        let mut groups: [FusedGroup; 4] = Default::default();
+        for (param, grad) in params.iter().zip(grads) {
+            if !grad.defined() {
+                continue;
             }
-        })
+            let decay = param.decay && self.weight_decay != 0.0;
+            let first = !self.buffers.contains_key(&param.name);
+            let group = &mut groups[usize::from(decay) * 2 + usize::from(first)];
+            if self.momentum != 0.0 {
+                let buffer = self.buffers.entry(param.name.clone()).or_insert_with(|| grad.zeros_like());
+                group.buffers.push(buffer.shallow_clone());
+            }
+            // Detached handles share the storage and may be updated in place.
+            group.params.push(param.tensor.detach());
+            group.grads.push(grad);
+        }
+        for (i, group) in groups.iter_mut().enumerate() {
+            if group.params.is_empty() {
+                continue;
+            }
+            let weight_decay = if i >= 2 { self.weight_decay } else { 0.0 };
+            let nesterov = self.nesterov && self.momentum != 0.0;
+            fused_sgd(group, weight_decay, self.momentum, lr, nesterov, i % 2 == 1);
+        }
+    }
+}
+
+/// Tensors of one fused call.
+#[derive(Default)]
+struct FusedGroup {
+    params: Vec<Tensor>,
+    grads: Vec<Tensor>,
+    buffers: Vec<Tensor>,
+}
+
+unsafe extern "C" {
+    fn edgeloop_fused_sgd(
+        params: *const *mut C_tensor,
+        grads: *const *mut C_tensor,
+        buffers: *const *mut C_tensor,
+        n: usize,
+        n_buffers: usize,
+        weight_decay: f64,
+        momentum: f64,
+        lr: f64,
+        nesterov: c_int,
+        first_step: c_int,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> c_int;
+}
+
+/// ATen's `_fused_sgd_` on `group` (csrc/fused_sgd.cpp). It fails only on
+/// tensors of mixed devices or types: a bug, hence the panic.
+fn fused_sgd(group: &mut FusedGroup, weight_decay: f64, momentum: f64, lr: f64, nesterov: bool, first_step: bool) {
+    let handles = |ts: &mut [Tensor]| ts.iter_mut().map(Tensor::as_mut_ptr).collect::<Vec<_>>();
+    let (params, grads, buffers) = (handles(&mut group.params), handles(&mut group.grads), handles(&mut group.buffers));
+    let mut error = [0 as c_char; 512];
+    // SAFETY: the handles point to live tensors owned by `group` for the
+    // whole call; the shim copies them into an at::TensorList and catches
+    // every C++ exception.
+    let status = unsafe {
+        edgeloop_fused_sgd(
+            params.as_ptr(),
+            grads.as_ptr(),
+            buffers.as_ptr(),
+            params.len(),
+            buffers.len(),
+            weight_decay,
+            momentum,
+            lr,
+            c_int::from(nesterov),
+            c_int::from(first_step),
+            error.as_mut_ptr(),
+            error.len(),
+        )
+    };
+    if status != 0 {
+        // SAFETY: the shim wrote a NUL-terminated message into `error`.
+        let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) };
+        panic!("fused SGD step failed: {}", message.to_string_lossy());
     }
 }
 

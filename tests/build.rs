@@ -1,0 +1,6 @@
+#[path = "../build-support/libtorch.rs"]
+mod libtorch;
+
+fn main() {
+    libtorch::link();
+}
