@@ -2,7 +2,7 @@
 # The main job, end to end on this machine: set up, build, start a local
 # agent on loopback with a random token, and search the `tiny` space on the
 # built-in synthetic dataset under a latency budget measured by that agent.
-# Results land in runs/quickstart/. BUDGET_MS (default 0.25) sets the budget;
+# Results land in runs/quickstart/. BUDGET_MS (default 0.12) sets the budget;
 # extra arguments go to `edgeloop search` (e.g. --strategy reinforce).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +30,8 @@ url="http://$(cat "$out/agent.addr")"
 target/release/edgeloop devices --device "$url" --token-file "$token_file"
 
 run="$out/search-$(date -u +%Y%m%dT%H%M%SZ)"
-log "searching tiny on synthetic under ${BUDGET_MS:-0.25} ms on $url (run directory $run)"
+log "searching tiny on synthetic under ${BUDGET_MS:-0.12} ms on $url (run directory $run)"
 target/release/edgeloop search --space tiny --dataset synthetic --device "$url" --token-file "$token_file" \
-  --budget-ms "${BUDGET_MS:-0.25}" --latency-loss add#linear --loss-lambda 1 --out "$run" "$@"
+  --budget-ms "${BUDGET_MS:-0.12}" --latency-loss add#linear --loss-lambda 1 --out "$run" "$@"
 ln -sfn "$(basename "$run")" "$out/latest"
 log "results: $run/result.json, model.onnx, arch.json, search.csv (also $out/latest); agent log in $out/agent.log"
