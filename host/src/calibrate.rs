@@ -66,13 +66,10 @@ impl Calibration {
         }
     }
 
-    /// Writes next to `table` (temp file + rename).
+    /// Writes next to `table` (fsynced temp file + rename).
     pub fn save_for(&self, table: &Path) -> Result<PathBuf, CalibrationError> {
         let path = path_for(table);
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(self).expect("calibration serialises") + "\n";
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
+        crate::files::write_json(&path, self)
             .map_err(|e| CalibrationError::File { path: path.clone(), message: e.to_string() })?;
         Ok(path)
     }

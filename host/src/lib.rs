@@ -4,6 +4,7 @@
 pub mod calibrate;
 pub mod client;
 pub mod commands;
+pub mod files;
 pub mod predict;
 pub mod progress;
 pub mod search;

@@ -8,10 +8,10 @@ use edgeloop_train::export::export_arch;
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 
-use super::run_dir::{write_atomic, write_json};
 use super::strategy::Context;
 use super::{Decision, DevicePool, Strategy};
 use crate::client::sha256_hex;
+use crate::files::{write_atomic, write_json};
 use crate::predict::Predictor;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

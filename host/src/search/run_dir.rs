@@ -1,9 +1,10 @@
 //! The files of one search run (`--out runs/NAME`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+
+use crate::files::write_atomic;
 
 pub struct RunDir {
     pub root: PathBuf,
@@ -35,20 +36,6 @@ impl RunDir {
     pub fn result(&self) -> PathBuf {
         self.root.join("result.json")
     }
-}
-
-/// Writes `bytes` to `path` through a fsynced temp file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
-pub fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
-    let text = serde_json::to_string_pretty(value).expect("serialises") + "\n";
-    write_atomic(path, text.as_bytes())
 }
 
 /// One row of `search.csv` per epoch.
