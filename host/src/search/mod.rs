@@ -177,8 +177,8 @@ impl Data {
 }
 
 /// Seeds of one epoch's randomness, so a resumed epoch draws what it would have.
-fn epoch_rng(seed: u64, stream: u64, epoch: usize) -> SmallRng {
-    let mix = stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+fn epoch_rng(seed: u64, epoch: usize) -> SmallRng {
+    let mix = 0x9E37_79B9_7F4A_7C15 ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
     SmallRng::seed_from_u64(seed ^ mix)
 }
 
@@ -233,9 +233,10 @@ pub async fn run(settings: SearchSettings, env: SearchEnv) -> anyhow::Result<Sea
     result::finish(&ctx, &mut pool, &predictor, &vs, decision, test_accuracy, search_seconds, final_seconds).await
 }
 
-/// Accuracy of the path `selection` of `net` on the held-out split.
-fn holdout_accuracy(net: &Supernet, selection: &[usize], data: &Data, device: Device, mode: BnMode) -> f64 {
-    accuracy(net, selection, data.eval_loader(&data.holdout), data.shape, device, mode)
+/// Accuracy of the path `selection` of the supernet on the held-out split,
+/// with batch statistics (a supernet's running statistics mix every path's).
+fn holdout_accuracy(net: &Supernet, selection: &[usize], data: &Data, device: Device) -> f64 {
+    accuracy(net, selection, data.eval_loader(&data.holdout), data.shape, device, BnMode::BatchStats)
 }
 
 /// The architecture chosen for retraining, and why.

@@ -136,7 +136,7 @@ async fn epoch_of_search(
     let s = ctx.settings;
     let started = Instant::now();
     let warmup = epoch < s.warmup_epochs;
-    let mut rng = epoch_rng(s.seed, 1, epoch);
+    let mut rng = epoch_rng(s.seed, epoch);
     let mut holdout =
         HoldoutBatches { data: ctx.data, batch_size: s.batch_size, seed: s.seed ^ epoch as u64, pass: 0, loader: None };
     let batches_per_epoch = BatchLoader::batches(ctx.data.train.len(), s.batch_size, false) as u64;
@@ -184,7 +184,7 @@ async fn epoch_of_search(
     let argmax = m.alpha.argmax();
     let arch = m.model.net.arch(&argmax);
     let measured = measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&arch)).await?[0];
-    let valid_acc = holdout_accuracy(&m.model.net, &argmax, ctx.data, ctx.device, BnMode::BatchStats);
+    let valid_acc = holdout_accuracy(&m.model.net, &argmax, ctx.data, ctx.device);
     Ok(EpochRow {
         epoch: epoch + 1,
         phase: if warmup { "warmup" } else { "search" },
@@ -291,7 +291,7 @@ async fn decide(ctx: &Context<'_>, pool: &mut DevicePool, m: &SearchModel) -> an
         .iter()
         .map(|arch| {
             let sel = m.model.net.selection(arch).expect("a space arch is a supernet path");
-            (holdout_accuracy(&m.model.net, &sel, ctx.data, ctx.device, BnMode::BatchStats), arch)
+            (holdout_accuracy(&m.model.net, &sel, ctx.data, ctx.device), arch)
         })
         .max_by(|a, b| a.0.total_cmp(&b.0));
     let (chosen, reason) = match best {
