@@ -31,8 +31,21 @@ if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
 if ! cmp -s scripts/requirements.txt .venv/.requirements 2>/dev/null; then
+  # PyTorch's CUDA wheels take ~5 GB installed plus the downloads: say so
+  # up front rather than letting pip die halfway with ENOSPC.
+  need_kb=$((8 * 1024 * 1024))
+  free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+  if (( free_kb < need_kb )); then
+    echo "setup: installing PyTorch into .venv needs about 8 GB free on $(df -P . | awk 'NR==2 {print $6}'); only $((free_kb / 1024)) MB are." >&2
+    exit 1
+  fi
   log "installing Python packages (scripts/requirements.txt)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r scripts/requirements.txt
+  # Downloads go to a temp dir on the same disk and are not cached, so the
+  # wheels exist once, not three times (tmpfs /tmp, pip cache, site-packages).
+  mkdir -p .venv/tmp
+  TMPDIR="$PWD/.venv/tmp" .venv/bin/python -m pip install -q --no-cache-dir \
+    --disable-pip-version-check -r scripts/requirements.txt
+  rm -rf .venv/tmp
   cp scripts/requirements.txt .venv/.requirements
 fi
 torch_dir=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')

@@ -3,4 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The shipped static aarch64 agent, which tests/qemu_agent.rs runs under qemu:
+# the suite then covers the ARM binary as it ships (fat LTO linking tract's
+# kernels included), not only the host build.
+bash scripts/build-agent.sh aarch64
+export EDGELOOP_REQUIRE_CROSS=1
+export EDGELOOP_AGENT_AARCH64="$PWD/dist/edgeloop-agent-aarch64-linux-musl"
 cargo test --workspace --locked "$@"

@@ -8,7 +8,7 @@ use edgeloop::predict::Predictor;
 use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy};
 use edgeloop::table::LatencyTable;
 use edgeloop_api::MeasureRequest;
-use edgeloop_e2e::{TestAgent, quick_request};
+use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request};
 use edgeloop_space::{Arch, Space};
 use edgeloop_train::DeviceKind;
 
@@ -21,7 +21,8 @@ fn settings(strategy: Strategy, budget_ms: f64) -> SearchSettings {
         space: "tiny".into(),
         width: 1.0,
         dataset: "synthetic:640,128".into(),
-        budget_ms,
+        budget_ms: Some(budget_ms),
+        energy_budget_mj: None,
         strategy,
         warmup_epochs: 1,
         epochs: 3,
@@ -111,8 +112,9 @@ async fn heavy_latency_term_moves_alpha_to_cheap_ops_and_meets_the_budget() {
         (0..64).map(|seed| predictor.predict(&space, &Arch::random(&space, seed)).unwrap().total_ms).sum::<f64>()
             / 64.0;
     let budget = (cheapest_ms + uniform_ms) / 2.0;
-    let result =
-        search::run(SearchSettings { budget_ms: budget, ..s.clone() }, env(&agent, &out, &table_path)).await.unwrap();
+    let result = search::run(SearchSettings { budget_ms: Some(budget), ..s.clone() }, env(&agent, &out, &table_path))
+        .await
+        .unwrap();
 
     let expected = csv_column(&out.join("search.csv"), "expected_latency_ms");
     assert_eq!(expected.len(), 4);
@@ -130,7 +132,7 @@ async fn heavy_latency_term_moves_alpha_to_cheap_ops_and_meets_the_budget() {
     // Without the latency term the search need not meet the budget, but
     // result.json still tells the truth about the measurement.
     let out = dir.path().join("off");
-    let off = SearchSettings { latency_loss: "off".into(), budget_ms: budget, ..s };
+    let off = SearchSettings { latency_loss: "off".into(), budget_ms: Some(budget), ..s };
     let result = search::run(off, env(&agent, &out, &table_path)).await.unwrap();
     assert_eq!(result.budget_met, result.measured_latency_ms <= budget);
 }
@@ -158,4 +160,44 @@ async fn reinforce_measures_sampled_archs_once_each() {
     let rewards = csv_column(&out.join("search.csv"), "mean_reward");
     assert!(rewards[1..].iter().all(|r| r.is_finite() && *r > 0.0), "{rewards:?}");
     assert_eq!(result.budget_met, result.measured_latency_ms <= 1.0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn energy_budget_prices_from_the_energy_table_and_judges_measured_energy() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let rapl = SimulatedRapl::start(2.0, 10.0);
+    let sys = rapl.sysfs().to_path_buf();
+    let agent = TestAgent::start_with(move |config| {
+        config.roots.sys = sys;
+        config.meter.idle_baseline = std::time::Duration::from_millis(200);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let space = Space::load("tiny", 1.0).unwrap();
+    let table_path = dir.path().join("tiny--energy.csv");
+    let template = MeasureRequest { energy: true, ..quick_request("") };
+    table::build(&agent.client(), &space, &template, Some(&table_path)).await.unwrap();
+    let energy_table = LatencyTable::load(&table_path).unwrap();
+    assert!(energy_table.has_energy());
+    assert!(energy_table.rows().iter().all(|r| r.energy.as_ref().is_some_and(|e| e.sensor == "rapl:package-0")));
+
+    let predictor = Predictor::energy(&energy_table).unwrap();
+    let uniform_mj =
+        (0..64).map(|seed| predictor.predict(&space, &Arch::random(&space, seed)).unwrap().total_ms).sum::<f64>()
+            / 64.0;
+    let budget = 0.8 * uniform_mj;
+    let out = dir.path().join("energy");
+    let s = SearchSettings { budget_ms: None, energy_budget_mj: Some(budget), ..settings(Strategy::Gradient, 0.0) };
+    let result = search::run(s, env(&agent, &out, &table_path)).await.unwrap();
+
+    let expected = csv_column(&out.join("search.csv"), "expected_energy_mj");
+    assert!(expected[3] < expected[0], "E[energy] did not fall: {expected:?}");
+    assert!(csv_column(&out.join("search.csv"), "argmax_measured_mj").iter().all(|mj| mj.is_finite()));
+    let measured = result.measured_energy_mj.expect("the final model's energy was measured");
+    assert_eq!(result.budget_met, measured <= budget, "{result:?}");
+    assert_eq!(result.energy_budget_mj, Some(budget));
+    assert_eq!(result.budget_ms, None);
+    assert_eq!(result.energy_sensor.as_deref(), Some("rapl:package-0"));
+    assert!(result.predicted_energy_mj.is_some_and(|mj| mj > 0.0));
+    let cached = std::fs::read_to_string(out.join("measurements.jsonl")).unwrap();
+    assert!(cached.lines().all(|l| l.contains("\"energy_mj\"")), "{cached}");
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use edgeloop_api::{DeviceInfo, ThermalZone};
 use sha2::{Digest, Sha256};
 
+use crate::energy::{SensorChoice, discover};
 use crate::runtime::Runtimes;
 
 /// Where the agent reads machine facts; tests point it at fixture trees.
@@ -133,8 +134,15 @@ pub fn thermal_zones(sys: &Path) -> Vec<ThermalZone> {
     zones
 }
 
-/// The whole descriptor; thermal readings are taken now.
-pub fn device_info(device_id: &str, facts: &MachineFacts, roots: &SystemRoots, runtimes: &Runtimes) -> DeviceInfo {
+/// The whole descriptor; thermal and sensor readings are taken now.
+pub fn device_info(
+    device_id: &str,
+    facts: &MachineFacts,
+    roots: &SystemRoots,
+    runtimes: &Runtimes,
+    energy_sensor: &SensorChoice,
+) -> DeviceInfo {
+    let energy = discover(&roots.sys, energy_sensor);
     DeviceInfo {
         device_id: device_id.to_string(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -146,7 +154,8 @@ pub fn device_info(device_id: &str, facts: &MachineFacts, roots: &SystemRoots, r
         memory_mb: facts.memory_mb,
         runtimes: runtimes.infos(),
         runtimes_unavailable: runtimes.unavailable().clone(),
-        energy_sensors: vec![],
+        energy_sensors: energy.sensors,
+        energy_unavailable_reason: energy.unavailable_reason,
         thermal_zones: thermal_zones(&roots.sys),
     }
 }

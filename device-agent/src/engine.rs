@@ -1,14 +1,48 @@
-//! The measurement engine (DESIGN §6): load, first run, warm-up, then timed
-//! runs until both `min_runs` and `min_duration` are met or `max_duration`
-//! is reached. Used by the server's worker and by `edgeloop-agent bench`.
+//! The measurement engine (DESIGN §6): optional cool-down, CPU pinning,
+//! load, first run, warm-up, then timed runs until both `min_runs` and
+//! `min_duration` are met or `max_duration` is reached — with temperature
+//! and frequency watched, and energy sampled when asked — then, if asked,
+//! extra profiled runs. Used by the server's worker and by
+//! `edgeloop-agent bench`.
 
+use std::num::NonZeroUsize;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edgeloop_api::{LatencyStats, MeasureRequest, Measurement};
+use edgeloop_api::{EnergyStats, LatencyStats, MeasureRequest, Measurement, OpTime, ThermalStats};
 
+use crate::affinity::{self, AffinityError};
+use crate::energy::{EnergyMeter, MeterConfig, SensorChoice};
 use crate::inputs::{InputError, random_inputs, resolve_shapes};
 use crate::runtime::{LoadOptions, Runtime, RuntimeError};
+use crate::thermal::{self, CooldownTimeout, MonitorConfig, ThermalMonitor};
+
+/// The shortest window energy is integrated over (DESIGN §6): sensors update
+/// at tens to hundreds of Hz, and a short window would be mostly edges.
+pub const MIN_ENERGY_WINDOW: Duration = Duration::from_secs(1);
+
+/// Where the engine reads sensors, and how it uses them. Tests point `sys`
+/// at fixture trees.
+#[derive(Debug, Clone)]
+pub struct Sensors {
+    /// The sysfs root (`/sys`): thermal zones, cpufreq, power sensors.
+    pub sys: PathBuf,
+    pub energy_sensor: SensorChoice,
+    pub meter: MeterConfig,
+    pub monitor: MonitorConfig,
+}
+
+impl Default for Sensors {
+    fn default() -> Self {
+        Sensors {
+            sys: "/sys".into(),
+            energy_sensor: SensorChoice::Auto,
+            meter: MeterConfig::default(),
+            monitor: MonitorConfig::default(),
+        }
+    }
+}
 
 /// How long and how often to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,12 +64,13 @@ impl RunPlan {
                 req.max_duration_ms, req.min_duration_ms
             )));
         }
-        Ok(RunPlan {
-            warmup_runs: req.warmup_runs,
-            min_runs: req.min_runs,
-            min_duration: Duration::from_millis(req.min_duration_ms),
-            max_duration: Duration::from_millis(req.max_duration_ms),
-        })
+        let mut min_duration = Duration::from_millis(req.min_duration_ms);
+        let mut max_duration = Duration::from_millis(req.max_duration_ms);
+        if req.energy {
+            min_duration = min_duration.max(MIN_ENERGY_WINDOW);
+            max_duration = max_duration.max(min_duration);
+        }
+        Ok(RunPlan { warmup_runs: req.warmup_runs, min_runs: req.min_runs, min_duration, max_duration })
     }
 }
 
@@ -48,6 +83,13 @@ pub struct Timings {
     pub stats: LatencyStats,
     pub started_at: u64,
     pub finished_at: u64,
+    pub energy: Option<EnergyStats>,
+    /// Why `energy` is missing when it was asked for.
+    pub energy_unavailable_reason: Option<String>,
+    pub thermal: ThermalStats,
+    pub ops: Option<Vec<OpTime>>,
+    /// The measuring thread's CPUs while pinned (only when `cpus` was asked).
+    pub cpus: Option<Vec<usize>>,
 }
 
 impl Timings {
@@ -64,10 +106,11 @@ impl Timings {
             warmup_runs: req.warmup_runs,
             latency_ms: self.stats,
             samples_ms: req.keep_samples.then_some(self.samples_ms),
-            energy: None,
-            energy_unavailable_reason: req.energy.then(|| "this agent version has no energy meters".to_string()),
-            thermal: None,
-            ops: None,
+            energy: self.energy,
+            energy_unavailable_reason: self.energy_unavailable_reason,
+            thermal: Some(self.thermal),
+            ops: self.ops,
+            cpus: self.cpus,
             queue_wait_ms: 0.0,
             started_at: self.started_at,
             finished_at: self.finished_at,
@@ -89,6 +132,12 @@ pub enum MeasureError {
     Run(RuntimeError),
     #[error("runtime panicked: {0}")]
     Panic(String),
+    #[error("cannot pin the measuring threads: {0}")]
+    Affinity(#[from] AffinityError),
+    #[error("device too hot to measure: {0}")]
+    TooHot(#[from] CooldownTimeout),
+    #[error("cannot start the thermal monitor: {0}")]
+    Monitor(std::io::Error),
 }
 
 fn unix_micros(t: SystemTime) -> u64 {
@@ -119,9 +168,15 @@ pub fn latency_stats(samples: &[f64]) -> LatencyStats {
     }
 }
 
-/// Measures `model` bytes with `runtime` per `req`. Runtime panics are caught
-/// here and reported as [`MeasureError::Panic`], so the caller's thread lives on.
-pub fn measure(runtime: &dyn Runtime, model: &[u8], req: &MeasureRequest) -> Result<Timings, MeasureError> {
+/// Measures `model` bytes with `runtime` per `req`, reading `sensors`.
+/// Runtime panics are caught here and reported as [`MeasureError::Panic`],
+/// so the caller's thread lives on.
+pub fn measure(
+    runtime: &dyn Runtime,
+    model: &[u8],
+    req: &MeasureRequest,
+    sensors: &Sensors,
+) -> Result<Timings, MeasureError> {
     let plan = RunPlan::from_request(req)?;
     if req.threads == 0 {
         return Err(MeasureError::BadRequest("threads must be at least 1".into()));
@@ -130,6 +185,15 @@ pub fn measure(runtime: &dyn Runtime, model: &[u8], req: &MeasureRequest) -> Res
     let resolved = resolve_shapes(&edgeloop_onnx::declared_inputs(&proto)?, &req.inputs)?;
     let inputs = random_inputs(&resolved, req.seed);
     let options = LoadOptions { threads: req.threads };
+    let cooldown_wait = match req.cooldown_c {
+        Some(below_c) => thermal::cool_down(&sensors.sys, below_c, Duration::from_millis(req.cooldown_timeout_ms))?,
+        None => Duration::ZERO,
+    };
+    // Before load: the runtime's thread pool, built in `load`, inherits the pin.
+    let _pin = req.cpus.as_deref().map(affinity::pin).transpose()?;
+    let cpus = req.cpus.is_some().then(affinity::current).transpose()?;
+    // Opened per measurement: a phone may have been plugged in since the last one.
+    let meter = req.energy.then(|| EnergyMeter::open(&sensors.energy_sensor, &sensors.sys, sensors.meter));
     catch_unwind(AssertUnwindSafe(|| {
         let load_start = Instant::now();
         let mut loaded = runtime.load(model, &inputs, options).map_err(MeasureError::Load)?;
@@ -137,27 +201,60 @@ pub fn measure(runtime: &dyn Runtime, model: &[u8], req: &MeasureRequest) -> Res
         let first = Instant::now();
         loaded.run().map_err(MeasureError::Run)?;
         let first_run_ms = ms(first.elapsed());
-        time_runs(&plan, || loaded.run()).map(|(samples_ms, started_at, finished_at)| Timings {
+        for _ in 0..plan.warmup_runs {
+            loaded.run().map_err(MeasureError::Run)?;
+        }
+        let monitor =
+            ThermalMonitor::start(&sensors.sys, req.cpus.as_deref(), sensors.monitor).map_err(MeasureError::Monitor)?;
+        let (timed, energy) = match meter {
+            Some(Ok(mut meter)) => {
+                let (timed, reading) = meter.measure(|| time_runs(&plan, || loaded.run()));
+                (timed, Some(reading.map_err(|e| e.to_string())))
+            }
+            Some(Err(e)) => (time_runs(&plan, || loaded.run()), Some(Err(e.to_string()))),
+            None => (time_runs(&plan, || loaded.run()), None),
+        };
+        let thermal = ThermalStats { cooldown_wait_ms: ms(cooldown_wait), ..monitor.finish() };
+        let (samples_ms, started_at, finished_at) = timed?;
+        let (energy, energy_unavailable_reason) = match energy {
+            Some(Ok(reading)) => (reading.stats(samples_ms.len()), None),
+            Some(Err(reason)) => (None, Some(reason)),
+            None => (None, None),
+        };
+        let ops = if req.profile_ops {
+            Some(loaded.profile(profile_runs(samples_ms.len())).map_err(MeasureError::Run)?)
+        } else {
+            None
+        };
+        Ok(Timings {
             load_ms,
             first_run_ms,
             stats: latency_stats(&samples_ms),
             samples_ms,
             started_at,
             finished_at,
+            energy,
+            energy_unavailable_reason,
+            thermal,
+            ops,
+            cpus,
         })
     }))
     .unwrap_or_else(|payload| Err(MeasureError::Panic(panic_message(payload.as_ref()))))
 }
 
-/// Warm-up, then the timed loop; the clock is read around `run` alone.
-/// Returns the samples and the Unix-µs window of the timed runs.
+/// Profiled runs: as many as were timed, within 5..=50 — enough for a
+/// stable mean per node without doubling a long measurement.
+fn profile_runs(timed: usize) -> NonZeroUsize {
+    NonZeroUsize::new(timed.clamp(5, 50)).expect("at least 5")
+}
+
+/// The timed loop; the clock is read around `run` alone. Returns the
+/// samples and the Unix-µs window of the timed runs.
 fn time_runs(
     plan: &RunPlan,
     mut run: impl FnMut() -> Result<(), RuntimeError>,
 ) -> Result<(Vec<f64>, u64, u64), MeasureError> {
-    for _ in 0..plan.warmup_runs {
-        run().map_err(MeasureError::Run)?;
-    }
     let mut samples = Vec::with_capacity(plan.min_runs);
     let started_at = unix_micros(SystemTime::now());
     let loop_start = Instant::now();
@@ -217,7 +314,7 @@ mod tests {
         })
         .unwrap();
         assert!(samples.len() >= 5);
-        assert_eq!(calls, samples.len() + 2, "warm-up runs are run but not sampled");
+        assert_eq!(calls, samples.len(), "every timed call is one sample");
         assert!(end - start >= 30_000, "ran for at least min_duration");
     }
 
@@ -244,6 +341,12 @@ mod tests {
         fn run(&mut self) -> Result<(), RuntimeError> {
             panic!("kernel exploded")
         }
+        fn profile(&mut self, _: std::num::NonZeroUsize) -> Result<Vec<edgeloop_api::OpTime>, RuntimeError> {
+            panic!("kernel exploded")
+        }
+        fn outputs(&mut self) -> Result<Vec<crate::runtime::OutputTensor>, RuntimeError> {
+            panic!("kernel exploded")
+        }
     }
     impl Runtime for PanickingRuntime {
         fn name(&self) -> &'static str {
@@ -263,7 +366,7 @@ mod tests {
     #[test]
     fn runtime_panics_are_contained() {
         let model = edgeloop_onnx::encode(&edgeloop_onnx::samples::MbconvNet::small().to_model());
-        let err = measure(&PanickingRuntime, &model, &MeasureRequest::default()).unwrap_err();
+        let err = measure(&PanickingRuntime, &model, &MeasureRequest::default(), &Sensors::default()).unwrap_err();
         assert!(matches!(&err, MeasureError::Panic(m) if m == "kernel exploded"), "{err}");
     }
 }

@@ -32,6 +32,9 @@ impl ApiError {
     pub fn runtime_crashed(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::RuntimeCrashed, m)
     }
+    pub fn too_hot(m: impl Into<String>) -> Self {
+        Self::new(ErrorCode::TooHot, m)
+    }
     pub fn unknown_model(sha256: &str) -> Self {
         Self::new(
             ErrorCode::NotFound,

@@ -1,11 +1,17 @@
 //! edgeloop-agent: measures ONNX models on the device it runs on.
 //!
 //! Stages, each a module with one job: `store` keeps uploaded models,
-//! `inputs` makes seeded input tensors, `runtime` loads and runs (tract |
-//! ort), `engine` times runs and computes statistics, `worker` serialises
-//! measurements on one thread, `server` is the HTTP API.
+//! `inputs` makes seeded input tensors, `runtime` loads, runs and profiles
+//! (tract | ort), `engine` times runs and computes statistics, `worker`
+//! serialises measurements on one thread, `server` is the HTTP API. Beside
+//! the engine: `energy` (power sensors and their sampler), `thermal`
+//! (temperatures, frequencies, throttling, cool-down), `affinity` (pinning),
+//! `compare` (cross-checks the runtimes' outputs).
 
+pub mod affinity;
+pub mod compare;
 pub mod device;
+pub mod energy;
 pub mod engine;
 mod error;
 pub mod inputs;
@@ -13,6 +19,7 @@ mod local;
 pub mod runtime;
 mod server;
 pub mod store;
+pub mod thermal;
 mod worker;
 
 pub use error::ApiError;

@@ -1,14 +1,16 @@
 //! `edgeloop-agent`: parses flags and wires the library; nothing else.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use edgeloop_agent::device::{MachineFacts, SystemRoots, device_info};
-use edgeloop_agent::runtime::Runtimes;
+use edgeloop_agent::device::{MachineFacts, device_info};
+use edgeloop_agent::energy::SensorChoice;
+use edgeloop_agent::runtime::{OrtOptimization, Runtime, RuntimeSettings, Runtimes};
 use edgeloop_agent::{Agent, AgentConfig, check_listen_addr, engine};
-use edgeloop_api::MeasureRequest;
+use edgeloop_api::cli::MeasureFlags;
 use edgeloop_api::token::resolve_token;
 
 #[derive(Parser)]
@@ -26,6 +28,27 @@ enum Command {
     Bench(BenchArgs),
     /// Print this device's descriptor (what GET /v1/info answers).
     Info(InfoArgs),
+    /// Run a model once in each runtime on the same seeded inputs and compare
+    /// the outputs; exits non-zero when any differs by more than --tolerance.
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct RuntimeArgs {
+    /// libonnxruntime.so for the `ort` runtime [default: ORT_DYLIB_PATH, else
+    /// .venv/lib/python3*/site-packages/onnxruntime/capi/ in the current
+    /// directory, the agent's, or a parent]. Ignored by builds without ORT.
+    #[arg(long, value_name = "PATH")]
+    ort_lib: Option<PathBuf>,
+    /// ONNX Runtime's graph optimisations: disable, basic, extended or all.
+    #[arg(long, value_name = "LEVEL", default_value_t = OrtOptimization::All)]
+    ort_optimization: OrtOptimization,
+}
+
+impl RuntimeArgs {
+    fn settings(&self) -> RuntimeSettings {
+        RuntimeSettings { ort_lib: self.ort_lib.clone(), ort_optimization: self.ort_optimization }
+    }
 }
 
 #[derive(Args)]
@@ -36,6 +59,23 @@ struct CommonArgs {
     /// Name this device explicitly instead of deriving an id from the machine.
     #[arg(long)]
     device_id: Option<String>,
+    /// Where to read thermal zones, CPU frequencies and power sensors (a
+    /// copy of /sys for testing).
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    sysfs_root: PathBuf,
+    /// Power sensor for `energy: true`: auto (RAPL, then Jetson INA3221,
+    /// then Android battery), none, rapl, jetson, jetson:RAIL or android.
+    #[arg(long, value_name = "SENSOR", default_value = "auto")]
+    energy_sensor: SensorChoice,
+    /// Power sensor readings per second while measuring energy.
+    #[arg(long, value_name = "HZ", default_value_t = NonZeroU32::new(200).expect("nonzero"))]
+    energy_sample_hz: NonZeroU32,
+    /// Flag a measurement as throttled when the CPU frequency drops more
+    /// than this many percent below where it started.
+    #[arg(long, value_name = "PCT", default_value_t = 10.0)]
+    throttle_drop_pct: f64,
+    #[command(flatten)]
+    runtimes: RuntimeArgs,
 }
 
 #[derive(Args)]
@@ -67,25 +107,8 @@ struct ServeArgs {
 struct BenchArgs {
     /// The ONNX model to measure.
     model: PathBuf,
-    #[arg(long, default_value = "tract")]
-    runtime: String,
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// Runs before timing starts (discarded).
-    #[arg(long, default_value_t = MeasureRequest::default().warmup_runs)]
-    warmup: usize,
-    /// Timed runs at least.
-    #[arg(long, default_value_t = MeasureRequest::default().min_runs)]
-    runs: usize,
-    /// Timed duration at least, in ms.
-    #[arg(long, default_value_t = MeasureRequest::default().min_duration_ms)]
-    min_duration_ms: u64,
-    /// Stop timing after this long even if --runs is not reached, in ms.
-    #[arg(long, default_value_t = MeasureRequest::default().max_duration_ms)]
-    max_duration_ms: u64,
-    /// Seed of the random inputs.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    measure: MeasureFlags,
     /// Print the Measurement as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -101,6 +124,25 @@ struct InfoArgs {
     common: CommonArgs,
 }
 
+#[derive(Args)]
+struct CompareArgs {
+    /// The ONNX model to run.
+    model: PathBuf,
+    /// Runtimes to run it in; the first is the reference.
+    #[arg(long, value_delimiter = ',', default_value = "tract,ort")]
+    runtimes: Vec<String>,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Largest absolute difference allowed in any output element.
+    #[arg(long, default_value_t = 1e-4)]
+    tolerance: f64,
+    #[command(flatten)]
+    runtime_args: RuntimeArgs,
+}
+
 fn default_cache_dir() -> PathBuf {
     // Android shells have no XDG dirs; fall back next to the binary's cwd.
     dirs::cache_dir().map(|d| d.join("edgeloop-agent")).unwrap_or_else(|| PathBuf::from("edgeloop-agent-cache"))
@@ -110,6 +152,11 @@ impl CommonArgs {
     fn config(&self) -> AgentConfig {
         let mut config = AgentConfig::new(self.cache_dir.clone().unwrap_or_else(default_cache_dir));
         config.device_id = self.device_id.clone();
+        config.roots.sys = self.sysfs_root.clone();
+        config.energy_sensor = self.energy_sensor.clone();
+        config.meter.sample_rate_hz = self.energy_sample_hz;
+        config.monitor.max_freq_drop = self.throttle_drop_pct / 100.0;
+        config.runtimes = self.runtimes.settings();
         config
     }
 
@@ -134,6 +181,7 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => bench(args),
         Command::Info(args) => info(args),
+        Command::Compare(args) => compare(args),
     }
 }
 
@@ -145,7 +193,11 @@ fn serve(args: ServeArgs) -> Result<()> {
     config.max_model_bytes = args.max_model_mb << 20;
     config.cache_max_bytes = args.cache_max_mb << 20;
     let cache_dir = config.cache_dir.clone();
-    let agent = Agent::new(config, Runtimes::detect())
+    let runtimes = Runtimes::detect(&config.runtimes);
+    for (name, reason) in runtimes.unavailable() {
+        tracing::info!(runtime = %name, "unavailable: {reason}");
+    }
+    let agent = Agent::new(config, runtimes)
         .with_context(|| format!("starting the agent with cache dir {}", cache_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -165,24 +217,15 @@ fn serve(args: ServeArgs) -> Result<()> {
 
 fn bench(args: BenchArgs) -> Result<()> {
     let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
-    let runtimes = Runtimes::detect();
-    let runtime =
-        runtimes.get(&args.runtime).ok_or_else(|| anyhow::anyhow!(runtimes.unavailable_reason(&args.runtime)))?;
+    let config = args.common.config();
+    let runtimes = Runtimes::detect(&config.runtimes);
+    let runtime = runtime_named(&runtimes, &args.measure.runtime)?;
     let (_, device_id) = args.common.local_device()?;
-    let request = MeasureRequest {
-        model: edgeloop_agent::store::sha256_hex(&bytes),
-        runtime: args.runtime.clone(),
-        threads: args.threads,
-        warmup_runs: args.warmup,
-        min_runs: args.runs,
-        min_duration_ms: args.min_duration_ms,
-        max_duration_ms: args.max_duration_ms,
-        seed: args.seed,
-        ..Default::default()
-    };
-    let measurement = engine::measure(runtime.as_ref(), &bytes, &request)
+    let sensors = config.sensors();
+    let request = args.measure.request(edgeloop_agent::store::sha256_hex(&bytes));
+    let measurement = engine::measure(runtime, &bytes, &request, &sensors)
         .with_context(|| format!("measuring {}", args.model.display()))?
-        .into_measurement(&request, &device_id, runtime.as_ref());
+        .into_measurement(&request, &device_id, runtime);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&measurement)?);
     } else {
@@ -193,11 +236,44 @@ fn bench(args: BenchArgs) -> Result<()> {
 
 fn info(args: InfoArgs) -> Result<()> {
     let (facts, device_id) = args.common.local_device()?;
-    let info = device_info(&device_id, &facts, &SystemRoots::default(), &Runtimes::detect());
+    let config = args.common.config();
+    let runtimes = Runtimes::detect(&config.runtimes);
+    let info = device_info(&device_id, &facts, &config.roots, &runtimes, &config.energy_sensor);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         print!("{}", edgeloop_api::display::device_table(&info));
     }
+    Ok(())
+}
+
+fn runtime_named<'r>(runtimes: &'r Runtimes, name: &str) -> Result<&'r dyn Runtime> {
+    runtimes.get(name).map(|r| r.as_ref()).ok_or_else(|| anyhow::anyhow!(runtimes.unavailable_reason(name)))
+}
+
+fn compare(args: CompareArgs) -> Result<()> {
+    anyhow::ensure!(args.tolerance >= 0.0, "--tolerance must be a non-negative number");
+    let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let runtimes = Runtimes::detect(&args.runtime_args.settings());
+    let chosen = args.runtimes.iter().map(|name| runtime_named(&runtimes, name)).collect::<Result<Vec<_>>>()?;
+    let diffs = edgeloop_agent::compare::compare(&bytes, &chosen, args.seed, args.threads)
+        .with_context(|| format!("running {}", args.model.display()))?;
+    let reference = &args.runtimes[0];
+    println!("{:<24} {:<18} {:<10} {:>14}", "output", "shape", "runtime", format!("max |Δ| vs {reference}"));
+    for d in &diffs {
+        println!("{:<24} {:<18} {:<10} {:>14.3e}", d.output, format!("{:?}", d.shape), d.runtime, d.max_abs_diff);
+    }
+    let over: Vec<String> = diffs
+        .iter()
+        .filter(|d| d.max_abs_diff > args.tolerance)
+        .map(|d| format!("`{}` in {} ({:.3e})", d.output, d.runtime, d.max_abs_diff))
+        .collect();
+    anyhow::ensure!(
+        over.is_empty(),
+        "outputs differ from {reference}'s by more than {:e}: {}",
+        args.tolerance,
+        over.join(", ")
+    );
+    println!("every output within {:e} of {reference}'s", args.tolerance);
     Ok(())
 }

@@ -17,9 +17,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::device::{MachineFacts, SystemRoots, device_id, device_info};
+use crate::energy::{MeterConfig, SensorChoice};
+use crate::engine::Sensors;
 use crate::error::ApiError;
-use crate::runtime::Runtimes;
+use crate::runtime::{RuntimeSettings, Runtimes};
 use crate::store::{ModelStore, StoreError, Stored, check_hash};
+use crate::thermal::MonitorConfig;
 use crate::worker::{Measurer, Worker};
 
 /// How an agent is set up; `edgeloop-agent serve` fills it from flags.
@@ -31,7 +34,14 @@ pub struct AgentConfig {
     pub max_model_bytes: u64,
     pub cache_max_bytes: u64,
     pub device_id: Option<String>,
+    /// Where machine facts and sensors are read (`roots.sys` is `--sysfs-root`).
     pub roots: SystemRoots,
+    pub energy_sensor: SensorChoice,
+    pub meter: MeterConfig,
+    pub monitor: MonitorConfig,
+    /// What [`Runtimes::detect`] loads (the agent itself takes the runtimes
+    /// it is given, so that tests can give others).
+    pub runtimes: RuntimeSettings,
 }
 
 impl AgentConfig {
@@ -43,6 +53,20 @@ impl AgentConfig {
             cache_max_bytes: 4096 << 20,
             device_id: None,
             roots: SystemRoots::default(),
+            energy_sensor: SensorChoice::Auto,
+            meter: MeterConfig::default(),
+            monitor: MonitorConfig::default(),
+            runtimes: RuntimeSettings::default(),
+        }
+    }
+
+    /// What the measuring engine reads, per this config.
+    pub fn sensors(&self) -> Sensors {
+        Sensors {
+            sys: self.roots.sys.clone(),
+            energy_sensor: self.energy_sensor.clone(),
+            meter: self.meter,
+            monitor: self.monitor,
         }
     }
 }
@@ -68,6 +92,7 @@ struct AppState {
     device_id: String,
     facts: MachineFacts,
     roots: SystemRoots,
+    energy_sensor: SensorChoice,
     runtimes: Runtimes,
 }
 
@@ -95,7 +120,12 @@ impl Agent {
         let facts = MachineFacts::read(&config.roots);
         let device_id = device_id(&config.cache_dir, &facts, config.device_id.as_deref())
             .map_err(|source| AgentError::CacheDir { path: config.cache_dir.clone(), source })?;
-        let measurer = Measurer { device_id: device_id.clone(), runtimes: runtimes.clone(), store: store.clone() };
+        let measurer = Measurer {
+            device_id: device_id.clone(),
+            runtimes: runtimes.clone(),
+            store: store.clone(),
+            sensors: config.sensors(),
+        };
         let worker = Worker::start(measurer).map_err(AgentError::Worker)?;
         let state = AppState {
             token_digest: config.token.as_deref().map(|t| Sha256::digest(t.as_bytes()).into()),
@@ -105,6 +135,7 @@ impl Agent {
             device_id,
             facts,
             roots: config.roots,
+            energy_sensor: config.energy_sensor,
             runtimes,
         };
         Ok(Agent { state: Arc::new(state) })
@@ -116,7 +147,7 @@ impl Agent {
 
     pub fn info(&self) -> DeviceInfo {
         let s = &self.state;
-        device_info(&s.device_id, &s.facts, &s.roots, &s.runtimes)
+        device_info(&s.device_id, &s.facts, &s.roots, &s.runtimes, &s.energy_sensor)
     }
 
     pub fn router(&self) -> Router {
@@ -179,7 +210,7 @@ async fn health() -> Json<Health> {
 }
 
 async fn info(State(state): State<Arc<AppState>>) -> Json<DeviceInfo> {
-    Json(device_info(&state.device_id, &state.facts, &state.roots, &state.runtimes))
+    Json(device_info(&state.device_id, &state.facts, &state.roots, &state.runtimes, &state.energy_sensor))
 }
 
 async fn model_info(
@@ -240,16 +271,5 @@ async fn measure(
 ) -> Result<Json<Measurement>, ApiError> {
     let Json(request) = request.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_hash(&request.model).map_err(|e| ApiError::bad_request(format!("model: {e}")))?;
-    reject_unsupported(&request)?;
     state.worker.measure(request).await.map(Json)
-}
-
-/// Request options this agent version does not implement are refused rather
-/// than silently ignored, so a caller never mistakes them for applied.
-fn reject_unsupported(req: &MeasureRequest) -> Result<(), ApiError> {
-    let unsupported = [(req.cpus.is_some(), "cpus (CPU affinity)"), (req.profile_ops, "profile_ops")];
-    match unsupported.iter().find(|(asked, _)| *asked) {
-        Some((_, what)) => Err(ApiError::bad_request(format!("{what} is not supported by this agent version"))),
-        None => Ok(()),
-    }
 }

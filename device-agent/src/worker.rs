@@ -8,7 +8,7 @@ use std::time::Instant;
 use edgeloop_api::{MeasureRequest, Measurement};
 use tokio::sync::oneshot;
 
-use crate::engine::{self, MeasureError};
+use crate::engine::{self, MeasureError, Sensors};
 use crate::error::ApiError;
 use crate::runtime::Runtimes;
 use crate::store::ModelStore;
@@ -18,6 +18,7 @@ pub struct Measurer {
     pub device_id: String,
     pub runtimes: Runtimes,
     pub store: Arc<ModelStore>,
+    pub sensors: Sensors,
 }
 
 impl Measurer {
@@ -31,7 +32,7 @@ impl Measurer {
             .read(&req.model)
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::unknown_model(&req.model))?;
-        let timings = engine::measure(runtime.as_ref(), &model, req).map_err(ApiError::from)?;
+        let timings = engine::measure(runtime.as_ref(), &model, req, &self.sensors).map_err(ApiError::from)?;
         tracing::info!(
             model = %req.model, runtime = %req.runtime, n = timings.stats.n, p50_ms = timings.stats.p50,
             "measured"
@@ -46,7 +47,11 @@ impl From<MeasureError> for ApiError {
     fn from(e: MeasureError) -> Self {
         let message = e.to_string();
         match e {
-            MeasureError::BadRequest(_) | MeasureError::Input(_) => ApiError::bad_request(message),
+            MeasureError::BadRequest(_) | MeasureError::Input(_) | MeasureError::Affinity(_) => {
+                ApiError::bad_request(message)
+            }
+            MeasureError::TooHot(_) => ApiError::too_hot(message),
+            MeasureError::Monitor(_) => ApiError::internal(message),
             MeasureError::Malformed(_) => ApiError::malformed_model(message),
             MeasureError::Load(_) | MeasureError::Run(_) => ApiError::unsupported_model(message),
             MeasureError::Panic(_) => ApiError::runtime_crashed(message),

@@ -152,3 +152,68 @@ fn info_is_stable_across_runs() {
     let human = agent().args(["info", "--cache-dir"]).arg(dir.path()).output().unwrap();
     assert!(String::from_utf8_lossy(&human.stdout).contains(&first.device_id));
 }
+
+#[test]
+fn info_and_bench_explain_a_broken_ort_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("libonnxruntime.so");
+    std::fs::write(&garbage, "not a shared library\n").unwrap();
+    let out = agent()
+        .args(["info", "--json", "--cache-dir"])
+        .arg(dir.path())
+        .arg("--ort-lib")
+        .arg(&garbage)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: DeviceInfo = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(info.runtimes.iter().all(|r| r.name != "ort"));
+    let reason = &info.runtimes_unavailable["ort"];
+    // A fresh process: the loader's own error, never a panic.
+    if cfg!(feature = "ort") {
+        assert!(reason.starts_with(&format!("cannot load ONNX Runtime: {}: ", garbage.display())), "{reason}");
+    } else {
+        assert!(reason.contains("built without ONNX Runtime"), "{reason}");
+    }
+
+    let model = write_small_model(dir.path());
+    let out = agent()
+        .arg("bench")
+        .arg(&model)
+        .args(["--runtime", "ort", "--ort-lib"])
+        .arg(&garbage)
+        .arg("--cache-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("runtime `ort` is not available") && stderr.contains(reason.as_str()), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn compare_a_runtime_with_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_small_model(dir.path());
+    let out = agent().arg("compare").arg(&model).args(["--runtimes", "tract,tract", "--seed", "3"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("0.000e0") && text.contains("every output within 1e-4 of tract's"), "{text}");
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn compare_tract_with_ort_and_fail_over_tolerance() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_small_model(dir.path());
+    let out = agent().arg("compare").arg(&model).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.contains(" ort ")), "one row per output for ort: {text}");
+    // Two implementations never agree to the last bit on a conv network.
+    let out = agent().arg("compare").arg(&model).args(["--tolerance", "1e-30", "--threads", "2"]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("differ from tract's by more than 1e-30"), "{stderr}");
+}

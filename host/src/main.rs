@@ -16,6 +16,7 @@ use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy};
 use edgeloop::table::LatencyTable;
 use edgeloop::validate;
 use edgeloop_api::MeasureRequest;
+use edgeloop_api::cli::MeasureFlags;
 use edgeloop_api::token::resolve_token;
 use edgeloop_space::Arch;
 use edgeloop_train::DeviceKind;
@@ -50,6 +51,7 @@ enum Command {
 
 /// `edgeloop search`: see README "Search".
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("budget").required(true).args(["budget_ms", "energy_budget_mj"])))]
 struct SearchArgs {
     #[command(flatten)]
     space: SpaceArgs,
@@ -63,9 +65,13 @@ struct SearchArgs {
     auth: Auth,
     /// Latency budget on the device, ms (judged on the final model's p50).
     #[arg(long, value_name = "MS")]
-    budget_ms: f64,
+    budget_ms: Option<f64>,
+    /// Energy budget instead: mJ per inference above idle, read from the
+    /// agent's power sensor (RAPL, Jetson INA3221 or Android battery).
+    #[arg(long, value_name = "MJ")]
+    energy_budget_mj: Option<f64>,
     /// Latency table of the device [default: latency-tables/<device_id>--<runtime>--<space>.csv,
-    /// built through the agent when rows are missing].
+    /// or …--energy.csv with --energy-budget-mj; built through the agent when rows are missing].
     #[arg(long, value_name = "FILE")]
     table: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Strategy::Gradient)]
@@ -254,8 +260,13 @@ struct TableBuildArgs {
     #[arg(long, value_name = "MS", default_value_t = table::default_request().max_duration_ms)]
     max_duration_ms: u64,
 
+    /// Also measure each row's energy per inference (agent's power sensor)
+    /// into the columns energy_mj and energy_sensor. Each row then runs at least 1 s.
+    #[arg(long)]
+    energy: bool,
+
     /// Table file to create or complete
-    /// [default: latency-tables/<device_id>--<runtime>--<space>.csv].
+    /// [default: latency-tables/<device_id>--<runtime>--<space>.csv, or …--energy.csv with --energy].
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
 }
@@ -366,33 +377,8 @@ struct MeasureArgs {
     #[arg(value_name = "MODEL.onnx")]
     model: PathBuf,
 
-    /// Inference runtime on the device (see `edgeloop devices` for those it has).
-    #[arg(long, value_name = "NAME", default_value_t = MeasureRequest::default().runtime)]
-    runtime: String,
-
-    /// Threads the runtime may use.
-    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().threads)]
-    threads: usize,
-
-    /// Untimed runs before timing starts (caches, allocators, lazy init).
-    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().warmup_runs)]
-    warmup: usize,
-
-    /// Minimum number of timed runs.
-    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().min_runs)]
-    runs: usize,
-
-    /// Keep running until the timed runs took at least this long.
-    #[arg(long, value_name = "MS", default_value_t = MeasureRequest::default().min_duration_ms)]
-    min_duration_ms: u64,
-
-    /// Stop after this long even when fewer than --runs runs were done.
-    #[arg(long, value_name = "MS", default_value_t = MeasureRequest::default().max_duration_ms)]
-    max_duration_ms: u64,
-
-    /// Seed of the random input tensors.
-    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().seed)]
-    seed: u64,
+    #[command(flatten)]
+    measure: MeasureFlags,
 
     /// Seconds to wait for the result. The agent measures one model at a time,
     /// so this includes waiting behind other hosts' measurements.
@@ -467,16 +453,7 @@ async fn main() -> ExitCode {
 async fn run_measure(args: MeasureArgs) -> anyhow::Result<()> {
     let client = AgentClient::new(&args.device, args.auth.token()?)?
         .with_request_timeout(Duration::from_secs(args.timeout_secs));
-    let template = MeasureRequest {
-        runtime: args.runtime,
-        threads: args.threads,
-        warmup_runs: args.warmup,
-        min_runs: args.runs,
-        min_duration_ms: args.min_duration_ms,
-        max_duration_ms: args.max_duration_ms,
-        seed: args.seed,
-        ..MeasureRequest::default()
-    };
+    let template = args.measure.request(String::new());
     print!("{}", measure::run(&client, &args.model, &template, args.json).await?);
     Ok(())
 }
@@ -525,6 +502,7 @@ async fn run_table_build(args: TableBuildArgs) -> anyhow::Result<()> {
         min_runs: args.runs,
         min_duration_ms: args.min_duration_ms,
         max_duration_ms: args.max_duration_ms,
+        energy: args.energy,
         ..table::default_request()
     };
     let report = table::build(&client, &space, &template, args.out.as_deref()).await?;
@@ -655,6 +633,7 @@ async fn run_search(args: SearchArgs) -> anyhow::Result<()> {
         width: args.space.width,
         dataset: args.dataset,
         budget_ms: args.budget_ms,
+        energy_budget_mj: args.energy_budget_mj,
         strategy: args.strategy,
         warmup_epochs: args.warmup_epochs,
         epochs: args.epochs,

@@ -10,6 +10,9 @@
 //!
 //! with every row taken at its fastest run (`min_ms`, see `Row::latency_ms`). The clamp only matters for
 //! layers so cheap that noise puts them below the identity model.
+//!
+//! Energy (mJ per inference) from an energy table adds up the same way, so
+//! one predictor does both; [`Metric`] says which column it sums.
 
 use std::path::PathBuf;
 
@@ -17,7 +20,7 @@ use edgeloop_space::{Arch, ArchError, Layer, LayerKind, Op, Shape, Space};
 use serde::Serialize;
 
 use crate::calibrate::Calibration;
-use crate::table::{LatencyTable, Target};
+use crate::table::{LatencyTable, TableError, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
@@ -26,6 +29,28 @@ pub enum PredictError {
 
     #[error(transparent)]
     Arch(#[from] ArchError),
+
+    #[error(transparent)]
+    Table(#[from] TableError),
+}
+
+/// What a prediction adds up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Milliseconds per inference (`min_ms` of each row).
+    Latency,
+    /// Millijoules per inference above idle (`energy_mj` of each row).
+    Energy,
+}
+
+impl Metric {
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::Latency => "ms",
+            Metric::Energy => "mJ",
+        }
+    }
 }
 
 /// One layer of the network and its share of the prediction.
@@ -37,7 +62,8 @@ pub struct LayerCost {
     pub op: String,
     /// The table key.
     pub key: String,
-    /// The layer's time without the per-call overhead (times the calibration factor).
+    /// The layer's time (or energy, per the predictor's [`Metric`]) without
+    /// the per-call overhead (times the calibration factor).
     pub ms: f64,
 }
 
@@ -51,23 +77,36 @@ pub struct Prediction {
     pub per_layer: Vec<LayerCost>,
 }
 
-/// Predicts latencies from one table, with an optional fitted correction.
+/// Predicts latencies (or energies) from one table, with an optional fitted correction.
 #[derive(Debug, Clone, Copy)]
 pub struct Predictor<'a> {
     table: &'a LatencyTable,
     /// Factor on the layer sum; 1 without calibration.
     scale: f64,
+    metric: Metric,
 }
 
 impl<'a> Predictor<'a> {
-    /// The plain sum (no correction).
+    /// The plain sum of latencies (no correction).
     pub fn new(table: &'a LatencyTable) -> Self {
-        Predictor { table, scale: 1.0 }
+        Predictor { table, scale: 1.0, metric: Metric::Latency }
     }
 
-    /// With the correction `calibration` fitted for this table, if any.
+    /// Latencies with the correction `calibration` fitted for this table, if any.
     pub fn calibrated(table: &'a LatencyTable, calibration: Option<&Calibration>) -> Self {
-        Predictor { table, scale: calibration.map_or(1.0, |c| c.scale) }
+        Predictor { table, scale: calibration.map_or(1.0, |c| c.scale), metric: Metric::Latency }
+    }
+
+    /// The plain sum of energies; the table must have energy columns.
+    pub fn energy(table: &'a LatencyTable) -> Result<Self, PredictError> {
+        if !table.has_energy() {
+            return Err(TableError::NoEnergy { path: table.path().to_path_buf() }.into());
+        }
+        Ok(Predictor { table, scale: 1.0, metric: Metric::Energy })
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
     }
 
     /// The per-call overhead row of `space`'s input.
@@ -100,7 +139,11 @@ impl<'a> Predictor<'a> {
     fn row_ms(&self, target: &Target) -> Result<f64, PredictError> {
         let key = target.key();
         match self.table.get(&key) {
-            Some(row) => Ok(row.latency_ms()),
+            Some(row) => Ok(match (self.metric, &row.energy) {
+                (Metric::Latency, _) => row.latency_ms(),
+                (Metric::Energy, Some(e)) => e.mj,
+                (Metric::Energy, None) => unreachable!("Predictor::energy checked that every row has energy"),
+            }),
             None => Err(PredictError::MissingKey { key, table: self.table.path().to_path_buf() }),
         }
     }
@@ -133,7 +176,7 @@ mod tests {
     fn tiny_table(dir: &std::path::Path, overhead: f64, base: f64) -> (Space, LatencyTable) {
         let space = Space::load("tiny", 1.0).unwrap();
         let path = dir.join("t.csv");
-        let mut writer = TableWriter::open(&path).unwrap();
+        let mut writer = TableWriter::open(&path, false).unwrap();
         writer.append(row(Target::Overhead(Shape::input(&space.spec.input)), overhead)).unwrap();
         for layer in space.all_layers() {
             writer.append(row(Target::Layer(layer), base + layer.out_channels as f64 / 128.0)).unwrap();

@@ -2,6 +2,10 @@
 //! measured on one device with one runtime and thread count, plus a row for
 //! the runtime's per-call overhead (an identity model on the space's input).
 //!
+//! A table built with `--energy` has two more columns, `energy_mj` (energy
+//! of one inference above the idle baseline) and `energy_sensor`; every row
+//! of such a table has them.
+//!
 //! The file is only ever appended to, one fsynced row at a time, so a build
 //! killed at any point leaves every complete row intact; at worst the last
 //! line is cut short, and that fragment is ignored on load and cut away by
@@ -41,6 +45,9 @@ pub const COLUMNS: [&str; 20] = [
     "threads",
     "measured_at",
 ];
+
+/// The columns an energy table adds after [`COLUMNS`].
+pub const ENERGY_COLUMNS: [&str; 2] = ["energy_mj", "energy_sensor"];
 
 /// `kind` of the per-call overhead row.
 pub const OVERHEAD_KIND: &str = "Overhead";
@@ -99,10 +106,20 @@ pub struct Row {
     pub provenance: Provenance,
     /// When the row was recorded (written with one-second precision).
     pub measured_at: SystemTime,
+    /// Present in (and only in) the rows of an energy table.
+    pub energy: Option<RowEnergy>,
+}
+
+/// A row's energy: one inference above the idle baseline, and the sensor read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowEnergy {
+    pub mj: f64,
+    pub sensor: String,
 }
 
 impl Row {
     pub fn from_measurement(target: Target, m: &Measurement, measured_at: SystemTime) -> Row {
+        let energy = m.energy.as_ref().map(|e| RowEnergy { mj: e.mj_per_inference, sensor: e.sensor.clone() });
         Row {
             target,
             mean_ms: m.latency_ms.mean,
@@ -117,6 +134,7 @@ impl Row {
                 threads: m.threads,
             },
             measured_at,
+            energy,
         }
     }
 
@@ -161,6 +179,17 @@ pub enum TableError {
 
     #[error("latency table {} is open for writing by another process", path.display())]
     Locked { path: PathBuf },
+
+    #[error(
+        "latency table {} {}; write to another file",
+        path.display(),
+        if *has_energy { "has energy columns, so rows without energy cannot join it" }
+        else { "has no energy columns, so rows with energy cannot join it" }
+    )]
+    EnergyLayout { path: PathBuf, has_energy: bool },
+
+    #[error("latency table {} has no energy columns: build one with `edgeloop table build --energy`", path.display())]
+    NoEnergy { path: PathBuf },
 }
 
 /// A latency table read from its CSV file.
@@ -171,6 +200,8 @@ pub struct LatencyTable {
     /// File line of each row.
     lines: Vec<u64>,
     index: HashMap<String, usize>,
+    /// The header has [`ENERGY_COLUMNS`].
+    has_energy: bool,
 }
 
 impl LatencyTable {
@@ -189,11 +220,23 @@ impl LatencyTable {
         }
         let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text);
         let header = reader.headers().map_err(|e| malformed(1, e.to_string()))?.clone();
-        if !header.iter().eq(COLUMNS) {
+        let has_energy = if header.iter().eq(COLUMNS) {
+            false
+        } else if header.iter().eq(COLUMNS.iter().chain(&ENERGY_COLUMNS).copied()) {
+            true
+        } else {
             let header = header.iter().collect::<Vec<_>>().join(",");
-            return Err(malformed(1, format!("header is `{header}`, expected `{}`", COLUMNS.join(","))));
-        }
-        let mut table = LatencyTable { path: path.into(), rows: vec![], lines: vec![], index: HashMap::new() };
+            return Err(malformed(
+                1,
+                format!(
+                    "header is `{header}`, expected `{}`, optionally followed by `,{}`",
+                    COLUMNS.join(","),
+                    ENERGY_COLUMNS.join(",")
+                ),
+            ));
+        };
+        let mut table =
+            LatencyTable { path: path.into(), rows: vec![], lines: vec![], index: HashMap::new(), has_energy };
         for record in reader.records() {
             let record = record.map_err(|e| {
                 let line = e.position().map_or(0, |p| p.line());
@@ -213,6 +256,9 @@ impl LatencyTable {
 
     /// Checks that `row`, found on (or about to be written to) `line`, may join the table.
     fn admit(&self, row: &Row, line: u64) -> Result<(), TableError> {
+        if row.energy.is_some() != self.has_energy {
+            return Err(TableError::EnergyLayout { path: self.path.clone(), has_energy: self.has_energy });
+        }
         let key = row.key();
         if let Some(&first) = self.index.get(&key) {
             return Err(TableError::DuplicateKey { path: self.path.clone(), line, first_line: self.lines[first], key });
@@ -270,6 +316,11 @@ impl LatencyTable {
         self.get(&Target::Overhead(input).key())
     }
 
+    /// Whether the rows carry energy (the file has [`ENERGY_COLUMNS`]).
+    pub fn has_energy(&self) -> bool {
+        self.has_energy
+    }
+
     /// Where the rows were measured; `None` while the table is empty.
     pub fn provenance(&self) -> Option<&Provenance> {
         self.rows.first().map(|r| &r.provenance)
@@ -288,10 +339,11 @@ pub struct TableWriter {
 
 impl TableWriter {
     /// Opens the table at `path` for appending, creating it (and its folder)
-    /// with just the header if missing. A partial last line left by a killed
-    /// writer is cut off first.
-    pub fn open(path: &Path) -> Result<TableWriter, TableError> {
-        create_with_header(path)?;
+    /// with just the header if missing — with energy columns when `energy`.
+    /// An existing table must have the same layout. A partial last line left
+    /// by a killed writer is cut off first.
+    pub fn open(path: &Path, energy: bool) -> Result<TableWriter, TableError> {
+        create_with_header(path, energy)?;
         let mut file = OpenOptions::new().read(true).append(true).open(path).map_err(io_error("open", path))?;
         match file.try_lock() {
             Ok(()) => {}
@@ -302,6 +354,9 @@ impl TableWriter {
         file.read_to_end(&mut bytes).map_err(io_error("read", path))?;
         let complete = complete_len(&bytes);
         let table = LatencyTable::parse(path, &bytes[..complete])?;
+        if table.has_energy != energy {
+            return Err(TableError::EnergyLayout { path: path.into(), has_energy: table.has_energy });
+        }
         if complete < bytes.len() {
             tracing::warn!(
                 "{}: cutting off an incomplete last line ({} bytes) left by an interrupted build",
@@ -346,7 +401,8 @@ impl TableWriter {
     }
 }
 
-/// The CSV form of a row: the columns of [`COLUMNS`].
+/// The CSV form of a row: the columns of [`COLUMNS`], then, in an energy
+/// table, [`EnergyRecord`]'s.
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
     key: String,
@@ -369,6 +425,18 @@ struct Record {
     runtime_version: String,
     threads: usize,
     measured_at: String,
+    /// Absent from tables without energy columns.
+    #[serde(skip_serializing)]
+    energy_mj: Option<f64>,
+    #[serde(skip_serializing)]
+    energy_sensor: Option<String>,
+}
+
+/// The [`ENERGY_COLUMNS`] of a row.
+#[derive(Debug, Serialize)]
+struct EnergyRecord<'a> {
+    energy_mj: f64,
+    energy_sensor: &'a str,
 }
 
 impl Record {
@@ -399,6 +467,8 @@ impl Record {
             runtime_version: row.provenance.runtime_version.clone(),
             threads: row.provenance.threads,
             measured_at: humantime::format_rfc3339_seconds(row.measured_at).to_string(),
+            energy_mj: None,
+            energy_sensor: None,
         }
     }
 
@@ -429,6 +499,12 @@ impl Record {
         }
         let measured_at = humantime::parse_rfc3339(&self.measured_at)
             .map_err(|e| format!("measured_at `{}` is not an RFC 3339 UTC time: {e}", self.measured_at))?;
+        let energy = match (self.energy_mj, self.energy_sensor) {
+            (Some(mj), Some(sensor)) if mj.is_finite() => Some(RowEnergy { mj, sensor }),
+            (Some(mj), _) if !mj.is_finite() => return Err(format!("energy_mj is {mj}, not a finite energy")),
+            (None, None) => None,
+            _ => return Err("energy_mj and energy_sensor must both be set in an energy table".into()),
+        };
         Ok(Row {
             target,
             mean_ms: self.mean_ms,
@@ -443,6 +519,7 @@ impl Record {
                 threads: self.threads,
             },
             measured_at,
+            energy,
         })
     }
 }
@@ -450,7 +527,12 @@ impl Record {
 /// One CSV line, newline included.
 fn encode_row(row: &Row) -> Vec<u8> {
     let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
-    writer.serialize(Record::new(row)).expect("a record of strings and numbers serialises");
+    let record = Record::new(row);
+    match &row.energy {
+        Some(e) => writer.serialize((record, EnergyRecord { energy_mj: e.mj, energy_sensor: &e.sensor })),
+        None => writer.serialize(record),
+    }
+    .expect("a record of strings and numbers serialises");
     writer.into_inner().expect("writing to memory cannot fail")
 }
 
@@ -467,7 +549,7 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Tabl
 /// Creates `path` holding just the header unless it exists: written to a
 /// temp file in the same folder, fsynced, then linked into place without
 /// replacing a file another process created meanwhile.
-fn create_with_header(path: &Path) -> Result<(), TableError> {
+fn create_with_header(path: &Path, energy: bool) -> Result<(), TableError> {
     if path.exists() {
         return Ok(());
     }
@@ -477,7 +559,8 @@ fn create_with_header(path: &Path) -> Result<(), TableError> {
     };
     fs::create_dir_all(dir).map_err(io_error("create the folder of", path))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_error("create", path))?;
-    tmp.write_all(format!("{}\n", COLUMNS.join(",")).as_bytes()).map_err(io_error("create", path))?;
+    let columns: Vec<&str> = COLUMNS.iter().chain(if energy { &ENERGY_COLUMNS[..] } else { &[] }).copied().collect();
+    tmp.write_all(format!("{}\n", columns.join(",")).as_bytes()).map_err(io_error("create", path))?;
     // Temp files are created owner-only; a table is for everyone's tools.
     #[cfg(unix)]
     {
@@ -524,6 +607,7 @@ pub(crate) mod tests {
             n: 30,
             provenance: provenance(),
             measured_at: UNIX_EPOCH + Duration::from_secs(1_760_000_000),
+            energy: None,
         }
     }
 
@@ -544,7 +628,7 @@ pub(crate) mod tests {
     }
 
     fn write_all(path: &Path, rows: &[Row]) {
-        let mut writer = TableWriter::open(path).unwrap();
+        let mut writer = TableWriter::open(path, false).unwrap();
         for r in rows {
             writer.append(r.clone()).unwrap();
         }
@@ -572,7 +656,7 @@ pub(crate) mod tests {
         assert_eq!(table.provenance(), Some(&provenance()));
 
         // Reopening appends after the existing rows.
-        let mut writer = TableWriter::open(&path).unwrap();
+        let mut writer = TableWriter::open(&path, false).unwrap();
         assert_eq!(writer.table().len(), 3);
         let head = Layer::head_conv(shape(7, 320), 1280);
         writer.append(row(Target::Layer(head), 0.25)).unwrap();
@@ -592,7 +676,7 @@ pub(crate) mod tests {
         assert_eq!(LatencyTable::load(&path).unwrap().rows(), &rows()[..2]);
         assert_eq!(fs::read(&path).unwrap().len(), complete.len() + partial.len(), "load leaves the file alone");
 
-        let mut writer = TableWriter::open(&path).unwrap();
+        let mut writer = TableWriter::open(&path, false).unwrap();
         assert_eq!(fs::read(&path).unwrap(), complete, "the fragment is cut off");
         writer.append(rows()[2].clone()).unwrap();
         assert_eq!(LatencyTable::load(&path).unwrap().rows(), rows());
@@ -603,7 +687,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.csv");
         write_all(&path, &rows());
-        let mut writer = TableWriter::open(&path).unwrap();
+        let mut writer = TableWriter::open(&path, false).unwrap();
         let error = writer.append(rows()[1].clone()).unwrap_err();
         assert!(matches!(error, TableError::DuplicateKey { line: 5, first_line: 3, .. }), "{error:?}");
         drop(writer);
@@ -652,7 +736,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.csv");
         write_all(&path, &rows()[..1]);
-        let mut writer = TableWriter::open(&path).unwrap();
+        let mut writer = TableWriter::open(&path, false).unwrap();
         let other = Provenance { threads: 2, ..provenance() };
         let error = writer.check_provenance(&other).unwrap_err().to_string();
         assert!(error.contains("measured with device pi4, runtime tract 0.23.9, 1 thread(s), not with"), "{error}");
@@ -666,9 +750,9 @@ pub(crate) mod tests {
     fn one_writer_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.csv");
-        let writer = TableWriter::open(&path).unwrap();
-        assert!(matches!(TableWriter::open(&path), Err(TableError::Locked { .. })));
+        let writer = TableWriter::open(&path, false).unwrap();
+        assert!(matches!(TableWriter::open(&path, false), Err(TableError::Locked { .. })));
         drop(writer);
-        assert!(TableWriter::open(&path).unwrap().table().is_empty());
+        assert!(TableWriter::open(&path, false).unwrap().table().is_empty());
     }
 }

@@ -20,7 +20,8 @@ impl Setup {
         let dir = tempfile::tempdir().unwrap();
         let mut config = AgentConfig::new(dir.path().join("cache"));
         config.token = Some(TOKEN.into());
-        let agent = LocalAgent::start(config, Runtimes::detect()).unwrap();
+        let runtimes = Runtimes::detect(&config.runtimes);
+        let agent = LocalAgent::start(config, runtimes).unwrap();
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
         std::fs::write(dir.path().join("model.onnx"), edgeloop_onnx::encode(&MbconvNet::small().to_model())).unwrap();
         Setup { agent, dir }
@@ -62,6 +63,30 @@ fn measure_uploads_once_and_prints_json_or_a_table() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("model already on the agent, upload skipped"), "{text}");
     assert!(text.contains("p50"));
+}
+
+#[test]
+fn measure_profiles_ops_and_pins_cpus() {
+    let s = Setup::new();
+    let url = s.agent.url();
+    let model = s.path("model.onnx");
+    let mut args = quick_measure(&url, model.to_str().unwrap());
+    args.extend(["--profile", "--cpus", "0"]);
+    let out = edgeloop(&args, Some(&s.path("token")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let profile: Vec<&str> = text.lines().skip_while(|l| !l.trim_start().starts_with("node")).collect();
+    assert!(profile.len() > 5, "{text}");
+    assert!(profile.last().unwrap().trim_start().starts_with("total"), "{text}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with("cpus") && l.trim_end().ends_with(" 0")), "{text}");
+
+    let out = edgeloop(&["measure", "--device", &url, "x.onnx", "--cpus", "3-1"], Some(&s.path("token")));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`3-1` in CPU list"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -56,7 +56,8 @@ fn search_trains_on_cuda() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let agent = LocalAgent::start(AgentConfig::new(dir.path().join("cache")), Runtimes::detect()).unwrap();
+    let agent =
+        LocalAgent::start(AgentConfig::new(dir.path().join("cache")), Runtimes::detect(&Default::default())).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_edgeloop"))
         .current_dir(dir.path())
         .args(["search", "--space", "tiny", "--dataset", "synthetic:640,128", "--device", &agent.url()])

@@ -48,7 +48,8 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut config = AgentConfig::new(dir.path().join("cache"));
     config.token = Some(TOKEN.into());
-    let agent = LocalAgent::start(config, Runtimes::detect()).unwrap();
+    let runtimes = Runtimes::detect(&config.runtimes);
+    let agent = LocalAgent::start(config, runtimes).unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
     Fixture { dir, agent }
 }

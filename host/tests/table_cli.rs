@@ -29,10 +29,11 @@ fn build_survives_sigkill_resumes_and_predicts() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = AgentConfig::new(dir.path().join("cache"));
     config.token = Some(TOKEN.into());
-    let agent = LocalAgent::start(config, Runtimes::detect()).unwrap();
+    let runtimes = Runtimes::detect(&config.runtimes);
+    let agent = LocalAgent::start(config, runtimes).unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
     let space = Space::load("tiny", 1.0).unwrap();
-    let path = dir.path().join(default_path(agent.device_id(), "tract", "tiny"));
+    let path = dir.path().join(default_path(agent.device_id(), "tract", "tiny", false));
 
     // Slow rows (100 ms each) so that the kill lands mid-build.
     let mut child = build_command(dir.path(), &agent.url(), "100").stdout(Stdio::null()).spawn().unwrap();

@@ -1,9 +1,11 @@
-//! Agent overhead benchmark: the agent's p50 measured through HTTP versus a
-//! tight in-process tract loop on the same model and threads. Prints one
-//! row per (model, threads) with the ratio agent / in-process (goal: within
-//! [0.97, 1.03]). Run through scripts/bench-agent.sh.
+//! Agent overhead benchmark: the agent's p50 measured through HTTP versus
+//! the runtime used directly on the same model and threads — a tight
+//! in-process tract loop for `tract`, onnxruntime's Python API timing itself
+//! (scripts/bench_ort.py) for `ort` — with the ratio agent / baseline (goal:
+//! within [0.97, 1.03]); then tract against ort as the agent measures them.
+//! Run through scripts/bench-agent.sh.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,9 @@ struct Args {
     /// Alternating rounds per side; the median p50 of the rounds is compared.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Python with onnxruntime, for ORT's own timing [default: the repo's .venv].
+    #[arg(long)]
+    python: Option<PathBuf>,
 }
 
 struct Served(Child);
@@ -94,6 +99,35 @@ fn in_process_p50(model: &[u8], threads: usize, duration: Duration) -> Result<(f
     Ok((samples[samples.len().div_ceil(2) - 1], samples.len()))
 }
 
+/// The baseline of `ort`: onnxruntime timing itself from Python, with the
+/// agent's warm-up and run counts.
+fn python_ort_p50(python: &Path, model: &Path, threads: usize, req: &MeasureRequest) -> Result<f64> {
+    let script = edgeloop_e2e::repo_root().join("scripts/bench_ort.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(model)
+        .args(["--threads", &threads.to_string(), "--warmup", &req.warmup_runs.to_string()])
+        .args(["--min-runs", &req.min_runs.to_string(), "--min-duration-ms", &req.min_duration_ms.to_string()])
+        .args(["--max-duration-ms", &req.max_duration_ms.to_string()])
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let timing: serde_json::Value = serde_json::from_slice(&out.stdout).context("bench_ort.py output")?;
+    timing["p50_ms"].as_f64().context("bench_ort.py printed no p50_ms")
+}
+
+/// Median p50s of one (model, threads, runtime): through the agent, and of
+/// the baseline.
+struct Row {
+    model: &'static str,
+    threads: usize,
+    runtime: &'static str,
+    agent: f64,
+    baseline: f64,
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -102,28 +136,75 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    let python = args.python.clone().unwrap_or_else(|| edgeloop_e2e::repo_root().join(".venv/bin/python"));
     let dir = tempfile::tempdir()?;
     let (_served, url) = start_agent(&args.agent_bin, dir.path())?;
     let client = AgentClient::new(&url, None)?;
+    let info = client.info().await?;
+    let runtimes: &[&'static str] = match info.runtimes_unavailable.get("ort") {
+        Some(reason) => {
+            eprintln!("ort is unavailable on this agent ({reason}); measuring tract only");
+            &["tract"]
+        }
+        None => &["tract", "ort"],
+    };
     let duration = Duration::from_millis(args.duration_ms);
-    println!("{:<14} {:>7} {:>13} {:>13} {:>7}", "model", "threads", "agent p50 ms", "tract p50 ms", "ratio");
+    let mut rows = Vec::new();
     for (name, net) in [("small-mbconv", MbconvNet::small()), ("large-mbconv", MbconvNet::large())] {
         let model = edgeloop_onnx::encode(&net.to_model());
+        let model_path = dir.path().join(format!("{name}.onnx"));
+        std::fs::write(&model_path, &model)?;
         let sha = client.upload(&model).await?.sha256;
         for &threads in &args.threads {
-            let (mut agent, mut local) = (Vec::new(), Vec::new());
-            for _ in 0..args.rounds {
+            for &runtime in runtimes {
                 let req = MeasureRequest {
+                    runtime: runtime.into(),
                     threads,
                     min_duration_ms: args.duration_ms,
                     max_duration_ms: args.duration_ms * 10,
                     ..MeasureRequest::for_model(&sha)
                 };
-                agent.push(client.measure(&req).await?.latency_ms.p50);
-                local.push(in_process_p50(&model, threads, duration)?.0);
+                let (mut agent, mut baseline) = (Vec::new(), Vec::new());
+                for _ in 0..args.rounds {
+                    agent.push(client.measure(&req).await?.latency_ms.p50);
+                    baseline.push(match runtime {
+                        "tract" => in_process_p50(&model, threads, duration)?.0,
+                        _ => python_ort_p50(&python, &model_path, threads, &req)?,
+                    });
+                }
+                rows.push(Row { model: name, threads, runtime, agent: median(agent), baseline: median(baseline) });
             }
-            let (a, l) = (median(agent), median(local));
-            println!("{name:<14} {threads:>7} {a:>13.4} {l:>13.4} {:>7.3}", a / l);
+        }
+    }
+    println!("agent overhead: p50 through the agent's HTTP API vs the runtime used directly (goal 0.97-1.03)");
+    println!(
+        "{:<14} {:>7} {:<7} {:>13} {:>16} {:<22} {:>7}",
+        "model", "threads", "runtime", "agent p50 ms", "baseline p50 ms", "baseline", "ratio"
+    );
+    for r in &rows {
+        let baseline = if r.runtime == "tract" { "tract in-process" } else { "onnxruntime (Python)" };
+        println!(
+            "{:<14} {:>7} {:<7} {:>13.4} {:>16.4} {:<22} {:>7.3}",
+            r.model,
+            r.threads,
+            r.runtime,
+            r.agent,
+            r.baseline,
+            baseline,
+            r.agent / r.baseline
+        );
+    }
+    let agent_p50 = |model: &str, threads: usize, runtime: &str| {
+        rows.iter().find(|r| (r.model, r.threads, r.runtime) == (model, threads, runtime)).map(|r| r.agent)
+    };
+    if runtimes.contains(&"ort") {
+        println!();
+        println!("tract vs ort, both measured by the agent (p50)");
+        println!("{:<14} {:>7} {:>13} {:>13} {:>10}", "model", "threads", "tract ms", "ort ms", "tract/ort");
+        for r in rows.iter().filter(|r| r.runtime == "tract") {
+            if let Some(ort) = agent_p50(r.model, r.threads, "ort") {
+                println!("{:<14} {:>7} {:>13.4} {:>13.4} {:>10.3}", r.model, r.threads, r.agent, ort, r.agent / ort);
+            }
         }
     }
     Ok(())

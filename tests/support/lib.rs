@@ -37,7 +37,8 @@ impl TestAgent {
         let mut config = AgentConfig::new(cache.path().to_path_buf());
         config.token = Some(TOKEN.into());
         tweak(&mut config);
-        LocalAgent::start(config, Runtimes::detect()).expect("agent starts")
+        let runtimes = Runtimes::detect(&config.runtimes);
+        LocalAgent::start(config, runtimes).expect("agent starts")
     }
 
     pub fn url(&self) -> String {
@@ -162,4 +163,72 @@ pub fn check_with_onnx_runtime(dir: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+const RAPL_RANGE_UJ: u64 = 20_000_000;
+
+/// A RAPL powercap tree whose package counter advances like a real one on
+/// a machine that draws `idle_w` plus `w_per_busy_core` for every core this
+/// process keeps busy: the counter follows the process's CPU time, so a
+/// bigger network costs more energy per inference, as on real hardware.
+/// For the agent's real RAPL reader on a machine without RAPL (this VM).
+pub struct SimulatedRapl {
+    pub root: TempDir,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SimulatedRapl {
+    pub fn start(idle_w: f64, w_per_busy_core: f64) -> Self {
+        let root = tempfile::tempdir().expect("temp sysfs");
+        let zone = root.path().join("class/powercap/intel-rapl:0");
+        std::fs::create_dir_all(&zone).expect("rapl zone");
+        std::fs::write(zone.join("name"), "package-0\n").expect("rapl name");
+        // 20 J: small, so that a search sees the counter wrap, as long runs do.
+        std::fs::write(zone.join("max_energy_range_uj"), format!("{RAPL_RANGE_UJ}\n")).expect("rapl range");
+        let counter = zone.join("energy_uj");
+        // Through a rename, so the reader never sees half a number.
+        let write = move |uj: u64| {
+            let tmp = counter.with_extension("tmp");
+            std::fs::write(&tmp, format!("{uj}\n")).expect("rapl counter");
+            std::fs::rename(&tmp, &counter).expect("rapl counter");
+        };
+        write(0);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (wall0, cpu0) = (std::time::Instant::now(), process_cpu_seconds());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let joules =
+                        idle_w * wall0.elapsed().as_secs_f64() + w_per_busy_core * (process_cpu_seconds() - cpu0);
+                    write((joules * 1e6) as u64 % RAPL_RANGE_UJ);
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            })
+        };
+        SimulatedRapl { root, stop, thread: Some(thread) }
+    }
+
+    /// The folder to give the agent as its sysfs root.
+    pub fn sysfs(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+impl Drop for SimulatedRapl {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// CPU time of this whole process (every thread), in seconds.
+fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }

@@ -3,7 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::{DeviceInfo, Measurement};
+use crate::cpus::format_cpu_list;
+use crate::{DeviceInfo, Measurement, OpTime};
 
 /// Two-column table: one labelled value per line.
 fn rows(rows: &[(&str, String)]) -> String {
@@ -46,15 +47,65 @@ pub fn measurement_table(m: &Measurement) -> String {
         ("max", ms(l.max)),
         ("queue wait", ms(m.queue_wait_ms)),
     ];
+    if let Some(cpus) = &m.cpus {
+        table.push(("cpus", format_cpu_list(cpus)));
+    }
     if let Some(e) = &m.energy {
         table.push((
             "energy",
-            format!("{:.4} mJ/inference, {:.3} W avg ({})", e.mj_per_inference, e.avg_power_w, e.sensor),
+            format!(
+                "{:.4} mJ/inference, {:.3} W avg, {:.3} W idle ({}, {} readings over {:.0} ms)",
+                e.mj_per_inference, e.avg_power_w, e.idle_power_w, e.sensor, e.readings, e.window_ms
+            ),
         ));
     } else if let Some(reason) = &m.energy_unavailable_reason {
         table.push(("energy", format!("unavailable: {reason}")));
     }
-    rows(&table)
+    if let Some(t) = &m.thermal {
+        let c = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.1}°C"));
+        let mhz = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.0} MHz"));
+        table.push(("temperature", format!("{} → {}", c(t.start_c), c(t.end_c))));
+        table.push((
+            "cpu frequency",
+            format!("{} → {} (min {})", mhz(t.cpu_freq_start_mhz), mhz(t.cpu_freq_end_mhz), mhz(t.cpu_freq_min_mhz)),
+        ));
+        if t.cooldown_wait_ms > 0.0 {
+            table.push(("cool-down", format!("waited {:.0} ms", t.cooldown_wait_ms)));
+        }
+        if t.throttled {
+            table.push(("THROTTLED", t.throttle_reason.clone().unwrap_or_default()));
+        }
+    }
+    let mut out = rows(&table);
+    if let Some(ops) = &m.ops {
+        out.push_str(&ops_table(ops));
+    }
+    out
+}
+
+/// The per-op profile, slowest first, with a cumulative share so the few
+/// nodes that matter stand out.
+pub fn ops_table(ops: &[OpTime]) -> String {
+    let node_width = ops.iter().map(|o| o.node.len()).max().unwrap_or(0).max(4);
+    let op_width = ops.iter().map(|o| o.op_type.len()).max().unwrap_or(0).max(2);
+    let mut out =
+        format!("\n  {:<node_width$}  {:<op_width$}  {:>10}  {:>6}  {:>6}\n", "node", "op", "ms", "share", "cum");
+    let mut cumulative = 0.0;
+    for o in ops {
+        cumulative += o.share;
+        let _ = writeln!(
+            out,
+            "  {:<node_width$}  {:<op_width$}  {:>10.4}  {:>5.1}%  {:>5.1}%",
+            o.node,
+            o.op_type,
+            o.ms,
+            o.share * 100.0,
+            cumulative * 100.0
+        );
+    }
+    let total: f64 = ops.iter().map(|o| o.ms).sum();
+    let _ = writeln!(out, "  {:<node_width$}  {:<op_width$}  {total:>10.4}", "total", "");
+    out
 }
 
 pub fn device_table(d: &DeviceInfo) -> String {
@@ -112,6 +163,7 @@ mod tests {
             energy_unavailable_reason: Some("no meter".into()),
             thermal: None,
             ops: None,
+            cpus: None,
             queue_wait_ms: 0.0,
             started_at: 0,
             finished_at: 0,
@@ -120,5 +172,18 @@ mod tests {
         assert!(t.contains("p99") && t.contains("1.2000 ms"), "{t}");
         assert!(t.contains("tract 0.23.9 (1 thread)"));
         assert!(t.contains("unavailable: no meter"));
+        assert!(!t.contains("node"), "no profile table without ops");
+
+        let ops = vec![
+            OpTime { node: "conv1".into(), op_type: "Conv".into(), ms: 0.75, share: 0.75 },
+            OpTime { node: "fc".into(), op_type: "MatMul".into(), ms: 0.25, share: 0.25 },
+        ];
+        let t = measurement_table(&Measurement { ops: Some(ops), cpus: Some(vec![0, 1, 2]), ..m });
+        assert!(t.contains("cpus") && t.contains("0-2"), "{t}");
+        let lines: Vec<&str> = t.lines().skip_while(|l| !l.trim_start().starts_with("node")).collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[1].contains("conv1") && lines[1].contains("75.0%"), "{t}");
+        assert!(lines[2].contains("fc") && lines[2].trim_end().ends_with("100.0%"), "{t}");
+        assert!(lines[3].contains("total") && lines[3].contains("1.0000"), "{t}");
     }
 }

@@ -3,6 +3,9 @@
 //! Both the agent (server) and the host (client) use these, so this crate
 //! depends on serde alone: it must build for every target the agent ships to.
 
+#[cfg(feature = "clap")]
+pub mod cli;
+pub mod cpus;
 pub mod display;
 pub mod token;
 
@@ -54,6 +57,9 @@ pub struct DeviceInfo {
     #[serde(default)]
     pub runtimes_unavailable: BTreeMap<String, String>,
     pub energy_sensors: Vec<String>,
+    /// Why `energy: true` cannot be measured here, when no sensor is usable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_unavailable_reason: Option<String>,
     pub thermal_zones: Vec<ThermalZone>,
 }
 
@@ -78,10 +84,17 @@ pub struct MeasureRequest {
     pub max_duration_ms: u64,
     /// Input name → concrete shape, required for inputs with dynamic dimensions.
     pub inputs: BTreeMap<String, Vec<usize>>,
-    /// CPU affinity of the measuring threads.
+    /// CPU affinity of the measuring threads (logical CPU numbers).
     pub cpus: Option<Vec<usize>>,
+    /// Measure energy per inference with the agent's power sensor.
     pub energy: bool,
+    /// Also return per-node times (`Measurement::ops`), from extra runs
+    /// after the timed ones so profiling does not slow the latency figures.
     pub profile_ops: bool,
+    /// Before measuring, wait until every thermal zone is below this
+    /// temperature (°C), for at most `cooldown_timeout_ms`.
+    pub cooldown_c: Option<f64>,
+    pub cooldown_timeout_ms: u64,
     /// Return every timed run in `samples_ms`.
     pub keep_samples: bool,
     /// Seed of the random input tensors.
@@ -103,6 +116,8 @@ impl Default for MeasureRequest {
             cpus: None,
             energy: false,
             profile_ops: false,
+            cooldown_c: None,
+            cooldown_timeout_ms: 120_000,
             keep_samples: false,
             seed: 0,
         }
@@ -130,27 +145,52 @@ pub struct LatencyStats {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnergyStats {
+    /// Energy of one inference above the idle baseline, in millijoules.
     pub mj_per_inference: f64,
+    /// Average power over the window, baseline included, in watts.
     pub avg_power_w: f64,
+    /// Power measured just before the window with the device idle, in watts.
+    pub idle_power_w: f64,
+    /// The sensor (and rail or domain) read, e.g. `rapl:package-0`.
     pub sensor: String,
     pub window_ms: f64,
+    /// Inferences run during the window.
+    pub inferences: usize,
+    /// Sensor readings taken during the window.
+    pub readings: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ThermalStats {
+    /// Hottest thermal zone before and after the timed runs, °C.
     pub start_c: Option<f64>,
     pub end_c: Option<f64>,
+    /// Mean frequency of the measuring CPUs before and after, MHz.
     pub cpu_freq_start_mhz: Option<f64>,
     pub cpu_freq_end_mhz: Option<f64>,
+    /// Lowest mean frequency seen while the runs went on, MHz.
+    #[serde(default)]
+    pub cpu_freq_min_mhz: Option<f64>,
+    /// The frequency dropped beyond the agent's threshold, or a passive trip
+    /// point was crossed, while measuring: the latency figures are suspect.
     pub throttled: bool,
+    /// Why `throttled` is set, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_reason: Option<String>,
+    /// Time spent waiting for `cooldown_c` before measuring, ms.
+    #[serde(default)]
+    pub cooldown_wait_ms: f64,
 }
 
 /// Time spent in one node of the model (per-op profile).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpTime {
+    /// The node's name in the runtime's optimised graph (derived from the ONNX node name).
     pub node: String,
     pub op_type: String,
+    /// Mean time per run, ms.
     pub ms: f64,
+    /// Share of the summed node times, 0..1.
     pub share: f64,
 }
 
@@ -174,6 +214,10 @@ pub struct Measurement {
     pub thermal: Option<ThermalStats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<Vec<OpTime>>,
+    /// CPUs the measuring thread was allowed to run on, read back with
+    /// `sched_getaffinity` during the runs (only when `cpus` was requested).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Vec<usize>>,
     pub queue_wait_ms: f64,
     /// Unix time (µs) when the first timed run started.
     pub started_at: u64,
@@ -193,6 +237,8 @@ pub enum ErrorCode {
     UnsupportedModel,
     RuntimeUnavailable,
     RuntimeCrashed,
+    /// The device stayed above the requested cool-down temperature.
+    TooHot,
     Internal,
 }
 
@@ -208,6 +254,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedModel => "unsupported_model",
             ErrorCode::RuntimeUnavailable => "runtime_unavailable",
             ErrorCode::RuntimeCrashed => "runtime_crashed",
+            ErrorCode::TooHot => "too_hot",
             ErrorCode::Internal => "internal",
         }
     }
@@ -221,6 +268,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedModel | ErrorCode::RuntimeUnavailable => 422,
             ErrorCode::RuntimeCrashed | ErrorCode::Internal => 500,
+            ErrorCode::TooHot => 503,
         }
     }
 }

@@ -37,6 +37,25 @@ impl ElemType {
     }
 }
 
+/// Rust types an initializer can hold, with their ONNX element type.
+pub trait TensorElement: Copy {
+    const ELEM: ElemType;
+    fn le_bytes(self) -> impl IntoIterator<Item = u8>;
+}
+
+macro_rules! tensor_element {
+    ($($ty:ty => $elem:ident),*) => {$(
+        impl TensorElement for $ty {
+            const ELEM: ElemType = ElemType::$elem;
+            fn le_bytes(self) -> impl IntoIterator<Item = u8> {
+                self.to_le_bytes()
+            }
+        }
+    )*};
+}
+
+tensor_element!(f32 => F32, u8 => U8, i8 => I8, i32 => I32);
+
 /// One dimension of a declared input or output.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Dim {
@@ -119,6 +138,18 @@ fn value_info(name: &str, elem: ElemType, dims: &[Dim]) -> pb::ValueInfoProto {
     }
 }
 
+/// Attributes of a square k×k convolution with "same" padding, shared by
+/// Conv and QLinearConv.
+pub(crate) fn conv_attrs(kernel: usize, stride: usize, group: usize) -> Vec<Attr> {
+    let (k, pad) = (kernel as i64, (kernel / 2) as i64);
+    vec![
+        Attr::Ints("kernel_shape", vec![k, k]),
+        Attr::Ints("strides", vec![stride as i64, stride as i64]),
+        Attr::Ints("pads", vec![pad; 4]),
+        Attr::Int("group", group as i64),
+    ]
+}
+
 impl GraphBuilder {
     pub fn new(name: impl Into<String>) -> Self {
         GraphBuilder { name: name.into(), ..Default::default() }
@@ -140,18 +171,23 @@ impl GraphBuilder {
         self.outputs.push(value_info(value, elem, dims));
     }
 
-    /// Adds an f32 initializer (weights, constants) and returns its name.
-    pub fn constant_f32(&mut self, hint: &str, dims: &[usize], data: Vec<f32>) -> String {
+    /// Adds an initializer (weights, constants, quantization parameters)
+    /// and returns its name.
+    pub fn constant<T: TensorElement>(&mut self, hint: &str, dims: &[usize], data: &[T]) -> String {
         assert_eq!(dims.iter().product::<usize>(), data.len(), "initializer {hint}: dims vs data");
         let name = self.fresh(hint);
         self.initializers.push(pb::TensorProto {
             name: name.clone(),
             dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: ElemType::F32.onnx_code(),
-            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            data_type: T::ELEM.onnx_code(),
+            raw_data: data.iter().flat_map(|v| v.le_bytes()).collect(),
             ..Default::default()
         });
         name
+    }
+
+    pub fn constant_f32(&mut self, hint: &str, dims: &[usize], data: Vec<f32>) -> String {
+        self.constant(hint, dims, &data)
     }
 
     /// Adds a single-output node and returns the output's name. An empty
@@ -180,20 +216,9 @@ impl GraphBuilder {
         group: usize,
     ) -> String {
         let (dims, data) = weight;
-        let k = dims[2];
         let w = self.constant_f32("W", dims, data);
         let b = self.constant_f32("B", &[dims[0]], bias);
-        let pad = (k / 2) as i64;
-        self.node(
-            "Conv",
-            &[x, &w, &b],
-            vec![
-                Attr::Ints("kernel_shape", vec![k as i64, k as i64]),
-                Attr::Ints("strides", vec![stride as i64, stride as i64]),
-                Attr::Ints("pads", vec![pad; 4]),
-                Attr::Int("group", group as i64),
-            ],
-        )
+        self.node("Conv", &[x, &w, &b], conv_attrs(dims[2], stride, group))
     }
 
     /// `Clip(x, lo, hi)` with scalar bounds as inputs (opset ≥ 11 form).

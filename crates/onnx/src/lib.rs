@@ -5,8 +5,9 @@
 pub mod export;
 mod graph;
 mod inspect;
+pub mod quant;
 pub mod samples;
 
-pub use graph::{Attr, Dim, ElemType, GraphBuilder, OPSET};
+pub use graph::{Attr, Dim, ElemType, GraphBuilder, OPSET, TensorElement};
 pub use inspect::{DeclaredInput, OnnxError, declared_inputs, decode, encode};
 pub use tract_onnx::pb;

@@ -1,12 +1,18 @@
 //! tract (pure Rust) runtime.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use edgeloop_api::OpTime;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::konst::Const;
+use tract_onnx::tract_core::ops::source::TypedSource;
+use tract_onnx::tract_core::plan;
 use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
-use super::{LoadOptions, LoadedModel, Runtime, RuntimeError};
+use super::{LoadOptions, LoadedModel, NodeTotal, OutputTensor, Runtime, RuntimeError, op_times};
 use crate::inputs::{InputData, InputTensor};
 
 pub struct TractRuntime;
@@ -69,6 +75,52 @@ impl LoadedModel for TractModel {
         // Cloning TValues clones Arcs, not tensors.
         self.state.run(self.inputs.clone()).map(drop).map_err(runtime_error)
     }
+
+    fn profile(&mut self, runs: NonZeroUsize) -> Result<Vec<OpTime>, RuntimeError> {
+        let mut node_times = vec![Duration::ZERO; self.state.model().nodes.len()];
+        for _ in 0..runs.get() {
+            // tract's own evaluation of each node, with a clock around it.
+            self.state
+                .run_plan_with_eval(self.inputs.clone(), |ctx, op_state, node, inputs| {
+                    let start = Instant::now();
+                    let outputs = plan::eval(ctx, op_state, node, inputs);
+                    node_times[node.id] += start.elapsed();
+                    outputs
+                })
+                .map_err(runtime_error)?;
+        }
+        let totals = self
+            .state
+            .model()
+            .nodes
+            .iter()
+            // Inputs and weights are handed over, not computed.
+            .filter(|node| !node.op_is::<TypedSource>() && !node.op_is::<Const>())
+            .map(|node| NodeTotal {
+                node: node.name.clone(),
+                op_type: node.op().name().into_owned(),
+                total: node_times[node.id],
+            })
+            .collect();
+        Ok(op_times(totals, runs))
+    }
+
+    fn outputs(&mut self) -> Result<Vec<OutputTensor>, RuntimeError> {
+        let values = self.state.run(self.inputs.clone()).map_err(runtime_error)?;
+        let model = self.state.model();
+        let outlets = model.output_outlets().map_err(runtime_error)?;
+        outlets
+            .iter()
+            .zip(values)
+            .map(|(&outlet, value)| {
+                // The ONNX loader labels each output outlet with its ONNX name.
+                let name = model.outlet_label(outlet).unwrap_or(&model.node(outlet.node).name).to_string();
+                let widened = value.cast_to::<f64>().map_err(runtime_error)?;
+                let values = widened.to_plain_array_view::<f64>().map_err(runtime_error)?.iter().copied().collect();
+                Ok(OutputTensor { name, shape: value.shape().to_vec(), values })
+            })
+            .collect()
+    }
 }
 
 fn datum_type(data: &InputData) -> DatumType {
@@ -91,4 +143,74 @@ fn to_tvalue(input: &InputTensor) -> Result<TValue, RuntimeError> {
         InputData::I64(v) => Tensor::from_shape(shape, v),
     };
     tensor.map(|t| TValue::from_const(Arc::new(t))).map_err(runtime_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inputs::{random_inputs, resolve_shapes};
+
+    /// The small sample network's bytes, its ONNX nodes as (name, op type),
+    /// and seeded inputs.
+    fn sample() -> (Vec<u8>, Vec<(String, String)>, Vec<InputTensor>) {
+        let proto = edgeloop_onnx::samples::MbconvNet::small().to_model();
+        let declared = edgeloop_onnx::declared_inputs(&proto).unwrap();
+        let inputs = random_inputs(&resolve_shapes(&declared, &Default::default()).unwrap(), 1);
+        let nodes = proto.graph.as_ref().unwrap().node.iter().map(|n| (n.name.clone(), n.op_type.clone())).collect();
+        (edgeloop_onnx::encode(&proto), nodes, inputs)
+    }
+
+    fn runs(n: usize) -> NonZeroUsize {
+        NonZeroUsize::new(n).unwrap()
+    }
+
+    #[test]
+    fn profile_accounts_for_every_onnx_node() {
+        let (bytes, onnx_nodes, inputs) = sample();
+        for threads in [1, 2] {
+            let mut model = TractRuntime.load(&bytes, &inputs, LoadOptions { threads }).unwrap();
+            let ops = model.profile(runs(3)).unwrap();
+            // tract names the nodes it derives `<onnx name>.<step>` (`Conv_3.pad`,
+            // `Conv_3.matmatmul`), and a fused node after the last op fused into
+            // it: a 1×1 conv with its Clip or residual Add is one OptMatMul named
+            // `Clip_22.max.prefused` or `Add_47.prefused`, while the conv keeps its
+            // weight-packing node (`Conv_19.einsum.pack_a`). Only Flatten, a
+            // no-op reshape of the pooled [n, c, 1, 1] tensor, leaves no node.
+            let in_profile =
+                |onnx: &str| ops.iter().any(|op| op.node == onnx || op.node.starts_with(&format!("{onnx}.")));
+            let missing: Vec<&str> =
+                onnx_nodes.iter().filter(|(name, _)| !in_profile(name)).map(|(_, op_type)| op_type.as_str()).collect();
+            assert_eq!(missing, ["Flatten"], "threads {threads}: {ops:#?}");
+            assert!(ops.iter().all(|op| op.op_type != "Source" && op.op_type != "Const"), "{ops:#?}");
+            assert!(ops.windows(2).all(|w| w[0].ms >= w[1].ms), "slowest first: {ops:#?}");
+            let shares: f64 = ops.iter().map(|op| op.share).sum();
+            assert!((shares - 1.0).abs() < 1e-9, "shares sum to {shares}");
+        }
+    }
+
+    #[test]
+    fn profiled_node_times_add_up_to_a_plain_run() {
+        let (bytes, _, inputs) = sample();
+        let mut model = TractRuntime.load(&bytes, &inputs, LoadOptions { threads: 1 }).unwrap();
+        for _ in 0..20 {
+            model.run().unwrap();
+        }
+        // Alternate plain and profiled rounds so that load from other
+        // processes falls on both alike.
+        let (rounds, per_round) = (10, 20);
+        let (mut plain_ms, mut profiled_ms) = (0.0, 0.0);
+        for _ in 0..rounds {
+            let start = Instant::now();
+            for _ in 0..per_round {
+                model.run().unwrap();
+            }
+            plain_ms += start.elapsed().as_secs_f64() * 1e3 / per_round as f64;
+            profiled_ms += model.profile(runs(per_round)).unwrap().iter().map(|op| op.ms).sum::<f64>();
+        }
+        let (plain_ms, profiled_ms) = (plain_ms / rounds as f64, profiled_ms / rounds as f64);
+        assert!(
+            (profiled_ms - plain_ms).abs() <= 0.3 * plain_ms + 0.2,
+            "summed node times {profiled_ms:.4} ms vs plain run {plain_ms:.4} ms"
+        );
+    }
 }

@@ -81,6 +81,7 @@ mod tests {
             runtimes: vec![],
             runtimes_unavailable: Default::default(),
             energy_sensors: vec![],
+            energy_unavailable_reason: None,
             thermal_zones: vec![],
         }
     }

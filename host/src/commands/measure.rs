@@ -63,6 +63,7 @@ mod tests {
             energy_unavailable_reason: None,
             thermal: None,
             ops: None,
+            cpus: None,
             queue_wait_ms: 0.0,
             started_at: 1,
             finished_at: 2,

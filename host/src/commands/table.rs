@@ -34,6 +34,9 @@ pub enum BuildError {
     #[error("the agent at {url} has no runtime `{runtime}` (it has: {available})")]
     NoRuntime { url: String, runtime: String, available: String },
 
+    #[error("the agent at {url} measured no energy for {key}: {reason}")]
+    NoEnergy { url: String, key: String, reason: String },
+
     #[error("cannot measure {key}")]
     Measure {
         key: String,
@@ -57,11 +60,13 @@ pub struct BuildReport {
     pub measured: usize,
 }
 
-/// `latency-tables/<device_id>--<runtime>--<space>.csv`, with characters
-/// that do not belong in a file name replaced by `_`.
-pub fn default_path(device_id: &str, runtime: &str, space: &str) -> PathBuf {
+/// `latency-tables/<device_id>--<runtime>--<space>.csv` (`…--energy.csv`
+/// for a table with energy columns), with characters that do not belong in
+/// a file name replaced by `_`.
+pub fn default_path(device_id: &str, runtime: &str, space: &str, energy: bool) -> PathBuf {
     let part = |s: &str| s.replace(|c: char| !(c.is_ascii_alphanumeric() || "._-".contains(c)), "_");
-    Path::new(TABLES_DIR).join(format!("{}--{}--{}.csv", part(device_id), part(runtime), part(space)))
+    let suffix = if energy { "--energy" } else { "" };
+    Path::new(TABLES_DIR).join(format!("{}--{}--{}{suffix}.csv", part(device_id), part(runtime), part(space)))
 }
 
 /// Every row `space` needs: the overhead row first, then each distinct layer.
@@ -82,7 +87,8 @@ fn target_model(target: &Target) -> Vec<u8> {
 /// Measures every row of `space` missing from the table at `out` (default:
 /// [`default_path`] for the agent's device) on the agent behind `client`,
 /// appending each row as soon as it is measured, with a progress bar on
-/// stderr. `template` gives the runtime, threads and run counts.
+/// stderr. `template` gives the runtime, threads and run counts, and with
+/// `energy` set builds a table with energy columns.
 pub async fn build(
     client: &AgentClient,
     space: &Space,
@@ -101,8 +107,9 @@ pub async fn build(
         runtime_version: runtime.version.clone(),
         threads: template.threads,
     };
-    let path = out.map_or_else(|| default_path(&info.device_id, &runtime.name, space.name()), Path::to_path_buf);
-    let mut writer = TableWriter::open(&path)?;
+    let path = out
+        .map_or_else(|| default_path(&info.device_id, &runtime.name, space.name(), template.energy), Path::to_path_buf);
+    let mut writer = TableWriter::open(&path, template.energy)?;
     writer.check_provenance(&provenance)?;
 
     let targets = targets(space);
@@ -114,7 +121,11 @@ pub async fn build(
         let (_, measurement) = client
             .upload_and_measure(&target_model(target), template)
             .await
-            .map_err(|source| BuildError::Measure { key, source })?;
+            .map_err(|source| BuildError::Measure { key: key.clone(), source })?;
+        if template.energy && measurement.energy.is_none() {
+            let reason = measurement.energy_unavailable_reason.unwrap_or_else(|| "no reason given".into());
+            return Err(BuildError::NoEnergy { url, key, reason });
+        }
         writer.append(Row::from_measurement(*target, &measurement, SystemTime::now()))?;
         bar.inc(1);
     }
@@ -150,12 +161,16 @@ mod tests {
     #[test]
     fn default_paths_are_safe_file_names() {
         assert_eq!(
-            default_path("x86_64-intel-core-i7-1a2b3c4d", "tract", "tiny"),
+            default_path("x86_64-intel-core-i7-1a2b3c4d", "tract", "tiny", false),
             Path::new("latency-tables/x86_64-intel-core-i7-1a2b3c4d--tract--tiny.csv")
         );
         assert_eq!(
-            default_path("my phone/1", "tract", "../x"),
+            default_path("my phone/1", "tract", "../x", false),
             Path::new("latency-tables/my_phone_1--tract--.._x.csv")
+        );
+        assert_eq!(
+            default_path("pi4", "tract", "tiny", true),
+            Path::new("latency-tables/pi4--tract--tiny--energy.csv")
         );
     }
 

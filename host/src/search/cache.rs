@@ -17,6 +17,9 @@ pub struct CachedMeasurement {
     pub p50_ms: f64,
     pub min_ms: f64,
     pub mean_ms: f64,
+    /// Energy per inference (mJ above idle), when it was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_mj: Option<f64>,
     pub measured_at: String,
 }
 
@@ -50,9 +53,13 @@ impl MeasurementCache {
         Ok(MeasurementCache { path: path.to_path_buf(), entries })
     }
 
-    /// A measurement of `arch_hash` on any of `device_ids` (devices of one class).
-    pub fn get(&self, device_ids: &[String], arch_hash: &str) -> Option<&CachedMeasurement> {
-        device_ids.iter().find_map(|d| self.entries.get(&(d.clone(), arch_hash.to_string())))
+    /// A measurement of `arch_hash` on any of `device_ids` (devices of one
+    /// class), with energy when `with_energy` (one without is then re-measured).
+    pub fn get(&self, device_ids: &[String], arch_hash: &str, with_energy: bool) -> Option<&CachedMeasurement> {
+        device_ids
+            .iter()
+            .filter_map(|d| self.entries.get(&(d.clone(), arch_hash.to_string())))
+            .find(|m| !with_energy || m.energy_mj.is_some())
     }
 
     pub fn insert(&mut self, m: CachedMeasurement) -> Result<(), CacheError> {
@@ -104,6 +111,7 @@ mod tests {
             p50_ms: ms,
             min_ms: ms,
             mean_ms: ms,
+            energy_mj: None,
             measured_at: "now".into(),
         }
     }
@@ -121,8 +129,22 @@ mod tests {
         cache.insert(entry("b", 2.0)).unwrap();
         let cache = MeasurementCache::open(&path).unwrap();
         let ids = vec!["dev".to_string()];
-        assert_eq!(cache.get(&ids, "b").unwrap().p50_ms, 2.0);
-        assert_eq!(cache.get(&ids, "a").unwrap().p50_ms, 1.0);
-        assert!(cache.get(&["other".to_string()], "a").is_none());
+        assert_eq!(cache.get(&ids, "b", false).unwrap().p50_ms, 2.0);
+        assert_eq!(cache.get(&ids, "a", false).unwrap().p50_ms, 1.0);
+        assert!(cache.get(&["other".to_string()], "a", false).is_none());
+    }
+
+    #[test]
+    fn energy_searches_skip_entries_without_energy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.jsonl");
+        let mut cache = MeasurementCache::open(&path).unwrap();
+        cache.insert(entry("a", 1.0)).unwrap();
+        let ids = vec!["dev".to_string()];
+        assert!(cache.get(&ids, "a", true).is_none());
+        cache.insert(CachedMeasurement { energy_mj: Some(0.5), ..entry("a", 1.1) }).unwrap();
+        let cache = MeasurementCache::open(&path).unwrap();
+        assert_eq!(cache.get(&ids, "a", true).unwrap().energy_mj, Some(0.5));
+        assert_eq!(cache.get(&ids, "a", false).unwrap().p50_ms, 1.1, "the later line wins");
     }
 }

@@ -7,6 +7,10 @@
 //! most likely architecture is then checked on the device, retrained from
 //! scratch, exported with its trained weights and measured again. Only that
 //! last measurement decides whether the budget is met.
+//!
+//! The budget is a latency (p50, ms) or an energy per inference (mJ above
+//! idle, from the agent's power sensor); an energy search prices candidates
+//! from the energy columns of the device's table and measures energy live.
 
 mod cache;
 mod costs;
@@ -38,7 +42,7 @@ pub use run_dir::{EpochRow, RunDir};
 
 use crate::calibrate::Calibration;
 use crate::client::AgentClient;
-use crate::predict::Predictor;
+use crate::predict::{Metric, Predictor};
 use crate::table::LatencyTable;
 
 /// How α moves.
@@ -58,7 +62,11 @@ pub struct SearchSettings {
     pub space: String,
     pub width: f64,
     pub dataset: String,
-    pub budget_ms: f64,
+    /// Latency budget (p50 on the device, ms); exactly one of this and `energy_budget_mj`.
+    pub budget_ms: Option<f64>,
+    /// Energy budget (per inference above idle, mJ).
+    #[serde(default)]
+    pub energy_budget_mj: Option<f64>,
     pub strategy: Strategy,
     pub warmup_epochs: usize,
     pub epochs: usize,
@@ -99,8 +107,22 @@ impl SearchSettings {
         self.gate_mode.parse().map_err(anyhow::Error::msg)
     }
 
+    /// The constraint; [`SearchSettings::check`] makes sure there is exactly one.
+    pub fn budget(&self) -> Budget {
+        match (self.budget_ms, self.energy_budget_mj) {
+            (_, Some(limit)) => Budget { metric: Metric::Energy, limit },
+            (Some(limit), None) => Budget { metric: Metric::Latency, limit },
+            (None, None) => unreachable!("SearchSettings::check requires a budget"),
+        }
+    }
+
     fn check(&self) -> anyhow::Result<()> {
-        ensure!(self.budget_ms > 0.0 && self.budget_ms.is_finite(), "--budget-ms must be positive");
+        match (self.budget_ms, self.energy_budget_mj) {
+            (Some(_), Some(_)) => bail!("give either --budget-ms or --energy-budget-mj, not both"),
+            (None, None) => bail!("give a budget: --budget-ms or --energy-budget-mj"),
+            (Some(ms), None) => ensure!(ms > 0.0 && ms.is_finite(), "--budget-ms must be positive"),
+            (None, Some(mj)) => ensure!(mj > 0.0 && mj.is_finite(), "--energy-budget-mj must be positive"),
+        }
         ensure!(self.batch_size > 0, "--batch-size must be at least 1");
         ensure!(self.arch_every > 0, "--arch-every must be at least 1");
         ensure!(self.samples > 0, "--samples must be at least 1");
@@ -109,6 +131,34 @@ impl SearchSettings {
         self.gate_mode()?;
         self.dataset.parse::<DatasetSpec>()?;
         Ok(())
+    }
+}
+
+/// What a search constrains, and how much.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub metric: Metric,
+    pub limit: f64,
+}
+
+impl Budget {
+    /// The figure of a measurement this budget judges: p50 latency (ms) or
+    /// energy per inference (mJ; infinite when it was not measured).
+    pub fn measured(&self, m: &CachedMeasurement) -> f64 {
+        match self.metric {
+            Metric::Latency => m.p50_ms,
+            Metric::Energy => m.energy_mj.unwrap_or(f64::INFINITY),
+        }
+    }
+
+    /// `value` with the budget's unit and what it is, e.g. `0.812 mJ`.
+    pub fn show(&self, value: f64) -> String {
+        format!("{value:.3} {}", self.metric.unit())
+    }
+
+    /// `0.12 ms budget` / `0.5 mJ budget`.
+    pub fn describe(&self) -> String {
+        format!("{} {} budget", self.limit, self.metric.unit())
     }
 }
 
@@ -184,8 +234,12 @@ fn epoch_rng(seed: u64, epoch: usize) -> SmallRng {
 
 /// Runs (or resumes) a whole search; returns its result, also written to
 /// `<out>/result.json`.
-pub async fn run(settings: SearchSettings, env: SearchEnv) -> anyhow::Result<SearchResult> {
+pub async fn run(settings: SearchSettings, mut env: SearchEnv) -> anyhow::Result<SearchResult> {
     settings.check()?;
+    let budget = settings.budget();
+    let with_energy = budget.metric == Metric::Energy;
+    env.probe_request.energy = with_energy;
+    env.final_request.energy = with_energy;
     let dir = RunDir::new(&env.out);
     std::fs::create_dir_all(&dir.root).with_context(|| format!("creating {}", dir.root.display()))?;
     let resuming = dir.checkpoint().exists() || dir.final_checkpoint().exists();
@@ -204,13 +258,15 @@ pub async fn run(settings: SearchSettings, env: SearchEnv) -> anyhow::Result<Sea
     let mut pool = DevicePool::connect(env.devices.clone(), cache).await?;
     let table_path = match &env.table {
         Some(path) => path.clone(),
-        None => strategy::ensure_table(&pool, &space, &settings).await?,
+        None => strategy::ensure_table(&pool, &space, &settings, with_energy).await?,
     };
     let table = LatencyTable::load(&table_path)?;
     let calibration = Calibration::load_for(&table_path)?;
-    let predictor = Predictor::calibrated(&table, calibration.as_ref());
-    let costs = costs::latency_costs(&predictor, &space)
-        .with_context(|| format!("pricing the candidates of {} from {}", space.name(), table_path.display()))?;
+    let latency = Predictor::calibrated(&table, calibration.as_ref());
+    let energy = with_energy.then(|| Predictor::energy(&table)).transpose()?;
+    let pricing = || format!("pricing the candidates of {} from {}", space.name(), table_path.display());
+    let latency_costs = costs::cost_model(&latency, &space).with_context(pricing)?;
+    let energy_costs = energy.as_ref().map(|p| costs::cost_model(p, &space)).transpose().with_context(pricing)?;
 
     let data = Data::load(&settings, &space)?;
     eprintln!(
@@ -222,15 +278,25 @@ pub async fn run(settings: SearchSettings, env: SearchEnv) -> anyhow::Result<Sea
     );
 
     let started = Instant::now();
-    let ctx =
-        strategy::Context { settings: &settings, env: &env, dir: &dir, space: &space, data: &data, device, costs };
+    let ctx = strategy::Context {
+        settings: &settings,
+        env: &env,
+        dir: &dir,
+        space: &space,
+        data: &data,
+        device,
+        budget,
+        latency_costs,
+        energy_costs,
+    };
     let decision = strategy::search(&ctx, &mut pool).await?;
     let search_seconds = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
     let (vs, test_accuracy) = strategy::train_final(&ctx, &decision)?;
     let final_seconds = started.elapsed().as_secs_f64();
-    result::finish(&ctx, &mut pool, &predictor, &vs, decision, test_accuracy, search_seconds, final_seconds).await
+    let predictors = result::Predictors { latency, energy };
+    result::finish(&ctx, &mut pool, &predictors, &vs, decision, test_accuracy, search_seconds, final_seconds).await
 }
 
 /// Accuracy of the path `selection` of the supernet on the held-out split,
@@ -244,8 +310,8 @@ fn holdout_accuracy(net: &Supernet, selection: &[usize], data: &Data, device: De
 pub struct Decision {
     /// The most likely architecture under the final α.
     pub derived: Arch,
-    /// Its latency on the device (p50 of a candidate measurement, ms).
-    pub derived_measured_ms: f64,
+    /// Its latency (p50, ms) or energy (mJ) on the device, per the budget.
+    pub derived_measured: f64,
     /// What is retrained: `derived`, or the best sampled arch that met the budget.
     pub chosen: Arch,
     pub reason: String,

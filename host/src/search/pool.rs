@@ -31,6 +31,8 @@ pub enum PoolError {
         #[source]
         source: ClientError,
     },
+    #[error("the agent at {url} measured no energy: {reason}")]
+    NoEnergy { url: String, reason: String },
     #[error(transparent)]
     Cache(#[from] CacheError),
 }
@@ -95,7 +97,9 @@ impl DevicePool {
         let queue: VecDeque<(Arch, Vec<u8>)> = models
             .into_iter()
             .zip(&hashes)
-            .filter(|(_, h)| self.cache.get(&self.device_ids, h).is_none() && seen.insert((*h).clone()))
+            .filter(|(_, h)| {
+                self.cache.get(&self.device_ids, h, template.energy).is_none() && seen.insert((*h).clone())
+            })
             .map(|(m, _)| m)
             .collect();
         self.cache_hits += hashes.len() - queue.len();
@@ -112,6 +116,14 @@ impl DevicePool {
                             url: client.base_url().to_string(),
                             source,
                         })?;
+                    let energy_mj = match (&measurement.energy, template.energy) {
+                        (Some(e), _) => Some(e.mj_per_inference),
+                        (None, false) => None,
+                        (None, true) => {
+                            let reason = measurement.energy_unavailable_reason.unwrap_or_default();
+                            return Err(PoolError::NoEnergy { url: client.base_url().to_string(), reason });
+                        }
+                    };
                     let l = &measurement.latency_ms;
                     results.lock().expect("results lock").push(CachedMeasurement {
                         device_id: info.device_id.clone(),
@@ -120,6 +132,7 @@ impl DevicePool {
                         p50_ms: l.p50,
                         min_ms: l.min,
                         mean_ms: l.mean,
+                        energy_mj,
                         measured_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
                     });
                 }
@@ -132,6 +145,9 @@ impl DevicePool {
             self.measured += 1;
         }
         outcome?;
-        Ok(hashes.iter().map(|h| self.cache.get(&self.device_ids, h).expect("measured or cached").clone()).collect())
+        Ok(hashes
+            .iter()
+            .map(|h| self.cache.get(&self.device_ids, h, template.energy).expect("measured or cached").clone())
+            .collect())
     }
 }

@@ -12,7 +12,13 @@ use super::strategy::Context;
 use super::{Decision, DevicePool, Strategy};
 use crate::client::sha256_hex;
 use crate::files::{write_atomic, write_json};
-use crate::predict::Predictor;
+use crate::predict::{Metric, Predictor};
+
+/// The table's predictors of the search: latency always, energy in an energy search.
+pub struct Predictors<'a> {
+    pub latency: Predictor<'a>,
+    pub energy: Option<Predictor<'a>>,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchResult {
@@ -23,14 +29,23 @@ pub struct SearchResult {
     pub arch: Arch,
     pub arch_hash: String,
     pub test_accuracy: f64,
-    pub budget_ms: f64,
+    /// The latency budget (ms), in a latency search.
+    pub budget_ms: Option<f64>,
+    /// The energy budget (mJ per inference), in an energy search.
+    pub energy_budget_mj: Option<f64>,
     /// p50 of the final model measured on the device.
     pub measured_latency_ms: f64,
     pub measured_min_ms: f64,
     pub measured_runs: usize,
     /// The table's (calibrated) prediction for `arch`.
     pub predicted_latency_ms: f64,
-    /// `measured_latency_ms <= budget_ms`: judged on the measurement only.
+    /// Energy per inference of the final model above idle, measured on the
+    /// device's power sensor (energy searches).
+    pub measured_energy_mj: Option<f64>,
+    pub predicted_energy_mj: Option<f64>,
+    pub energy_sensor: Option<String>,
+    /// `measured_latency_ms <= budget_ms` (or `measured_energy_mj <=
+    /// energy_budget_mj`): judged on the measurement only.
     pub budget_met: bool,
     pub device_id: String,
     pub runtime: String,
@@ -55,7 +70,7 @@ pub struct SearchResult {
 pub async fn finish(
     ctx: &Context<'_>,
     pool: &mut DevicePool,
-    predictor: &Predictor<'_>,
+    predictors: &Predictors<'_>,
     vs: &VarStore,
     decision: Decision,
     test_accuracy: f64,
@@ -73,7 +88,21 @@ pub async fn finish(
         .upload_and_measure(&bytes, &ctx.env.final_request)
         .await
         .with_context(|| format!("measuring the final model on {}", client.base_url()))?;
-    let predicted = predictor.predict(ctx.space, &arch)?.total_ms;
+    let predicted = predictors.latency.predict(ctx.space, &arch)?.total_ms;
+    let predicted_energy_mj = predictors.energy.map(|p| p.predict(ctx.space, &arch)).transpose()?.map(|p| p.total_ms);
+    let budget = ctx.budget;
+    let energy = match (&measurement.energy, budget.metric) {
+        (None, Metric::Energy) => anyhow::bail!(
+            "the agent at {} measured no energy for the final model: {}",
+            client.base_url(),
+            measurement.energy_unavailable_reason.as_deref().unwrap_or("no reason given")
+        ),
+        (energy, _) => energy.clone(),
+    };
+    let judged = match budget.metric {
+        Metric::Latency => measurement.latency_ms.p50,
+        Metric::Energy => energy.as_ref().map_or(f64::INFINITY, |e| e.mj_per_inference),
+    };
     let s = ctx.settings;
     let result = SearchResult {
         space: s.space.clone(),
@@ -84,11 +113,15 @@ pub async fn finish(
         arch,
         test_accuracy,
         budget_ms: s.budget_ms,
+        energy_budget_mj: s.energy_budget_mj,
         measured_latency_ms: measurement.latency_ms.p50,
         measured_min_ms: measurement.latency_ms.min,
         measured_runs: measurement.latency_ms.n,
         predicted_latency_ms: predicted,
-        budget_met: measurement.latency_ms.p50 <= s.budget_ms,
+        measured_energy_mj: energy.as_ref().map(|e| e.mj_per_inference),
+        predicted_energy_mj,
+        energy_sensor: energy.map(|e| e.sensor),
+        budget_met: judged <= budget.limit,
         device_id: info.device_id.clone(),
         runtime: measurement.runtime.clone(),
         model_sha256: sha256_hex(&bytes),
@@ -108,10 +141,14 @@ pub async fn finish(
 
 /// The closing table of `edgeloop search`.
 pub fn render_summary(r: &SearchResult, out_dir: &std::path::Path) -> String {
+    let (measured, limit, unit) = match (r.energy_budget_mj, r.budget_ms) {
+        (Some(mj), _) => (r.measured_energy_mj.unwrap_or(f64::INFINITY), mj, "mJ"),
+        (None, ms) => (r.measured_latency_ms, ms.unwrap_or(f64::NAN), "ms"),
+    };
     let verdict = if r.budget_met {
-        format!("met: {:.3} ms ≤ {} ms", r.measured_latency_ms, r.budget_ms)
+        format!("met: {measured:.3} {unit} ≤ {limit} {unit}")
     } else {
-        format!("NOT met: {:.3} ms > {} ms", r.measured_latency_ms, r.budget_ms)
+        format!("NOT met: {measured:.3} {unit} > {limit} {unit}")
     };
     let ops: Vec<String> = r.arch.ops.iter().map(ToString::to_string).collect();
     let rows = [
@@ -126,6 +163,16 @@ pub fn render_summary(r: &SearchResult, out_dir: &std::path::Path) -> String {
             format!("{:.3} ms p50, {:.3} ms min, {} runs", r.measured_latency_ms, r.measured_min_ms, r.measured_runs),
         ),
         ("budget", verdict),
+        (
+            "energy",
+            match (r.measured_energy_mj, &r.energy_sensor) {
+                (Some(mj), Some(sensor)) => format!(
+                    "{mj:.3} mJ/inference measured ({sensor}), {:.3} mJ predicted",
+                    r.predicted_energy_mj.unwrap_or(f64::NAN)
+                ),
+                _ => "not measured (latency search)".into(),
+            },
+        ),
         ("device", format!("{} ({})", r.device_id, r.runtime)),
         ("trained on", r.train_device.clone()),
         ("candidates", format!("{} measured on the device, {} from the cache", r.device_measurements, r.cache_hits)),

@@ -54,13 +54,17 @@ pub struct EpochRow {
     pub baseline: f64,
     /// Accuracy of the most likely arch on the held-out split (supernet weights).
     pub valid_acc: f64,
-    /// E[latency] under p = softmax(α), from the table (ms); NaN without a table.
+    /// E[latency] under p = softmax(α), from the table (ms).
     pub expected_latency_ms: f64,
+    /// E[energy] likewise (mJ), in an energy search; NaN otherwise.
+    pub expected_energy_mj: f64,
     /// Mean entropy of p per block (nats).
     pub alpha_entropy: f64,
     pub argmax_arch: String,
     /// The most likely arch measured on the device (p50, ms).
     pub argmax_measured_ms: f64,
+    /// Its energy per inference (mJ), in an energy search; NaN otherwise.
+    pub argmax_measured_mj: f64,
     pub seconds: f64,
 }
 

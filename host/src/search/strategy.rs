@@ -22,8 +22,12 @@ use tch::nn::VarStore;
 
 use super::run_dir::{EpochRow, RunDir, append_row, open_search_csv};
 use super::state::{self, SearchModel, SearchState, Trainable};
-use super::{Data, Decision, DevicePool, SearchEnv, SearchSettings, Strategy, epoch_rng, holdout_accuracy};
+use super::{
+    Budget, CachedMeasurement, Data, Decision, DevicePool, SearchEnv, SearchSettings, Strategy, epoch_rng,
+    holdout_accuracy,
+};
 use crate::commands::table as table_cmd;
+use crate::predict::Metric;
 
 pub struct Context<'a> {
     pub settings: &'a SearchSettings,
@@ -32,19 +36,39 @@ pub struct Context<'a> {
     pub space: &'a Space,
     pub data: &'a Data,
     pub device: Device,
-    pub costs: CostModel,
+    pub budget: Budget,
+    /// What each candidate adds to the latency, from the device's table.
+    pub latency_costs: CostModel,
+    /// The same for energy, in an energy search.
+    pub energy_costs: Option<CostModel>,
 }
 
-/// The device's default latency table for the space, measuring any rows it
-/// lacks first (nothing, when it is complete).
-pub async fn ensure_table(pool: &DevicePool, space: &Space, settings: &SearchSettings) -> anyhow::Result<PathBuf> {
+impl Context<'_> {
+    /// The cost model of the budget's metric.
+    fn budget_costs(&self) -> &CostModel {
+        match (self.budget.metric, &self.energy_costs) {
+            (Metric::Energy, Some(costs)) => costs,
+            _ => &self.latency_costs,
+        }
+    }
+}
+
+/// The device's default latency table for the space (with energy columns
+/// when `energy`), measuring any rows it lacks first (nothing, when it is complete).
+pub async fn ensure_table(
+    pool: &DevicePool,
+    space: &Space,
+    settings: &SearchSettings,
+    energy: bool,
+) -> anyhow::Result<PathBuf> {
     let (client, info) = pool.primary();
     let template = MeasureRequest {
         runtime: settings.runtime.clone(),
         threads: settings.measure_threads,
+        energy,
         ..table_cmd::default_request()
     };
-    let path = table_cmd::default_path(&info.device_id, &settings.runtime, space.name());
+    let path = table_cmd::default_path(&info.device_id, &settings.runtime, space.name(), energy);
     let report = table_cmd::build(client, space, &template, Some(&path)).await?;
     if report.measured > 0 {
         eprintln!("latency table {}: measured {} missing rows", path.display(), report.measured);
@@ -107,8 +131,13 @@ pub async fn search(ctx: &Context<'_>, pool: &mut DevicePool) -> anyhow::Result<
     }
     for epoch in st.epochs_done..total_epochs {
         let row = epoch_of_search(ctx, pool, &mut model, &mut st, epoch).await?;
+        let energy = if ctx.energy_costs.is_some() {
+            format!(", E[energy] {:.3} mJ, measured {:.3} mJ", row.expected_energy_mj, row.argmax_measured_mj)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "epoch {}/{total_epochs} ({}): loss {:.3}, valid acc {:.3}, E[lat] {:.3} ms, argmax {} measured {:.3} ms",
+            "epoch {}/{total_epochs} ({}): loss {:.3}, valid acc {:.3}, E[lat] {:.3} ms, argmax {} measured {:.3} ms{energy}",
             epoch + 1,
             row.phase,
             row.train_loss,
@@ -141,7 +170,7 @@ async fn epoch_of_search(
         HoldoutBatches { data: ctx.data, batch_size: s.batch_size, seed: s.seed ^ epoch as u64, pass: 0, loader: None };
     let batches_per_epoch = BatchLoader::batches(ctx.data.train.len(), s.batch_size, false) as u64;
     let total_steps = batches_per_epoch * (s.warmup_epochs + s.epochs) as u64;
-    let objective = CostObjective { costs: ctx.costs.clone(), loss: s.cost_loss()?, target: s.budget_ms };
+    let objective = CostObjective { costs: ctx.budget_costs().clone(), loss: s.cost_loss()?, target: ctx.budget.limit };
     let gate_mode = s.gate_mode()?;
     let loader = ctx.data.loader(&ctx.data.train, s.batch_size, Some(s.seed.wrapping_add(epoch as u64)), true);
     let bar = crate::progress::bar(batches_per_epoch as usize, "steps");
@@ -183,7 +212,7 @@ async fn epoch_of_search(
     bar.finish_and_clear();
     let argmax = m.alpha.argmax();
     let arch = m.model.net.arch(&argmax);
-    let measured = measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&arch)).await?[0];
+    let measured = measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&arch)).await?.remove(0);
     let valid_acc = holdout_accuracy(&m.model.net, &argmax, ctx.data, ctx.device);
     Ok(EpochRow {
         epoch: epoch + 1,
@@ -195,32 +224,34 @@ async fn epoch_of_search(
         mean_reward: reward.mean(),
         baseline: st.baseline.unwrap_or(f64::NAN),
         valid_acc,
-        expected_latency_ms: m.alpha.expected_cost(&ctx.costs).double_value(&[]),
+        expected_latency_ms: m.alpha.expected_cost(&ctx.latency_costs).double_value(&[]),
+        expected_energy_mj: ctx.energy_costs.as_ref().map_or(f64::NAN, |c| m.alpha.expected_cost(c).double_value(&[])),
         alpha_entropy: m.alpha.entropy(),
         argmax_arch: arch.hash(),
-        argmax_measured_ms: measured,
+        argmax_measured_ms: measured.p50_ms,
+        argmax_measured_mj: measured.energy_mj.unwrap_or(f64::NAN),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-/// p50 latency (ms) of each arch on the device, exporting with the weights
-/// in `vs` only those the cache does not hold.
+/// Each arch measured on the device (latency, and energy in an energy
+/// search), exporting with the weights in `vs` only those the cache lacks.
 async fn measure_archs(
     ctx: &Context<'_>,
     pool: &mut DevicePool,
     vs: &VarStore,
     archs: &[Arch],
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<Vec<CachedMeasurement>> {
+    let request = &ctx.env.probe_request;
     let models = archs
         .iter()
         .map(|a| {
             // Only archs the cache lacks are worth exporting.
-            let cached = pool.cache.get(pool.device_ids(), &a.hash()).is_some();
+            let cached = pool.cache.get(pool.device_ids(), &a.hash(), request.energy).is_some();
             Ok((a.clone(), if cached { Vec::new() } else { export_arch(vs, ctx.space, a)? }))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let measured = pool.measure_archs(models, &ctx.env.probe_request).await?;
-    Ok(measured.iter().map(|m| m.p50_ms).collect())
+    Ok(pool.measure_archs(models, request).await?)
 }
 
 /// One REINFORCE update: M archs sampled from p, each scored on a held-out
@@ -240,8 +271,9 @@ async fn reinforce_update(
     let archs: Vec<Arch> = selections.iter().map(|sel| m.model.net.arch(sel)).collect();
     let accs: Vec<f64> =
         selections.iter().map(|sel| batch_accuracy(&m.model.net, sel, x, y, BnMode::BatchStats)).collect();
-    let latencies = measure_archs(ctx, pool, &m.model.vs, &archs).await?;
-    let rewards: Vec<f64> = accs.iter().zip(&latencies).map(|(&a, &l)| reward(a, l, s)).collect();
+    let measured = measure_archs(ctx, pool, &m.model.vs, &archs).await?;
+    let rewards: Vec<f64> =
+        accs.iter().zip(&measured).map(|(&a, m)| reward(a, ctx.budget.measured(m), ctx.budget, s)).collect();
     let mean = rewards.iter().sum::<f64>() / rewards.len() as f64;
     let baseline = st.baseline.unwrap_or(mean);
     let mut grads: Vec<Vec<f64>> = m.model.net.candidate_counts().iter().map(|&n| vec![0.0; n]).collect();
@@ -256,10 +288,10 @@ async fn reinforce_update(
     Ok(mean)
 }
 
-/// acc · (LAT/T)^w (MnasNet): soft with w < 0 everywhere, or hard with
-/// w = 0 within the budget and −1 above it.
-pub fn reward(acc: f64, latency_ms: f64, s: &SearchSettings) -> f64 {
-    let ratio = latency_ms / s.budget_ms;
+/// acc · (COST/T)^w (MnasNet), COST the measured latency or energy: soft
+/// with w < 0 everywhere, or hard with w = 0 within the budget and −1 above it.
+pub fn reward(acc: f64, cost: f64, budget: Budget, s: &SearchSettings) -> f64 {
+    let ratio = cost / budget.limit;
     let w = if s.hard_constraint { if ratio <= 1.0 { 0.0 } else { -1.0 } } else { s.reward_w };
     acc * ratio.powf(w)
 }
@@ -268,19 +300,20 @@ pub fn reward(acc: f64, latency_ms: f64, s: &SearchSettings) -> f64 {
 /// the best (held-out accuracy, supernet weights) of the archs measured
 /// during the search that met it; if none did, say so.
 async fn decide(ctx: &Context<'_>, pool: &mut DevicePool, m: &SearchModel) -> anyhow::Result<Decision> {
-    let s = ctx.settings;
+    let budget = ctx.budget;
     let argmax = m.alpha.argmax();
     let derived = m.model.net.arch(&argmax);
-    let derived_ms = measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&derived)).await?[0];
-    if derived_ms <= s.budget_ms {
-        let reason =
-            format!("the most likely arch measured {derived_ms:.3} ms (p50), within the {} ms budget", s.budget_ms);
-        return Ok(Decision { derived: derived.clone(), derived_measured_ms: derived_ms, chosen: derived, reason });
+    let measured = measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&derived)).await?;
+    let derived_cost = budget.measured(&measured[0]);
+    let derived_text = format!("the most likely arch measured {}", budget.show(derived_cost));
+    if derived_cost <= budget.limit {
+        let reason = format!("{derived_text}, within the {}", budget.describe());
+        return Ok(Decision { derived: derived.clone(), derived_measured: derived_cost, chosen: derived, reason });
     }
     let met: Vec<Arch> = pool
         .cache
         .on_devices(pool.device_ids())
-        .filter(|c| c.p50_ms <= s.budget_ms)
+        .filter(|c| budget.measured(c) <= budget.limit)
         .filter_map(|c| {
             let ops = c.ops.iter().map(|o| o.parse()).collect::<Result<Vec<_>, _>>().ok()?;
             let arch = Arch { space: ctx.space.name().into(), width: ctx.space.width, ops };
@@ -298,23 +331,22 @@ async fn decide(ctx: &Context<'_>, pool: &mut DevicePool, m: &SearchModel) -> an
         Some((acc, arch)) => (
             arch.clone(),
             format!(
-                "the most likely arch measured {derived_ms:.3} ms (p50), over the {} ms budget; retraining instead \
-                 the best of {} sampled archs that met it on the device (held-out accuracy {acc:.3} with supernet weights)",
-                s.budget_ms,
+                "{derived_text}, over the {}; retraining instead the best of {} sampled archs that met it on the \
+                 device (held-out accuracy {acc:.3} with supernet weights)",
+                budget.describe(),
                 met.len()
             ),
         ),
         None => (
             derived.clone(),
             format!(
-                "the most likely arch measured {derived_ms:.3} ms (p50), over the {} ms budget, and no arch measured \
-                 during the search met it: the budget was NOT met",
-                s.budget_ms
+                "{derived_text}, over the {}, and no arch measured during the search met it: the budget was NOT met",
+                budget.describe()
             ),
         ),
     };
     eprintln!("{reason}");
-    Ok(Decision { derived, derived_measured_ms: derived_ms, chosen, reason })
+    Ok(Decision { derived, derived_measured: derived_cost, chosen, reason })
 }
 
 /// Trains `decision.chosen` from scratch on the whole training split
