@@ -23,8 +23,14 @@ impl Default for SystemRoots {
     }
 }
 
-fn read_trimmed(path: &Path) -> Option<String> {
+/// A small text file's content, trimmed; `None` when missing, unreadable or empty.
+pub(crate) fn read_trimmed(path: &Path) -> Option<String> {
     fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// A sysfs file holding one number.
+pub(crate) fn read_number(path: &Path) -> Option<f64> {
+    read_trimmed(path)?.parse().ok()
 }
 
 /// Static facts, read once at start-up.
@@ -126,7 +132,7 @@ pub fn thermal_zones(sys: &Path) -> Vec<ThermalZone> {
             ThermalZone {
                 name: e.file_name().to_string_lossy().into_owned(),
                 kind: read_trimmed(&p.join("type")).unwrap_or_default(),
-                temp_c: read_trimmed(&p.join("temp")).and_then(|t| t.parse::<f64>().ok()).map(|m| m / 1000.0),
+                temp_c: read_number(&p.join("temp")).map(|m| m / 1000.0),
             }
         })
         .collect();

@@ -16,15 +16,7 @@ use std::time::{Duration, Instant};
 
 use edgeloop_api::ThermalStats;
 
-use crate::device::thermal_zones;
-
-fn read_trimmed(path: &Path) -> Option<String> {
-    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
-}
-
-fn read_number(path: &Path) -> Option<f64> {
-    read_trimmed(path)?.parse().ok()
-}
+use crate::device::{read_number, read_trimmed, thermal_zones};
 
 /// A passive trip point that a zone is at or above: from there on the kernel
 /// throttles the zone's cooling devices, usually the CPUs' frequency.
