@@ -49,7 +49,14 @@ async fn info_lists_ort_and_measurements_carry_its_version() {
     let info = client.info().await.unwrap();
     let ort = info.runtimes.iter().find(|r| r.name == "ort").unwrap_or_else(|| panic!("ort missing: {info:?}"));
     assert_eq!(ort.version, venv_ort_version());
-    assert_eq!(ort.precisions, ["fp32", "int8"]);
+    assert!(ort.precisions.starts_with(&["fp32".into(), "int8".into()]), "{ort:?}");
+    // ORT's x86 CPU provider has no float16 conv: it casts to float and
+    // runs that, which the probe sees and says.
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!(ort.precisions, ["fp32", "int8"]);
+        let fp16 = &ort.precisions_unavailable["fp16"];
+        assert!(fp16.contains("float"), "{fp16}");
+    }
     assert!(!info.runtimes_unavailable.contains_key("ort"), "{info:?}");
 
     let sha = upload_small(&client).await;

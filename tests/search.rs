@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use edgeloop::commands::table;
+use edgeloop::commands::table::{self, TablePrecision};
 use edgeloop::predict::Predictor;
 use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy};
 use edgeloop::table::LatencyTable;
@@ -66,7 +66,9 @@ fn env(agent: &TestAgent, out: &Path, table: &Path) -> SearchEnv {
 async fn build_table(agent: &TestAgent, dir: &Path) -> std::path::PathBuf {
     let path = dir.join("tiny.csv");
     let template = MeasureRequest { min_duration_ms: 30, ..quick_request("") };
-    table::build(&agent.client(), &Space::load("tiny", 1.0).unwrap(), &template, Some(&path)).await.unwrap();
+    table::build(&agent.client(), &Space::load("tiny", 1.0).unwrap(), &template, TablePrecision::Fp32, Some(&path))
+        .await
+        .unwrap();
     path
 }
 
@@ -175,7 +177,7 @@ async fn energy_budget_prices_from_the_energy_table_and_judges_measured_energy()
     let space = Space::load("tiny", 1.0).unwrap();
     let table_path = dir.path().join("tiny--energy.csv");
     let template = MeasureRequest { energy: true, ..quick_request("") };
-    table::build(&agent.client(), &space, &template, Some(&table_path)).await.unwrap();
+    table::build(&agent.client(), &space, &template, TablePrecision::Fp32, Some(&table_path)).await.unwrap();
     let energy_table = LatencyTable::load(&table_path).unwrap();
     assert!(energy_table.has_energy());
     assert!(energy_table.rows().iter().all(|r| r.energy.as_ref().is_some_and(|e| e.sensor == "rapl:package-0")));

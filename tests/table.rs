@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use edgeloop::commands::table::{self, BuildReport};
+use edgeloop::commands::table::{self, BuildReport, TablePrecision};
 use edgeloop::predict::Predictor;
 use edgeloop::table::LatencyTable;
 use edgeloop_e2e::{TestAgent, quick_request};
@@ -18,7 +18,7 @@ async fn tiny_table_builds_resumes_and_predicts() {
     let path = dir.path().join("tables/tiny.csv");
     let template = quick_request("");
 
-    let report = table::build(&client, &space, &template, Some(&path)).await.unwrap();
+    let report = table::build(&client, &space, &template, TablePrecision::Fp32, Some(&path)).await.unwrap();
     let targets = table::targets(&space);
     assert_eq!(report, BuildReport { path: path.clone(), total: targets.len(), skipped: 0, measured: targets.len() });
 
@@ -35,13 +35,14 @@ async fn tiny_table_builds_resumes_and_predicts() {
 
     // A second build finds nothing to do and leaves the file as it was.
     let before = std::fs::read(&path).unwrap();
-    let again = table::build(&client, &space, &template, Some(&path)).await.unwrap();
+    let again = table::build(&client, &space, &template, TablePrecision::Fp32, Some(&path)).await.unwrap();
     assert_eq!((again.skipped, again.measured), (targets.len(), 0));
     assert_eq!(std::fs::read(&path).unwrap(), before);
 
     // Another thread count is another table.
     let two_threads = edgeloop_api::MeasureRequest { threads: 2, ..template.clone() };
-    let error = table::build(&client, &space, &two_threads, Some(&path)).await.unwrap_err().to_string();
+    let error =
+        table::build(&client, &space, &two_threads, TablePrecision::Fp32, Some(&path)).await.unwrap_err().to_string();
     assert!(error.contains("1 thread(s), not with") && error.contains("2 thread(s)"), "{error}");
 
     let arch = Arch::random(&space, 7);

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod files;
 pub mod predict;
 pub mod progress;
+pub mod quantize;
 pub mod search;
 pub mod table;
 pub mod validate;

@@ -9,9 +9,10 @@ use clap::{Args, Parser, Subcommand};
 use edgeloop::AgentClient;
 use edgeloop::calibrate::Calibration;
 use edgeloop::client::{DEFAULT_REQUEST_TIMEOUT, error_line};
-use edgeloop::commands::table;
+use edgeloop::commands::table::{self, TablePrecision};
 use edgeloop::commands::{devices, export, measure, space};
 use edgeloop::predict::Predictor;
+use edgeloop::quantize::{self, Constraint, QuantizeEnv, QuantizeSettings};
 use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy};
 use edgeloop::table::LatencyTable;
 use edgeloop::validate;
@@ -47,6 +48,81 @@ enum Command {
     Table(TableCommand),
     /// Search an architecture under a latency budget measured on a device (ProxylessNAS).
     Search(Box<SearchArgs>),
+    /// Choose per-layer precisions of a searched network under a latency, energy or size budget (HAQ).
+    Quantize(Box<QuantizeArgs>),
+}
+
+/// `edgeloop quantize`: see README "Mixed-precision quantization".
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("budget").required(true).args(["latency_ms", "energy_mj", "size_kb"])))]
+struct QuantizeArgs {
+    /// A finished `edgeloop search --out` directory: its retrained network is quantized.
+    #[arg(long, value_name = "DIR")]
+    run: PathBuf,
+    /// Base URL of the agent on the target device.
+    #[arg(long, value_name = "URL")]
+    device: String,
+    #[command(flatten)]
+    auth: Auth,
+    /// Latency budget: p50 on the device, ms.
+    #[arg(long, value_name = "MS")]
+    latency_ms: Option<f64>,
+    /// Energy budget: mJ per inference above idle, from the agent's power sensor.
+    #[arg(long, value_name = "MJ")]
+    energy_mj: Option<f64>,
+    /// Size budget: the weights' Σ bits·params, kB.
+    #[arg(long, value_name = "KB")]
+    size_kb: Option<f64>,
+    /// DDPG episodes (each a policy, fine-tuned and scored).
+    #[arg(long, value_name = "N", default_value_t = 60)]
+    episodes: usize,
+    /// Episodes of random policies before the agent's actor acts.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    warmup_episodes: usize,
+    /// Fine-tune steps of each episode's policy before its accuracy is taken.
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    finetune_steps: usize,
+    /// Fine-tune steps of the chosen policy (and of uniform int8, to compare).
+    #[arg(long, value_name = "N", default_value_t = 300)]
+    final_steps: usize,
+    /// Learning rate of the fine-tunes (SGD, Nesterov).
+    #[arg(long, value_name = "LR", default_value_t = 0.005)]
+    lr: f64,
+    /// Held-out images each episode's accuracy is taken on.
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    eval_images: usize,
+    /// Training images the activation ranges are calibrated on.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    calibration_images: usize,
+    /// Keep every layer integer (2–8 bits); by default a layer may also stay fp32.
+    #[arg(long)]
+    no_fp32: bool,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+    /// Inference runtime on the device.
+    #[arg(long, value_name = "NAME", default_value_t = MeasureRequest::default().runtime)]
+    runtime: String,
+    /// Threads the device's runtime may use.
+    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().threads)]
+    measure_threads: usize,
+    /// The device's fp32 table [default: latency-tables/<device_id>--<runtime>--<space>.csv; built when rows are missing].
+    #[arg(long, value_name = "FILE")]
+    fp32_table: Option<PathBuf>,
+    /// The device's int8 table [default: …--int8.csv next to it].
+    #[arg(long, value_name = "FILE")]
+    int8_table: Option<PathBuf>,
+    /// Timed runs of each episode's policy on the device (the final models get 50 and 1 s).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    probe_runs: usize,
+    /// Where training runs: auto (CUDA when available), cpu or cuda.
+    #[arg(long, value_name = "KIND", default_value = "auto")]
+    device_kind: DeviceKind,
+    /// Output directory [default: <run>/quant].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Continue the search checkpointed in --out.
+    #[arg(long)]
+    resume: bool,
 }
 
 /// `edgeloop search`: see README "Search".
@@ -265,8 +341,13 @@ struct TableBuildArgs {
     #[arg(long)]
     energy: bool,
 
-    /// Table file to create or complete
-    /// [default: latency-tables/<device_id>--<runtime>--<space>.csv, or …--energy.csv with --energy].
+    /// Arithmetic of the layer models: fp32, or int8 (QLinearConv / MatMulInteger;
+    /// the runtime must run int8 natively, per /v1/info), for `edgeloop quantize`.
+    #[arg(long, value_enum, default_value_t = TablePrecision::Fp32)]
+    precision: TablePrecision,
+
+    /// Table file to create or complete [default: latency-tables/<device_id>--<runtime>--<space>.csv,
+    /// with --int8 before .csv for int8 and --energy with --energy].
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
 }
@@ -439,6 +520,7 @@ async fn main() -> ExitCode {
         Command::Table(TableCommand::Validate(args)) => run_table_validate(args).await,
         Command::Table(TableCommand::Calibrate(args)) => run_table_calibrate(args).await,
         Command::Search(args) => run_search(*args).await,
+        Command::Quantize(args) => run_quantize(*args).await,
     };
     // One line, not anyhow's multi-line report (with a backtrace under RUST_BACKTRACE).
     match outcome {
@@ -505,7 +587,7 @@ async fn run_table_build(args: TableBuildArgs) -> anyhow::Result<()> {
         energy: args.energy,
         ..table::default_request()
     };
-    let report = table::build(&client, &space, &template, args.out.as_deref()).await?;
+    let report = table::build(&client, &space, &template, args.precision, args.out.as_deref()).await?;
     println!(
         "{}: {} rows measured, {} already there, {} in all",
         report.path.display(),
@@ -658,14 +740,7 @@ async fn run_search(args: SearchArgs) -> anyhow::Result<()> {
         runtime: args.runtime.clone(),
         measure_threads: args.measure_threads,
     };
-    let probe_request = MeasureRequest {
-        runtime: args.runtime.clone(),
-        threads: args.measure_threads,
-        warmup_runs: 5,
-        min_runs: args.probe_runs,
-        min_duration_ms: 200,
-        ..MeasureRequest::default()
-    };
+    let probe_request = probe_request(&args.runtime, args.measure_threads, args.probe_runs);
     let final_request =
         MeasureRequest { runtime: args.runtime, threads: args.measure_threads, ..MeasureRequest::default() };
     let env = SearchEnv {
@@ -679,5 +754,59 @@ async fn run_search(args: SearchArgs) -> anyhow::Result<()> {
     };
     let result = search::run(settings, env).await?;
     print!("{}", search::render_summary(&result, &args.out));
+    Ok(())
+}
+
+/// The short measurement of candidates during a search.
+fn probe_request(runtime: &str, threads: usize, runs: usize) -> MeasureRequest {
+    MeasureRequest {
+        runtime: runtime.into(),
+        threads,
+        warmup_runs: 5,
+        min_runs: runs,
+        min_duration_ms: 200,
+        ..MeasureRequest::default()
+    }
+}
+
+async fn run_quantize(args: QuantizeArgs) -> anyhow::Result<()> {
+    let constraint = match (args.latency_ms, args.energy_mj, args.size_kb) {
+        (Some(ms), _, _) => Constraint::LatencyMs(ms),
+        (_, Some(mj), _) => Constraint::EnergyMj(mj),
+        (_, _, Some(kb)) => Constraint::SizeKb(kb),
+        _ => unreachable!("clap requires one budget"),
+    };
+    let settings = QuantizeSettings {
+        constraint,
+        episodes: args.episodes,
+        warmup_episodes: args.warmup_episodes,
+        finetune_steps: args.finetune_steps,
+        final_steps: args.final_steps,
+        lr: args.lr,
+        eval_images: args.eval_images,
+        calibration_images: args.calibration_images,
+        allow_fp32: !args.no_fp32,
+        seed: args.seed,
+        runtime: args.runtime.clone(),
+        measure_threads: args.measure_threads,
+    };
+    let out = args.out.unwrap_or_else(|| args.run.join("quant"));
+    let env = QuantizeEnv {
+        run: args.run,
+        out: out.clone(),
+        resume: args.resume,
+        device: AgentClient::new(&args.device, args.auth.token()?)?,
+        fp32_table: args.fp32_table,
+        int8_table: args.int8_table,
+        device_kind: args.device_kind,
+        probe_request: probe_request(&args.runtime, args.measure_threads, args.probe_runs),
+        final_request: MeasureRequest {
+            runtime: args.runtime,
+            threads: args.measure_threads,
+            ..MeasureRequest::default()
+        },
+    };
+    let result = quantize::run(settings, env).await?;
+    print!("{}", quantize::render_summary(&result, &out));
     Ok(())
 }

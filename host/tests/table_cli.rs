@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edgeloop::commands::table::{default_path, targets};
+use edgeloop::commands::table::{TablePrecision, default_path, targets};
 use edgeloop::table::LatencyTable;
 use edgeloop_agent::runtime::Runtimes;
 use edgeloop_agent::{AgentConfig, LocalAgent};
@@ -33,7 +33,7 @@ fn build_survives_sigkill_resumes_and_predicts() {
     let agent = LocalAgent::start(config, runtimes).unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
     let space = Space::load("tiny", 1.0).unwrap();
-    let path = dir.path().join(default_path(agent.device_id(), "tract", "tiny", false));
+    let path = dir.path().join(default_path(agent.device_id(), "tract", "tiny", false, TablePrecision::Fp32));
 
     // Slow rows (100 ms each) so that the kill lands mid-build.
     let mut child = build_command(dir.path(), &agent.url(), "100").stdout(Stdio::null()).spawn().unwrap();

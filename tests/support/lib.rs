@@ -143,6 +143,25 @@ pub fn run_tract(model: &[u8], input: &[f32]) -> Vec<f32> {
     output[0].to_plain_array_view::<f32>().expect("f32 output").iter().copied().collect()
 }
 
+/// Trains `net` for 30 SGD steps on the synthetic dataset along `paths()`
+/// (so BatchNorm's running statistics are trained ones); returns a few
+/// normalised test images (batch 1 each).
+pub fn train_briefly(net: &edgeloop_train::Supernet, mut paths: impl FnMut() -> Vec<usize>) -> Vec<Vec<f32>> {
+    use edgeloop_data::{BatchLoader, DatasetSpec, ImageShape, LoaderConfig};
+    use edgeloop_train::trainer::{batch_tensors, weight_step};
+    const SHAPE: ImageShape = ImageShape { channels: 3, height: 32, width: 32 };
+    let data = DatasetSpec::Synthetic { train: 960, test: 16 }.load(SHAPE, 3).unwrap();
+    let norm = data.train.normalization();
+    let config = LoaderConfig { batch_size: 32, shuffle_seed: Some(1), augment: true, drop_last: true, prefetch: 2 };
+    let mut sgd = edgeloop_train::optim::Sgd::nesterov(0.9, 4e-5);
+    for batch in BatchLoader::new(std::sync::Arc::new(data.train), norm.clone(), config) {
+        let (x, y) = batch_tensors(&batch, SHAPE, tch::Device::Cpu);
+        assert!(weight_step(net, &mut sgd, &x, &y, &paths(), 0.05).is_finite());
+    }
+    let config = LoaderConfig { batch_size: 1, shuffle_seed: None, augment: false, drop_last: false, prefetch: 2 };
+    BatchLoader::new(std::sync::Arc::new(data.test), norm, config).map(|b| b.images).collect()
+}
+
 /// Writes NAME.onnx, NAME.input.bin and NAME.expected.bin for check_onnx.py.
 pub fn write_onnx_case(dir: &Path, name: &str, model: &[u8], input: &[f32], expected: &[f32]) {
     let raw = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();

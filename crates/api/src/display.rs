@@ -112,7 +112,12 @@ pub fn device_table(d: &DeviceInfo) -> String {
     let runtimes = d
         .runtimes
         .iter()
-        .map(|r| format!("{} {} [{}]", r.name, r.version, r.precisions.join(", ")))
+        .map(|r| {
+            // The reasons are in the JSON; the table only names what is not native.
+            let not_native = r.precisions_unavailable.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+            let not_native = if not_native.is_empty() { String::new() } else { format!("; not native: {not_native}") };
+            format!("{} {} [{}{not_native}]", r.name, r.version, r.precisions.join(", "))
+        })
         .collect::<Vec<_>>()
         .join("; ");
     let mut table = vec![

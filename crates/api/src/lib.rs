@@ -28,8 +28,13 @@ pub struct Health {
 pub struct RuntimeInfo {
     pub name: String,
     pub version: String,
-    /// Precisions this runtime executes natively on this device (e.g. "fp32", "int8").
+    /// Precisions this runtime executes natively on this device (e.g. "fp32", "int8"),
+    /// as the agent found out by running probe models.
     pub precisions: Vec<String>,
+    /// Precisions probed for but not executed natively here, with the reason
+    /// (no kernel, or run by converting to another type).
+    #[serde(default)]
+    pub precisions_unavailable: BTreeMap<String, String>,
 }
 
 /// A thermal zone found under `/sys/class/thermal`.

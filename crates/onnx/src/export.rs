@@ -100,7 +100,7 @@ impl Weights for RandomWeights {
 }
 
 /// The graph input's name, and its key among the activation ranges.
-pub(crate) const INPUT: &str = "input";
+pub const INPUT: &str = "input";
 
 fn nchw(shape: Shape) -> [Dim; 4] {
     [1.into(), shape.channels.into(), shape.height.into(), shape.width.into()]
@@ -241,7 +241,7 @@ impl Emitter<'_> {
 
 /// The bits `layer` at precision `at` reads its input with, when its first
 /// op is an integer one; 8 otherwise. Logits start with a float pool.
-pub(crate) fn input_bits(layer: &Layer, at: Precision) -> u8 {
+pub fn input_bits(layer: &Layer, at: Precision) -> u8 {
     match layer.kind {
         LayerKind::Logits => 8,
         _ => at.activation_bits().unwrap_or(8),

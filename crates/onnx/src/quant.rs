@@ -31,7 +31,7 @@ mod math;
 
 use std::collections::BTreeMap;
 
-use edgeloop_space::{Arch, ArchError, Space};
+use edgeloop_space::{Arch, ArchError, Layer, Space};
 use serde::{Deserialize, Serialize};
 
 pub use calibrate::{calibrate, random_input};
@@ -39,7 +39,7 @@ pub use math::{
     ActivationQuant, QuantizedWeights, default_weight_clip, max_abs, mse_optimal_clip, quantize_bias, quantize_weights,
 };
 
-use crate::export::{Activation, ConvSpec, Emitter, Linear, emit, graph_name, layer_names};
+use crate::export::{Activation, ConvSpec, Emitter, Linear, RandomWeights, emit, graph_name, layer_names};
 use crate::graph::conv_attrs;
 use crate::{Attr, ElemType, pb};
 
@@ -82,7 +82,7 @@ impl QuantPolicy {
     }
 
     /// Checks the policy against the layers it is for (`names`).
-    pub(crate) fn check(&self, names: &[String]) -> Result<(), QuantError> {
+    pub fn check(&self, names: &[String]) -> Result<(), QuantError> {
         if self.layers.len() != names.len() {
             return Err(QuantError::PolicyLength { policy: self.layers.len(), layers: names.len() });
         }
@@ -116,9 +116,9 @@ pub enum QuantForm {
 /// `classifier.features` for the pooled features; `classifier` for the logits.
 pub type ActivationRanges = BTreeMap<String, (f32, f32)>;
 
-/// Chooses the clip of one output channel: (weight tensor name, the
-/// channel's BN-folded weights, bits) → clip.
-pub type WeightClip<'a> = &'a dyn Fn(&str, &[f32], u8) -> f32;
+/// Chooses the clip of one output channel: (weight tensor name, output
+/// channel, the channel's BN-folded weights, bits) → clip.
+pub type WeightClip<'a> = &'a dyn Fn(&str, usize, &[f32], u8) -> f32;
 
 /// How to quantize an architecture.
 #[derive(Clone, Copy)]
@@ -192,6 +192,23 @@ pub fn quantized_arch_model(
     Ok(model)
 }
 
+/// Calibration inputs of [`quantized_layer_model`].
+const LAYER_CALIBRATION_INPUTS: u64 = 4;
+
+/// A model of `layer` alone at `precision` (QLinear form), for its row of a
+/// per-precision cost table: seeded random weights, activation ranges
+/// calibrated on seeded random inputs. What a layer costs does not depend
+/// on its weights' values, as with the fp32 [`crate::export::layer_model`].
+pub fn quantized_layer_model(layer: &Layer, precision: Precision, seed: u64) -> Result<pb::ModelProto, QuantError> {
+    let names = ["layer".to_string()];
+    let inputs: Vec<_> = (0..LAYER_CALIBRATION_INPUTS).map(|s| random_input(layer.input, seed ^ s)).collect();
+    let ranges = calibrate::calibrate_layers(layer.key(), &[*layer], &names, &mut RandomWeights::new(seed), &inputs)?;
+    let policy = QuantPolicy { layers: vec![precision] };
+    let quant = Quantization::new(&policy, &ranges);
+    let (model, _) = emit(layer.key(), &[*layer], &names, &mut RandomWeights::new(seed), &quant, QuantForm::QLinear)?;
+    Ok(model)
+}
+
 /// The integer half of the [`Emitter`]: quantized values and ops.
 impl Emitter<'_> {
     fn activation_quant(&self, key: &str, bits: u8, relu6: bool) -> Result<ActivationQuant, QuantError> {
@@ -245,7 +262,8 @@ impl Emitter<'_> {
     /// A conv's or linear's weights quantized at `bits`, with its bias in
     /// the units of the accumulator over `xq` inputs.
     fn int_params(&self, tensor: &str, (weight, bias): (&[f32], &[f32]), bits: u8, xq: ActivationQuant) -> IntParams {
-        let weights = quantize_weights(weight, bias.len(), bits, |row| (self.quant.weight_clip)(tensor, row, bits));
+        let weights =
+            quantize_weights(weight, bias.len(), bits, |o, row| (self.quant.weight_clip)(tensor, o, row, bits));
         let acc_scales: Vec<f32> = weights.scales.iter().map(|s| xq.scale * s).collect();
         IntParams { bias: quantize_bias(bias, &acc_scales), weights, acc_scales }
     }
@@ -446,6 +464,21 @@ mod tests {
             meta["layers"][0],
             serde_json::json!({"layer": "stem", "precision": "int", "weight_bits": 4, "activation_bits": 6})
         );
+    }
+
+    #[test]
+    fn every_layer_of_a_space_exports_alone_in_integers_and_runs() {
+        let space = Space::load("tiny", 1.0).unwrap();
+        for layer in space.all_layers() {
+            for precision in [Precision::INT8, Precision::Int { weight_bits: 4, activation_bits: 4 }] {
+                let model = quantized_layer_model(&layer, precision, 3).unwrap();
+                assert!(op_types(&model).iter().any(|op| op.ends_with("Integer") || op.starts_with("QLinear")));
+                let plan = tract_onnx::onnx().model_for_proto_model(&model).and_then(|m| m.into_runnable()).unwrap();
+                let s = layer.input;
+                let x = Tensor::from_shape(&[1, s.channels, s.height, s.width], &random_input(s, 1)).unwrap();
+                assert!(plan.run(tvec![x.into()]).is_ok(), "{}", layer.key());
+            }
+        }
     }
 
     /// Both forms compute the same function (tract; ONNX Runtime in the e2e

@@ -70,6 +70,26 @@ impl ConvBn {
         }
     }
 
+    /// The weight tensor's name (the exporter's and the activation ranges' key).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The conv's weights with inference BN folded in, and the bias that
+    /// folding gives: w·γ/√(σ²+ε) and β − μ·γ/√(σ²+ε), per output channel,
+    /// as the exporter folds them. Differentiable in w, γ and β.
+    pub fn folded(&self) -> (Tensor, Tensor) {
+        let scale = &self.gamma / (&self.running_var + BN_EPS).sqrt();
+        let weight = &self.weight * scale.view([-1, 1, 1, 1]);
+        let bias = &self.beta - &self.running_mean * &scale;
+        (weight, bias)
+    }
+
+    /// This layer's convolution (stride, padding, groups) with other weights.
+    pub fn conv_with(&self, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Tensor {
+        x.conv2d(weight, Some(bias), self.stride, self.padding, 1, self.groups)
+    }
+
     pub fn forward(&self, x: &Tensor, mode: BnMode) -> Tensor {
         let y = x.conv2d::<Tensor>(&self.weight, None, self.stride, self.padding, 1, self.groups);
         let (mean, var) = match mode {
@@ -95,9 +115,9 @@ pub fn relu6(x: &Tensor) -> Tensor {
 /// 1), k×k depthwise, 1×1 project. The identity shortcut is the caller's.
 #[derive(Debug)]
 pub struct MbConv {
-    expand: Option<ConvBn>,
-    depthwise: ConvBn,
-    project: ConvBn,
+    pub expand: Option<ConvBn>,
+    pub depthwise: ConvBn,
+    pub project: ConvBn,
 }
 
 impl MbConv {
@@ -127,6 +147,11 @@ impl MbConv {
     }
 }
 
+/// Global average pool: [N, C, H, W] → [N, C].
+pub fn pool(x: &Tensor) -> Tensor {
+    x.mean_dim(&[2i64, 3][..], false, None::<Kind>)
+}
+
 /// Global average pool + fully connected layer.
 #[derive(Debug)]
 pub struct Classifier {
@@ -147,7 +172,19 @@ impl Classifier {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.mean_dim(&[2i64, 3][..], false, None::<Kind>).linear(&self.weight, Some(&self.bias))
+        pool(x).linear(&self.weight, Some(&self.bias))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
     }
 
     pub fn params(&self, out: &mut Vec<Param>) {

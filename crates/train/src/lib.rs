@@ -5,11 +5,14 @@
 
 pub mod arch_params;
 pub mod checkpoint;
+pub mod ddpg;
 pub mod device;
 pub mod export;
+pub mod haq;
 pub mod layers;
 pub mod loss;
 pub mod optim;
+pub mod quant;
 pub mod supernet;
 pub mod trainer;
 

@@ -44,6 +44,18 @@ pub struct BlockProbe {
     pub output: Tensor,
 }
 
+/// One layer of a path, in the order of [`Arch::layers`] (`zero` ops have
+/// no layer): what a forward pass with other arithmetic (fake quantization)
+/// walks through.
+#[derive(Debug, Clone, Copy)]
+pub enum PathLayer<'a> {
+    /// Stem or head: conv + BN + ReLU6.
+    Conv(&'a ConvBn),
+    /// An MBConv's residual branch; the shortcut, if any, is the layer's `idskip`.
+    MbConv(&'a MbConv),
+    Classifier(&'a Classifier),
+}
+
 #[derive(Debug)]
 pub struct Supernet {
     space: Space,
@@ -198,6 +210,16 @@ impl Supernet {
                 })
                 .collect()
         })
+    }
+
+    /// The layers of the path `selection`, as [`Arch::layers`] lists them.
+    pub fn path_layers(&self, selection: &[usize]) -> Vec<PathLayer<'_>> {
+        let chosen = self.blocks.iter().zip(selection).filter_map(|(b, &i)| b.branches[i].as_ref());
+        [PathLayer::Conv(&self.stem), PathLayer::MbConv(&self.first)]
+            .into_iter()
+            .chain(chosen.map(PathLayer::MbConv))
+            .chain([PathLayer::Conv(&self.head), PathLayer::Classifier(&self.classifier)])
+            .collect()
     }
 
     /// The trainable tensors the path `selection` uses.

@@ -10,6 +10,7 @@
 
 #[cfg(feature = "ort")]
 mod ort;
+mod probe;
 mod tract;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use edgeloop_api::{OpTime, RuntimeInfo};
 
 #[cfg(feature = "ort")]
 pub use self::ort::{LibrarySource, OrtRuntime, OrtUnavailable};
+pub use self::probe::{Precision, PrecisionSupport, Probe};
 pub use self::tract::TractRuntime;
 use crate::inputs::InputTensor;
 
@@ -42,8 +44,15 @@ pub struct LoadOptions {
 pub trait Runtime: Send + Sync {
     fn name(&self) -> &'static str;
     fn version(&self) -> String;
-    /// Precisions this runtime executes natively on this machine.
+    /// Precisions this runtime executes natively on this machine. Found
+    /// out by loading probes ([`PrecisionSupport::probe`]), so the first
+    /// call takes a while; a runtime keeps the answer.
     fn precisions(&self) -> Vec<String>;
+    /// Why each precision a probe was tried for is not in
+    /// [`Runtime::precisions`].
+    fn precisions_unavailable(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
     /// Parses and optimises `model` for exactly these inputs; after this,
     /// `run` does nothing but inference.
     fn load(
@@ -197,7 +206,12 @@ impl Runtimes {
     pub fn infos(&self) -> Vec<RuntimeInfo> {
         self.available
             .values()
-            .map(|r| RuntimeInfo { name: r.name().into(), version: r.version(), precisions: r.precisions() })
+            .map(|r| RuntimeInfo {
+                name: r.name().into(),
+                version: r.version(),
+                precisions: r.precisions(),
+                precisions_unavailable: r.precisions_unavailable(),
+            })
             .collect()
     }
 

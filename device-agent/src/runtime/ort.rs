@@ -2,13 +2,13 @@
 //! library (e.g. the `libonnxruntime.so` of the onnxruntime Python wheel).
 //! Only its CPU execution provider is used.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, CString};
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use ::ort::environment::Environment;
@@ -17,8 +17,12 @@ use ::ort::session::{Session, SessionInputValue};
 use ::ort::value::{DynValue, PrimitiveTensorElementType, Tensor, TensorElementType, ValueType};
 use edgeloop_api::OpTime;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
-use super::{LoadOptions, LoadedModel, NodeTotal, OrtOptimization, OutputTensor, Runtime, RuntimeError, op_times};
+use super::{
+    LoadOptions, LoadedModel, NodeTotal, OrtOptimization, OutputTensor, Precision, PrecisionSupport, Probe, Runtime,
+    RuntimeError, op_times,
+};
 use crate::inputs::{InputData, InputTensor};
 
 /// Where the path of the library came from, for messages.
@@ -92,6 +96,8 @@ pub struct OrtRuntime {
     environment: Environment,
     version: String,
     optimization: OrtOptimization,
+    /// Probed on first use, for this runtime and its clones.
+    precisions: Arc<OnceLock<PrecisionSupport>>,
 }
 
 impl OrtRuntime {
@@ -114,7 +120,12 @@ impl OrtRuntime {
             None => load(&path, from)?,
         };
         let opened = if loaded.library == path {
-            Ok(OrtRuntime { environment: loaded.environment.clone(), version: loaded.version.clone(), optimization })
+            Ok(OrtRuntime {
+                environment: loaded.environment.clone(),
+                version: loaded.version.clone(),
+                optimization,
+                precisions: Arc::default(),
+            })
         } else {
             Err(OrtUnavailable::AlreadyLoaded { loaded: loaded.library.clone(), requested: path })
         };
@@ -141,6 +152,68 @@ impl OrtRuntime {
             .map_err(runtime_error)?
             .with_inter_threads(1)
             .map_err(runtime_error)
+    }
+
+    /// A session of `model` with ORT's profiler on, writing its trace into
+    /// `dir`. The profiler records every run of a session once enabled,
+    /// and slows it, so profiles get sessions of their own.
+    fn profiling_session(&self, model: &[u8], threads: usize, dir: &Path) -> Result<Session, RuntimeError> {
+        self.session_builder(threads)?
+            .with_profiling(dir.join("ort-profile"))
+            .map_err(runtime_error)?
+            .commit_from_memory(model)
+            .map_err(runtime_error)
+    }
+
+    fn precision_support(&self) -> &PrecisionSupport {
+        self.precisions.get_or_init(|| PrecisionSupport::probe(|probe| self.runs_natively(probe)))
+    }
+
+    /// Whether ORT runs `probe`'s conv in its precision. Its CPU execution
+    /// provider refuses at session creation a node whose type it has no
+    /// kernel for, except float16: for a float16 node without a float16
+    /// kernel it inserts casts (`InsertedPrecisionFreeCast_*`) and runs the
+    /// node in float, whatever the optimisation level. So the probe runs
+    /// once profiled, and the conv's inputs in the trace must have the
+    /// precision's type.
+    fn runs_natively(&self, probe: &Probe) -> Result<(), RuntimeError> {
+        let name = probe.precision.name();
+        let convs = self.probe_convs(probe)?;
+        if convs.is_empty() {
+            return Err(RuntimeError(format!("ONNX Runtime's profile of the {name} conv shows no conv node")));
+        }
+        let expected: &[&str] = match probe.precision {
+            Precision::Fp32 => &["float"],
+            Precision::Int8 => &["uint8", "int8"],
+            Precision::Fp16 => &["float16"],
+        };
+        for conv in convs {
+            match conv.input_type {
+                Some(ty) if expected.contains(&ty.as_str()) => {}
+                Some(ty) => {
+                    return Err(RuntimeError(format!(
+                        "ONNX Runtime converts the {name} conv and runs it in {ty} (node `{}`, {}): no {name} kernel \
+                         for it here",
+                        conv.node, conv.op_type
+                    )));
+                }
+                None => {
+                    return Err(RuntimeError(format!(
+                        "ONNX Runtime's profile does not give the input types of `{}`",
+                        conv.node
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The conv nodes of `probe` as one profiled run shows them.
+    fn probe_convs(&self, probe: &Probe) -> Result<Vec<ConvRun>, RuntimeError> {
+        let dir = tempfile::tempdir().map_err(|e| RuntimeError(format!("creating a dir for ORT's profile: {e}")))?;
+        let mut session = self.profiling_session(&probe.model, 1, dir.path())?;
+        let inputs = session_inputs(&session, &probe.inputs)?;
+        conv_input_types(&profiled_trace(&mut session, &inputs, 1)?)
     }
 }
 
@@ -236,9 +309,11 @@ impl Runtime for OrtRuntime {
     }
 
     fn precisions(&self) -> Vec<String> {
-        // What the CPU execution provider has kernels for: fp32, and int8
-        // through QLinearConv/QLinearMatMul/ConvInteger/MatMulInteger.
-        vec!["fp32".into(), "int8".into()]
+        self.precision_support().native.clone()
+    }
+
+    fn precisions_unavailable(&self) -> BTreeMap<String, String> {
+        self.precision_support().unavailable.clone()
     }
 
     fn load(
@@ -279,23 +354,10 @@ impl LoadedModel for OrtModel {
     }
 
     fn profile(&mut self, runs: NonZeroUsize) -> Result<Vec<OpTime>, RuntimeError> {
-        // ORT's profiler records every run of a session once enabled, and
-        // slows it, so it gets a session of its own, built like the measured
-        // one, writing its trace into a temp dir.
+        // Built like the measured session.
         let dir = tempfile::tempdir().map_err(|e| RuntimeError(format!("creating a dir for ORT's profile: {e}")))?;
-        let mut session = self
-            .runtime
-            .session_builder(self.threads)?
-            .with_profiling(dir.path().join("ort-profile"))
-            .map_err(runtime_error)?
-            .commit_from_memory(&self.model)
-            .map_err(runtime_error)?;
-        for _ in 0..PROFILE_WARMUP_RUNS + runs.get() {
-            session.run(self.inputs.as_slice()).map_err(runtime_error)?;
-        }
-        let trace_path = session.end_profiling().map_err(runtime_error)?;
-        let trace = std::fs::read_to_string(&trace_path)
-            .map_err(|e| RuntimeError(format!("reading ORT's profile {trace_path}: {e}")))?;
+        let mut session = self.runtime.profiling_session(&self.model, self.threads, dir.path())?;
+        let trace = profiled_trace(&mut session, &self.inputs, PROFILE_WARMUP_RUNS + runs.get())?;
         let KernelTimes { runs, totals } = kernel_times(&trace, PROFILE_WARMUP_RUNS)?;
         Ok(op_times(totals, runs))
     }
@@ -310,6 +372,19 @@ impl LoadedModel for OrtModel {
             })
             .collect()
     }
+}
+
+/// Runs a profiling session `runs` times and returns its trace.
+fn profiled_trace(
+    session: &mut Session,
+    inputs: &[SessionInputValue<'static>],
+    runs: usize,
+) -> Result<String, RuntimeError> {
+    for _ in 0..runs {
+        session.run(inputs).map_err(runtime_error)?;
+    }
+    let trace_path = session.end_profiling().map_err(runtime_error)?;
+    std::fs::read_to_string(&trace_path).map_err(|e| RuntimeError(format!("reading ORT's profile {trace_path}: {e}")))
 }
 
 /// The inputs as ORT values, in the order the session lists its inputs.
@@ -383,6 +458,40 @@ struct TraceEvent {
 #[derive(Deserialize, Default)]
 struct TraceArgs {
     op_name: Option<String>,
+    /// Each input's element type (ORT's names: `float`, `float16`,
+    /// `uint8`, …) with its shape: `[{"float": [1, 16, 8, 8]}, …]`.
+    #[serde(default)]
+    input_type_shape: Vec<BTreeMap<String, IgnoredAny>>,
+}
+
+fn trace_events(trace: &str) -> Result<Vec<TraceEvent>, RuntimeError> {
+    serde_json::from_str(trace).map_err(|e| RuntimeError(format!("unexpected ORT profile: {e}")))
+}
+
+/// A conv node as a trace shows it run.
+#[derive(Debug, PartialEq)]
+struct ConvRun {
+    node: String,
+    op_type: String,
+    /// The element type of its first input, the activations.
+    input_type: Option<String>,
+}
+
+/// Every conv node (Conv, QLinearConv, and ORT's fused and NCHWc forms:
+/// all end in `Conv`) a trace shows run, once each.
+fn conv_input_types(trace: &str) -> Result<Vec<ConvRun>, RuntimeError> {
+    let mut convs: Vec<ConvRun> = Vec::new();
+    for event in trace_events(trace)? {
+        let (Some(node), Some(op_type)) = (event.name.strip_suffix("_kernel_time"), event.args.op_name) else {
+            continue;
+        };
+        if event.cat != "Node" || !op_type.ends_with("Conv") || convs.iter().any(|c| c.node == node) {
+            continue;
+        }
+        let input_type = event.args.input_type_shape.first().and_then(|types| types.keys().next()).cloned();
+        convs.push(ConvRun { node: node.into(), op_type, input_type });
+    }
+    Ok(convs)
 }
 
 /// Per-node kernel times summed over the runs of a trace.
@@ -396,8 +505,7 @@ struct KernelTimes {
 /// event when it ends, so a run's node events come before its own
 /// `model_run` event.
 fn kernel_times(trace: &str, skip_runs: usize) -> Result<KernelTimes, RuntimeError> {
-    let events: Vec<TraceEvent> =
-        serde_json::from_str(trace).map_err(|e| RuntimeError(format!("unexpected ORT profile: {e}")))?;
+    let events = trace_events(trace)?;
     let mut totals: Vec<NodeTotal> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut finished_runs = 0;
@@ -502,6 +610,56 @@ mod tests {
         // loaded the real library first.
         assert!(matches!(err, OrtUnavailable::Load { .. } | OrtUnavailable::AlreadyLoaded { .. }), "{err}");
         assert!(err.to_string().contains("garbage.so"), "{err}");
+    }
+
+    #[test]
+    fn trace_conv_input_types() {
+        // A QLinearConv, and an fp16 Conv run by ORT 1.32 in float, trimmed.
+        let trace = r#"[
+            {"cat": "Node", "dur": 5, "name": "QLinearConv_2_kernel_time",
+             "args": {"op_name": "QLinearConv", "input_type_shape": [{"uint8": [1, 16, 8, 8]}, {"float": []}]}},
+            {"cat": "Node", "dur": 0, "name": "QLinearConv_2_fence_after", "args": {"op_name": "QLinearConv"}},
+            {"cat": "Node", "dur": 7, "name": "InsertedPrecisionFreeCast_yh_nchwc_kernel_time",
+             "args": {"op_name": "Conv", "input_type_shape": [{"float": [1, 16, 8, 8]}, {"float": [16, 16, 3, 3]}]}},
+            {"cat": "Node", "dur": 1, "name": "Cast_3_kernel_time",
+             "args": {"op_name": "Cast", "input_type_shape": [{"float": [1, 16, 8, 8]}]}},
+            {"cat": "Node", "dur": 5, "name": "QLinearConv_2_kernel_time",
+             "args": {"op_name": "QLinearConv", "input_type_shape": [{"uint8": [1, 16, 8, 8]}]}},
+            {"cat": "Node", "dur": 3, "name": "Conv_4_kernel_time", "args": {"op_name": "Conv"}},
+            {"cat": "Session", "dur": 194, "name": "model_run", "args": {}}
+        ]"#;
+        let run = |node: &str, op_type: &str, input_type: Option<&str>| ConvRun {
+            node: node.into(),
+            op_type: op_type.into(),
+            input_type: input_type.map(Into::into),
+        };
+        assert_eq!(
+            conv_input_types(trace).unwrap(),
+            [
+                run("QLinearConv_2", "QLinearConv", Some("uint8")),
+                run("InsertedPrecisionFreeCast_yh_nchwc", "Conv", Some("float")),
+                run("Conv_4", "Conv", None),
+            ]
+        );
+        // The profile as a whole still reads.
+        assert_eq!(kernel_times(trace, 0).unwrap().totals.len(), 4);
+    }
+
+    #[test]
+    fn probing_finds_fp32_and_int8_native_and_fp16_converted() {
+        let ort = venv_ort(OrtOptimization::All);
+        let native = ort.precisions();
+        assert!(native.starts_with(&["fp32".into(), "int8".into()]), "{native:?}: {:#?}", ort.precisions_unavailable());
+        // ORT's x86 CPU provider has no float16 conv, and casts to float.
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(ort.precisions(), ["fp32", "int8"]);
+            let fp16 = &ort.precisions_unavailable()["fp16"];
+            assert!(fp16.starts_with("ONNX Runtime converts the fp16 conv and runs it in float"), "{fp16}");
+        }
+        // The fp32 conv judged as fp16: it runs in float.
+        let fp32_as_fp16 = Probe { precision: Precision::Fp16, ..Probe::new(Precision::Fp32) };
+        let reason = ort.runs_natively(&fp32_as_fp16).unwrap_err().0;
+        assert!(reason.starts_with("ONNX Runtime converts the fp16 conv and runs it in float"), "{reason}");
     }
 
     /// The venv's ONNX Runtime (scripts/setup.sh installs it).

@@ -1,18 +1,24 @@
 //! tract (pure Rust) runtime.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use edgeloop_api::OpTime;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::konst::Const;
+use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 use tract_onnx::tract_core::ops::source::TypedSource;
 use tract_onnx::tract_core::plan;
 use tract_onnx::tract_core::runtime::RunOptions;
+use tract_onnx::tract_core::tract_linalg::mmm::MatMatMul;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
-use super::{LoadOptions, LoadedModel, NodeTotal, OutputTensor, Runtime, RuntimeError, op_times};
+use super::{
+    LoadOptions, LoadedModel, NodeTotal, OutputTensor, Precision, PrecisionSupport, Probe, Runtime, RuntimeError,
+    op_times,
+};
 use crate::inputs::{InputData, InputTensor};
 
 pub struct TractRuntime;
@@ -34,13 +40,11 @@ impl Runtime for TractRuntime {
     }
 
     fn precisions(&self) -> Vec<String> {
-        // tract runs QLinearConv/QLinearMatMul in int8 everywhere; f16 kernels
-        // exist only on aarch64 with the fp16 extension.
-        let mut p = vec!["fp32".to_string(), "int8".to_string()];
-        if cfg!(target_arch = "aarch64") {
-            p.push("fp16".into());
-        }
-        p
+        precision_support().native.clone()
+    }
+
+    fn precisions_unavailable(&self) -> BTreeMap<String, String> {
+        precision_support().unavailable.clone()
     }
 
     fn load(
@@ -49,19 +53,74 @@ impl Runtime for TractRuntime {
         inputs: &[InputTensor],
         options: LoadOptions,
     ) -> Result<Box<dyn LoadedModel>, RuntimeError> {
-        let mut model = tract_onnx::onnx().model_for_read(&mut &*model).map_err(runtime_error)?;
-        for (ix, input) in inputs.iter().enumerate() {
-            let fact = InferenceFact::dt_shape(datum_type(&input.data), input.shape.clone());
-            model.set_input_fact(ix, fact).map_err(runtime_error)?;
-        }
         let executor =
             if options.threads > 1 { Executor::multithread(options.threads) } else { Executor::SingleThread };
         let run_options = RunOptions { executor: Some(executor), ..Default::default() };
-        let plan =
-            model.into_optimized().and_then(|m| m.into_runnable_with_options(&run_options)).map_err(runtime_error)?;
+        let plan = optimized(model, inputs)?.into_runnable_with_options(&run_options).map_err(runtime_error)?;
         let state = plan.spawn().map_err(runtime_error)?;
         let inputs = inputs.iter().map(to_tvalue).collect::<Result<_, _>>()?;
         Ok(Box::new(TractModel { state, inputs }))
+    }
+}
+
+/// `model` parsed and optimised for exactly these inputs.
+fn optimized(model: &[u8], inputs: &[InputTensor]) -> Result<TypedModel, RuntimeError> {
+    let mut model = tract_onnx::onnx().model_for_read(&mut &*model).map_err(runtime_error)?;
+    for (ix, input) in inputs.iter().enumerate() {
+        let fact = InferenceFact::dt_shape(datum_type(&input.data), input.shape.clone());
+        model.set_input_fact(ix, fact).map_err(runtime_error)?;
+    }
+    model.into_optimized().map_err(runtime_error)
+}
+
+/// Probed once per process: the answer depends on the CPU and this build only.
+fn precision_support() -> &'static PrecisionSupport {
+    static SUPPORT: OnceLock<PrecisionSupport> = OnceLock::new();
+    SUPPORT.get_or_init(|| PrecisionSupport::probe(runs_natively))
+}
+
+/// Whether tract runs `probe`'s conv in its precision: the optimised conv
+/// is a matrix product whose kernel (tract-linalg's, picked for this CPU)
+/// accumulates in the precision's type, in hardware. tract would as well
+/// run a conv converted (f16 operands packed for an f32 kernel), or on its
+/// generic f16 kernel, which emulates f16 arithmetic op by op where the CPU
+/// has none: neither is native.
+fn runs_natively(probe: &Probe) -> Result<(), RuntimeError> {
+    let plan = optimized(&probe.model, &probe.inputs).and_then(|m| m.into_runnable().map_err(runtime_error))?;
+    let inputs = probe.inputs.iter().map(to_tvalue).collect::<Result<_, _>>()?;
+    plan.run(inputs).map_err(runtime_error)?;
+    let kernels: Vec<&dyn MatMatMul> = plan
+        .model()
+        .nodes
+        .iter()
+        .filter_map(|node| node.op_as::<OptMatMul>())
+        .flat_map(|op| op.mmm.iter().map(|k| &**k))
+        .collect();
+    if kernels.is_empty() {
+        return Err(RuntimeError(format!(
+            "tract runs the {} conv without a matrix product kernel",
+            probe.precision.name()
+        )));
+    }
+    let accumulator = match probe.precision {
+        Precision::Fp32 => f32::datum_type(),
+        Precision::Int8 => i32::datum_type(),
+        Precision::Fp16 => f16::datum_type(),
+    };
+    match kernels.iter().find(|k| k.internal_type() != accumulator || k.emulated()) {
+        None => Ok(()),
+        Some(k) if k.emulated() => Err(RuntimeError(format!(
+            "tract runs the {} conv on its kernel {}, which emulates {:?} arithmetic on this CPU",
+            probe.precision.name(),
+            k.name(),
+            k.internal_type()
+        ))),
+        Some(k) => Err(RuntimeError(format!(
+            "tract runs the {} conv on its kernel {}, in {:?} arithmetic",
+            probe.precision.name(),
+            k.name(),
+            k.internal_type()
+        ))),
     }
 }
 
@@ -186,6 +245,33 @@ mod tests {
             let shares: f64 = ops.iter().map(|op| op.share).sum();
             assert!((shares - 1.0).abs() < 1e-9, "shares sum to {shares}");
         }
+    }
+
+    #[test]
+    fn fp32_and_int8_convs_run_natively() {
+        let support = precision_support();
+        assert!(support.native.starts_with(&["fp32".into(), "int8".into()]), "{support:#?}");
+        assert!(!support.unavailable.contains_key("fp32") && !support.unavailable.contains_key("int8"));
+        // tract's only f16 kernels on x86_64 are its generic ones, which
+        // emulate f16 where the CPU has no f16 arithmetic (all but aarch64
+        // with FEAT_FP16, which has kernels of its own).
+        let fp16 = support.native.iter().any(|p| p == "fp16");
+        assert_eq!(fp16, tract_onnx::tract_core::tract_linalg::has_fp16(), "{support:#?}");
+        if !fp16 {
+            let reason = &support.unavailable["fp16"];
+            assert!(reason.contains("generic_f16") && reason.contains("emulates F16 arithmetic"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn a_conv_in_another_arithmetic_is_not_native() {
+        // The fp32 conv, judged as int8: its kernel accumulates in f32.
+        let fp32_as_int8 = Probe { precision: Precision::Int8, ..Probe::new(Precision::Fp32) };
+        let reason = runs_natively(&fp32_as_int8).unwrap_err().0;
+        assert!(
+            reason.starts_with("tract runs the int8 conv on its kernel ") && reason.ends_with("in F32 arithmetic"),
+            "{reason}"
+        );
     }
 
     #[test]

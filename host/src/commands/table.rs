@@ -7,7 +7,8 @@ use std::time::SystemTime;
 use edgeloop_api::MeasureRequest;
 use edgeloop_onnx::encode;
 use edgeloop_onnx::export::{RandomWeights, identity_model, layer_model};
-use edgeloop_space::{Shape, Space};
+use edgeloop_onnx::quant::{Precision, quantized_layer_model};
+use edgeloop_space::{Layer, Shape, Space};
 
 use crate::client::{AgentClient, ClientError};
 use crate::predict::Prediction;
@@ -33,6 +34,12 @@ pub enum BuildError {
 
     #[error("the agent at {url} has no runtime `{runtime}` (it has: {available})")]
     NoRuntime { url: String, runtime: String, available: String },
+
+    #[error(
+        "runtime `{runtime}` of the agent at {url} does not run {precision} natively (it runs: {native}); \
+         its {precision} layers would cost what it falls back to"
+    )]
+    NotNative { url: String, runtime: String, precision: TablePrecision, native: String },
 
     #[error("the agent at {url} measured no energy for {key}: {reason}")]
     NoEnergy { url: String, key: String, reason: String },
@@ -60,39 +67,104 @@ pub struct BuildReport {
     pub measured: usize,
 }
 
-/// `latency-tables/<device_id>--<runtime>--<space>.csv` (`…--energy.csv`
-/// for a table with energy columns), with characters that do not belong in
-/// a file name replaced by `_`.
-pub fn default_path(device_id: &str, runtime: &str, space: &str, energy: bool) -> PathBuf {
+/// The arithmetic of a table's layer rows: the precisions a runtime
+/// executes natively (sub-8-bit integer layers run on the int8 kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TablePrecision {
+    /// Float layers, as exported by `edgeloop export`.
+    Fp32,
+    /// Integer layers (QLinearConv / MatMulInteger, uint8 activations, int8 weights).
+    Int8,
+}
+
+impl TablePrecision {
+    /// The table a layer at `precision` is priced from.
+    pub fn of(precision: Precision) -> TablePrecision {
+        match precision {
+            Precision::Fp32 => TablePrecision::Fp32,
+            Precision::Int { .. } => TablePrecision::Int8,
+        }
+    }
+
+    /// As `/v1/info` lists it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TablePrecision::Fp32 => "fp32",
+            TablePrecision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for TablePrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `latency-tables/<device_id>--<runtime>--<space>.csv` (`…--int8.csv` for
+/// integer layers, `…--energy.csv` for a table with energy columns), with
+/// characters that do not belong in a file name replaced by `_`.
+pub fn default_path(device_id: &str, runtime: &str, space: &str, energy: bool, precision: TablePrecision) -> PathBuf {
     let part = |s: &str| s.replace(|c: char| !(c.is_ascii_alphanumeric() || "._-".contains(c)), "_");
-    let suffix = if energy { "--energy" } else { "" };
-    Path::new(TABLES_DIR).join(format!("{}--{}--{}{suffix}.csv", part(device_id), part(runtime), part(space)))
+    let int8 = if precision == TablePrecision::Int8 { "--int8" } else { "" };
+    let energy = if energy { "--energy" } else { "" };
+    let name = format!("{}--{}--{}{int8}{energy}.csv", part(device_id), part(runtime), part(space));
+    Path::new(TABLES_DIR).join(name)
 }
 
 /// Every row `space` needs: the overhead row first, then each distinct layer.
 pub fn targets(space: &Space) -> Vec<Target> {
-    let overhead = Target::Overhead(Shape::input(&space.spec.input));
-    std::iter::once(overhead).chain(space.all_layers().into_iter().map(Target::Layer)).collect()
+    with_overhead(Shape::input(&space.spec.input), space.all_layers())
+}
+
+/// The overhead row of `input`, then a row per layer.
+fn with_overhead(input: Shape, layers: impl IntoIterator<Item = Layer>) -> Vec<Target> {
+    std::iter::once(Target::Overhead(input)).chain(layers.into_iter().map(Target::Layer)).collect()
 }
 
 /// The single-model ONNX of a row. Weights are seeded per model, so a row
-/// does not depend on which rows were built before it.
-fn target_model(target: &Target) -> Vec<u8> {
-    match target {
-        Target::Layer(layer) => encode(&layer_model(layer, &mut RandomWeights::new(0))),
-        Target::Overhead(input) => encode(&identity_model(*input)),
+/// does not depend on which rows were built before it. The overhead row is
+/// the same in every precision: an int8 layer's row includes the
+/// quantization of its input and the dequantization of its output.
+fn target_model(target: &Target, precision: TablePrecision) -> Vec<u8> {
+    match (target, precision) {
+        (Target::Layer(layer), TablePrecision::Fp32) => encode(&layer_model(layer, &mut RandomWeights::new(0))),
+        (Target::Layer(layer), TablePrecision::Int8) => encode(
+            &quantized_layer_model(layer, Precision::INT8, 0).expect("a layer model reads only its own calibration"),
+        ),
+        (Target::Overhead(input), _) => encode(&identity_model(*input)),
     }
+}
+
+/// The rows of a network of `layers`: the overhead row of its input first.
+pub fn layer_targets(layers: &[Layer]) -> Vec<Target> {
+    with_overhead(layers[0].input, layers.iter().copied())
 }
 
 /// Measures every row of `space` missing from the table at `out` (default:
 /// [`default_path`] for the agent's device) on the agent behind `client`,
 /// appending each row as soon as it is measured, with a progress bar on
 /// stderr. `template` gives the runtime, threads and run counts, and with
-/// `energy` set builds a table with energy columns.
+/// `energy` set builds a table with energy columns; `precision` the
+/// arithmetic of the layer models.
 pub async fn build(
     client: &AgentClient,
     space: &Space,
     template: &MeasureRequest,
+    precision: TablePrecision,
+    out: Option<&Path>,
+) -> Result<BuildReport, BuildError> {
+    build_targets(client, space.name(), targets(space), template, precision, out).await
+}
+
+/// [`build`] for the rows `targets` only (of a space named `space`).
+pub async fn build_targets(
+    client: &AgentClient,
+    space: &str,
+    targets: Vec<Target>,
+    template: &MeasureRequest,
+    precision: TablePrecision,
     out: Option<&Path>,
 ) -> Result<BuildReport, BuildError> {
     let url = client.base_url().to_string();
@@ -101,25 +173,30 @@ pub async fn build(
         let available = info.runtimes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ");
         return Err(BuildError::NoRuntime { url, runtime: template.runtime.clone(), available });
     };
+    if !runtime.precisions.iter().any(|p| p == precision.name()) {
+        let (runtime, native) = (runtime.name.clone(), runtime.precisions.join(", "));
+        return Err(BuildError::NotNative { url, runtime, precision, native });
+    }
     let provenance = Provenance {
         device_id: info.device_id.clone(),
         runtime: runtime.name.clone(),
         runtime_version: runtime.version.clone(),
         threads: template.threads,
     };
-    let path = out
-        .map_or_else(|| default_path(&info.device_id, &runtime.name, space.name(), template.energy), Path::to_path_buf);
+    let path = out.map_or_else(
+        || default_path(&info.device_id, &runtime.name, space, template.energy, precision),
+        Path::to_path_buf,
+    );
     let mut writer = TableWriter::open(&path, template.energy)?;
     writer.check_provenance(&provenance)?;
 
-    let targets = targets(space);
     let todo: Vec<Target> = targets.iter().filter(|t| !writer.table().contains(&t.key())).copied().collect();
     let bar = crate::progress::bar(todo.len(), "rows");
     for target in &todo {
         let key = target.key();
         bar.set_message(key.clone());
         let (_, measurement) = client
-            .upload_and_measure(&target_model(target), template)
+            .upload_and_measure(&target_model(target, precision), template)
             .await
             .map_err(|source| BuildError::Measure { key: key.clone(), source })?;
         if template.energy && measurement.energy.is_none() {
@@ -161,16 +238,20 @@ mod tests {
     #[test]
     fn default_paths_are_safe_file_names() {
         assert_eq!(
-            default_path("x86_64-intel-core-i7-1a2b3c4d", "tract", "tiny", false),
+            default_path("x86_64-intel-core-i7-1a2b3c4d", "tract", "tiny", false, TablePrecision::Fp32),
             Path::new("latency-tables/x86_64-intel-core-i7-1a2b3c4d--tract--tiny.csv")
         );
         assert_eq!(
-            default_path("my phone/1", "tract", "../x", false),
+            default_path("my phone/1", "tract", "../x", false, TablePrecision::Fp32),
             Path::new("latency-tables/my_phone_1--tract--.._x.csv")
         );
         assert_eq!(
-            default_path("pi4", "tract", "tiny", true),
+            default_path("pi4", "tract", "tiny", true, TablePrecision::Fp32),
             Path::new("latency-tables/pi4--tract--tiny--energy.csv")
+        );
+        assert_eq!(
+            default_path("pi4", "ort", "tiny", true, TablePrecision::Int8),
+            Path::new("latency-tables/pi4--ort--tiny--int8--energy.csv")
         );
     }
 
@@ -181,16 +262,19 @@ mod tests {
         assert_eq!(targets[0].key(), "Overhead-input:32x32x3");
         assert_eq!(targets.len(), space.all_layers().len() + 1);
         // Each row's model takes that row's input.
-        for t in [targets[0], targets[1]] {
+        for (t, precision) in [targets[0], targets[1]]
+            .into_iter()
+            .flat_map(|t| [TablePrecision::Fp32, TablePrecision::Int8].map(|p| (t, p)))
+        {
             let input = match t {
                 Target::Layer(layer) => layer.input,
                 Target::Overhead(input) => input,
             };
-            let model = edgeloop_onnx::decode(&target_model(&t)).unwrap();
+            let model = edgeloop_onnx::decode(&target_model(&t, precision)).unwrap();
             let dims = &edgeloop_onnx::declared_inputs(&model).unwrap()[0].dims;
             let expected: Vec<edgeloop_onnx::Dim> =
                 [1, input.channels, input.height, input.width].into_iter().map(Into::into).collect();
-            assert_eq!(dims, &expected, "{}", t.key());
+            assert_eq!(dims, &expected, "{} {precision}", t.key());
         }
     }
 

@@ -39,6 +39,7 @@ pub use cache::{CachedMeasurement, MeasurementCache};
 pub use pool::DevicePool;
 pub use result::{SearchResult, render_summary};
 pub use run_dir::{EpochRow, RunDir};
+pub use state::{Trainable, TrainedRun, load_trained};
 
 use crate::calibrate::Calibration;
 use crate::client::AgentClient;
@@ -189,7 +190,7 @@ pub struct Data {
 }
 
 impl Data {
-    fn load(settings: &SearchSettings, space: &Space) -> anyhow::Result<Data> {
+    pub fn load(settings: &SearchSettings, space: &Space) -> anyhow::Result<Data> {
         let spec: DatasetSpec = settings.dataset.parse()?;
         let input = &space.spec.input;
         let shape = ImageShape { channels: input.channels, height: input.height, width: input.width };
@@ -216,12 +217,12 @@ impl Data {
         })
     }
 
-    fn loader(&self, split: &Arc<Split>, batch_size: usize, shuffle: Option<u64>, augment: bool) -> BatchLoader {
+    pub fn loader(&self, split: &Arc<Split>, batch_size: usize, shuffle: Option<u64>, augment: bool) -> BatchLoader {
         let config = LoaderConfig { batch_size, shuffle_seed: shuffle, augment, drop_last: false, prefetch: 4 };
         BatchLoader::new(split.clone(), self.norm.clone(), config)
     }
 
-    fn eval_loader(&self, split: &Arc<Split>) -> BatchLoader {
+    pub fn eval_loader(&self, split: &Arc<Split>) -> BatchLoader {
         self.loader(split, 256, None, false)
     }
 }

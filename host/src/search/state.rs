@@ -186,6 +186,43 @@ pub fn load_or_new_final(
     Ok((model, state))
 }
 
+/// A search run's retrained network, from its final checkpoint.
+pub struct TrainedRun {
+    pub settings: SearchSettings,
+    pub space: Space,
+    pub arch: Arch,
+    pub model: Trainable,
+}
+
+/// The network `edgeloop search --out run` trained last, on `device`; an
+/// error unless its final training finished.
+pub fn load_trained(run: &Path, device: Device) -> anyhow::Result<TrainedRun> {
+    let path = super::RunDir::new(run).final_checkpoint();
+    if !path.exists() {
+        anyhow::bail!(
+            "{} holds no trained network ({} is missing): run `edgeloop search --out {}` first",
+            run.display(),
+            path.display(),
+            run.display()
+        );
+    }
+    let (saved, meta) = checkpoint::load(&path)?;
+    let state: FinalState =
+        serde_json::from_str(&meta).with_context(|| format!("checkpoint {}: unreadable state", path.display()))?;
+    ensure!(
+        state.epochs_done == state.settings.final_epochs,
+        "the search in {} stopped after {} of {} final epochs: finish it with `edgeloop search --resume` first",
+        run.display(),
+        state.epochs_done,
+        state.settings.final_epochs
+    );
+    let space = Space::load(&state.settings.space, state.settings.width)?;
+    let arch = state.decision.chosen;
+    let mut model = Trainable::new(&space, Some(&arch), &state.settings, device)?;
+    model.restore(&saved, &path)?;
+    Ok(TrainedRun { settings: state.settings, space, arch, model })
+}
+
 /// The decision a final checkpoint was made for, if there is one.
 pub fn saved_decision(path: &Path) -> anyhow::Result<Option<Decision>> {
     if !path.exists() {

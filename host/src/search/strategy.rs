@@ -68,8 +68,9 @@ pub async fn ensure_table(
         energy,
         ..table_cmd::default_request()
     };
-    let path = table_cmd::default_path(&info.device_id, &settings.runtime, space.name(), energy);
-    let report = table_cmd::build(client, space, &template, Some(&path)).await?;
+    let fp32 = table_cmd::TablePrecision::Fp32;
+    let path = table_cmd::default_path(&info.device_id, &settings.runtime, space.name(), energy, fp32);
+    let report = table_cmd::build(client, space, &template, fp32, Some(&path)).await?;
     if report.measured > 0 {
         eprintln!("latency table {}: measured {} missing rows", path.display(), report.measured);
     }

@@ -1,6 +1,6 @@
 //! Activation ranges from the fp32 model, run in tract.
 
-use edgeloop_space::{Arch, Shape, Space};
+use edgeloop_space::{Arch, Layer, Shape, Space};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tract_onnx::prelude::*;
@@ -34,8 +34,18 @@ pub fn calibrate(
     weights: &mut dyn Weights,
     inputs: &[Vec<f32>],
 ) -> Result<ActivationRanges, QuantError> {
-    let layers = arch.layers(space)?;
-    let (model, activations) = fp32_model(graph_name(space, arch), &layers, &layer_names(space, arch), weights);
+    calibrate_layers(graph_name(space, arch), &arch.layers(space)?, &layer_names(space, arch), weights, inputs)
+}
+
+/// [`calibrate`] for any chain of `layers` named `names`.
+pub(crate) fn calibrate_layers(
+    graph_name: String,
+    layers: &[Layer],
+    names: &[String],
+    weights: &mut dyn Weights,
+    inputs: &[Vec<f32>],
+) -> Result<ActivationRanges, QuantError> {
+    let (model, activations) = fp32_model(graph_name, layers, names, weights);
     let plan = tract_onnx::onnx()
         .model_for_proto_model(&model)
         .and_then(|mut m| {

@@ -65,11 +65,16 @@ pub struct QuantizedWeights {
 }
 
 /// Quantizes `weight` (`channels` output channels, each a contiguous row)
-/// symmetrically, channel `o` clipped at `clip(row o)`:
+/// symmetrically, channel `o` clipped at `clip(o, row o)`:
 /// scale = clip / (2^(b−1) − 1), code = clamp(round(w / scale), ±(2^(b−1) − 1)).
-pub fn quantize_weights(weight: &[f32], channels: usize, bits: u8, clip: impl Fn(&[f32]) -> f32) -> QuantizedWeights {
+pub fn quantize_weights(
+    weight: &[f32],
+    channels: usize,
+    bits: u8,
+    clip: impl Fn(usize, &[f32]) -> f32,
+) -> QuantizedWeights {
     let rows = weight.chunks(weight.len() / channels);
-    let scales: Vec<f32> = rows.clone().map(|row| weight_scale(clip(row), bits)).collect();
+    let scales: Vec<f32> = rows.clone().enumerate().map(|(o, row)| weight_scale(clip(o, row), bits)).collect();
     let codes =
         rows.zip(&scales).flat_map(|(row, &s)| row.iter().map(move |&w| weight_code(w, s, bits) as i8)).collect();
     QuantizedWeights { codes, scales }
@@ -106,8 +111,8 @@ pub fn mse_optimal_clip(weights: &[f32], bits: u8) -> f32 {
 /// The exporter's default weight clip: [`mse_optimal_clip`] below 8 bits,
 /// max |w| at 8, where the step is already fine and clipping only loses the
 /// outliers. Arguments as [`Quantization::weight_clip`](super::Quantization) takes them.
-pub fn default_weight_clip(_tensor: &str, channel: &[f32], bits: u8) -> f32 {
-    if bits < 8 { mse_optimal_clip(channel, bits) } else { max_abs(channel) }
+pub fn default_weight_clip(_tensor: &str, _channel: usize, row: &[f32], bits: u8) -> f32 {
+    if bits < 8 { mse_optimal_clip(row, bits) } else { max_abs(row) }
 }
 
 #[cfg(test)]
@@ -136,13 +141,13 @@ mod tests {
     fn weights_are_symmetric_per_channel_by_hand() {
         // Channel 0 at 4 bits: max 1.4, scale 0.2, codes ±7. Channel 1 is all zeros.
         let w = [0.25, -1.4, 0.52, 0.0, 0.0, 0.0];
-        let q = quantize_weights(&w, 2, 4, max_abs);
+        let q = quantize_weights(&w, 2, 4, |_, row| max_abs(row));
         assert_eq!(q.scales, vec![1.4 / 7.0, 1.0]);
         assert_eq!(q.codes, vec![1, -7, 3, 0, 0, 0]);
         // A clip below max |w| saturates at ±(2^(b−1) − 1); 2 bits are ternary.
-        let q = quantize_weights(&[0.9, -0.2, -3.0], 1, 2, |_| 1.0);
+        let q = quantize_weights(&[0.9, -0.2, -3.0], 1, 2, |_, _| 1.0);
         assert_eq!(q.codes, vec![1, 0, -1]);
-        let q = quantize_weights(&[1.0, -1.0], 1, 8, max_abs);
+        let q = quantize_weights(&[1.0, -1.0], 1, 8, |_, row| max_abs(row));
         assert_eq!(q.codes, vec![127, -127]);
     }
 
@@ -162,6 +167,6 @@ mod tests {
             let (best, at_max) = (quantization_error(&w, clip, bits), quantization_error(&w, max_abs(&w), bits));
             assert!(clip < max_abs(&w) && best < 0.9 * at_max, "{bits} bits: {best} vs {at_max} at max");
         }
-        assert_eq!(default_weight_clip("w", &w, 8), max_abs(&w));
+        assert_eq!(default_weight_clip("w", 0, &w, 8), max_abs(&w));
     }
 }

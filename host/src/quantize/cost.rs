@@ -1,0 +1,259 @@
+//! What a quantization policy costs: model size (computed), or latency /
+//! energy on the device — predicted from its per-precision tables with a
+//! correction fitted on whole-policy measurements, and measured through its
+//! agent (cached, so a resumed search never measures a policy twice).
+
+use anyhow::Context as _;
+use edgeloop_api::MeasureRequest;
+use edgeloop_onnx::quant::{Precision, QuantPolicy};
+use edgeloop_space::{Arch, Layer, Space};
+use edgeloop_train::haq::layer_params;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{AgentClient, sha256_hex};
+use crate::commands::table::TablePrecision;
+use crate::predict::Predictor;
+use crate::search::{CachedMeasurement, MeasurementCache};
+use crate::table::LatencyTable;
+
+/// The budget of a quantization search.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Constraint {
+    /// p50 latency on the device, ms.
+    LatencyMs(f64),
+    /// Energy per inference above idle on the device, mJ.
+    EnergyMj(f64),
+    /// Weights' storage Σ bits·params, kB (1000 bytes).
+    SizeKb(f64),
+}
+
+impl Constraint {
+    pub fn limit(self) -> f64 {
+        match self {
+            Constraint::LatencyMs(v) | Constraint::EnergyMj(v) | Constraint::SizeKb(v) => v,
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Constraint::LatencyMs(_) => "ms",
+            Constraint::EnergyMj(_) => "mJ",
+            Constraint::SizeKb(_) => "kB",
+        }
+    }
+
+    /// `latency`, `energy` or `size`.
+    pub fn metric(self) -> &'static str {
+        match self {
+            Constraint::LatencyMs(_) => "latency",
+            Constraint::EnergyMj(_) => "energy",
+            Constraint::SizeKb(_) => "size",
+        }
+    }
+
+    /// Judged on a device measurement (not computed from the policy).
+    pub fn on_device(self) -> bool {
+        !matches!(self, Constraint::SizeKb(_))
+    }
+}
+
+/// Storage of the weights of `layers` under `policy`, kB: Σ bits·params / 8
+/// / 1000, fp32 layers at 32 bits (DESIGN §9's model-size cost; scales and
+/// zero points, one per channel, are left out as HAQ leaves them out).
+pub fn size_kb(layers: &[Layer], policy: &QuantPolicy) -> f64 {
+    let bits = |p: Precision| match p {
+        Precision::Fp32 => 32.0,
+        Precision::Int { weight_bits, .. } => f64::from(weight_bits),
+    };
+    layers.iter().zip(&policy.layers).map(|(l, &p)| bits(p) * layer_params(l) as f64).sum::<f64>() / 8.0 / 1000.0
+}
+
+/// One policy measured as a whole on the device, against the tables' sum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableCheck {
+    pub policy: String,
+    /// Overhead + Σ layer rows, uncorrected.
+    pub table_sum: f64,
+    pub measured: f64,
+}
+
+/// Latency or energy of a policy predicted from the device's fp32 and int8
+/// tables: overhead + k·Σ (row of the layer's precision − overhead), k fitted
+/// on whole policies measured on the device (as `table calibrate` fits it
+/// for architectures: single-layer models run a little differently from
+/// the same layers inside a network).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyCosts {
+    overhead: f64,
+    /// Per layer: its row net of the overhead, per table precision.
+    fp32: Vec<f64>,
+    int8: Vec<f64>,
+    scale: f64,
+}
+
+impl PolicyCosts {
+    /// From the tables (`energy`: their energy columns instead of latency).
+    pub fn from_tables(
+        space: &Space,
+        arch: &Arch,
+        fp32: &LatencyTable,
+        int8: &LatencyTable,
+        energy: bool,
+    ) -> anyhow::Result<PolicyCosts> {
+        let predictor = |t| if energy { Predictor::energy(t) } else { Ok(Predictor::new(t)) };
+        let (p32, p8) = (predictor(fp32)?, predictor(int8)?);
+        let overhead = p32.overhead_ms(space)?;
+        let layers = arch.layers(space)?;
+        let rows = |p: &Predictor| layers.iter().map(|l| p.layer_ms(l, overhead)).collect::<Result<Vec<_>, _>>();
+        Ok(PolicyCosts { overhead, fp32: rows(&p32)?, int8: rows(&p8)?, scale: 1.0 })
+    }
+
+    fn layer_sum(&self, policy: &QuantPolicy) -> f64 {
+        let row = |(i, &p): (usize, &Precision)| match TablePrecision::of(p) {
+            TablePrecision::Fp32 => self.fp32[i],
+            TablePrecision::Int8 => self.int8[i],
+        };
+        policy.layers.iter().enumerate().map(row).sum()
+    }
+
+    /// The uncorrected prediction: overhead + Σ rows.
+    pub fn table_sum(&self, policy: &QuantPolicy) -> f64 {
+        self.overhead + self.layer_sum(policy)
+    }
+
+    pub fn predict(&self, policy: &QuantPolicy) -> f64 {
+        self.overhead + self.scale * self.layer_sum(policy)
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Fits k by least squares through the origin on `checks` (layer sum
+    /// against measured − overhead); unchanged without usable checks.
+    pub fn fit(&mut self, checks: &[TableCheck]) {
+        let (xy, xx) = checks.iter().fold((0.0, 0.0), |(xy, xx), c| {
+            let (x, y) = (c.table_sum - self.overhead, c.measured - self.overhead);
+            (xy + x * y, xx + x * x)
+        });
+        if xx > 0.0 && xy > 0.0 {
+            self.scale = xy / xx;
+        }
+    }
+}
+
+/// A policy as one short line: `fp32` or `w4a8` per layer.
+pub fn describe(policy: &QuantPolicy) -> String {
+    let layer = |p: &Precision| match p {
+        Precision::Fp32 => "fp32".to_string(),
+        Precision::Int { weight_bits, activation_bits } => format!("w{weight_bits}a{activation_bits}"),
+    };
+    policy.layers.iter().map(layer).collect::<Vec<_>>().join(" ")
+}
+
+/// Measures quantized models of one arch on one agent, cached by (device,
+/// arch, policy): what a policy costs does not depend on the weights' values.
+pub struct PolicyMeter {
+    pub client: AgentClient,
+    pub device_id: String,
+    pub request: MeasureRequest,
+    cache: MeasurementCache,
+    arch_hash: String,
+    pub measured: usize,
+    pub cache_hits: usize,
+}
+
+impl PolicyMeter {
+    pub fn new(
+        client: AgentClient,
+        device_id: String,
+        request: MeasureRequest,
+        cache: MeasurementCache,
+        arch: &Arch,
+    ) -> PolicyMeter {
+        PolicyMeter { client, device_id, request, cache, arch_hash: arch.hash(), measured: 0, cache_hits: 0 }
+    }
+
+    fn key(&self, policy: &QuantPolicy) -> String {
+        let policy = serde_json::to_string(policy).expect("a policy serialises");
+        sha256_hex(format!("{}{policy}", self.arch_hash).as_bytes())
+    }
+
+    /// The measurement of `policy`, whose model `model` gives when it has
+    /// not been measured on this device yet.
+    pub async fn measure(
+        &mut self,
+        policy: &QuantPolicy,
+        model: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<CachedMeasurement> {
+        let key = self.key(policy);
+        let devices = [self.device_id.clone()];
+        if let Some(m) = self.cache.get(&devices, &key, self.request.energy) {
+            self.cache_hits += 1;
+            return Ok(m.clone());
+        }
+        let url = self.client.base_url().to_string();
+        let (_, m) = self
+            .client
+            .upload_and_measure(&model()?, &self.request)
+            .await
+            .with_context(|| format!("measuring policy [{}] on {url}", describe(policy)))?;
+        if self.request.energy && m.energy.is_none() {
+            let reason = m.energy_unavailable_reason.unwrap_or_else(|| "no reason given".into());
+            anyhow::bail!("the agent at {url} measured no energy: {reason}");
+        }
+        let l = &m.latency_ms;
+        let entry = CachedMeasurement {
+            device_id: self.device_id.clone(),
+            arch_hash: key,
+            ops: vec![describe(policy)],
+            p50_ms: l.p50,
+            min_ms: l.min,
+            mean_ms: l.mean,
+            energy_mj: m.energy.map(|e| e.mj_per_inference),
+            measured_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        self.cache.insert(entry.clone())?;
+        self.measured += 1;
+        Ok(entry)
+    }
+}
+
+/// The figure of a measurement a constraint judges.
+pub fn judged(constraint: Constraint, m: &CachedMeasurement) -> f64 {
+    match constraint {
+        Constraint::EnergyMj(_) => m.energy_mj.unwrap_or(f64::INFINITY),
+        _ => m.p50_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_by_hand() {
+        let space = Space::load("tiny", 1.0).unwrap();
+        let layers = &space.prefix_layers()[..1];
+        // The stem: 3×3 conv 3 → out channels.
+        let params = (layers[0].out_channels * 3 * 9) as f64;
+        let at = |p| size_kb(layers, &QuantPolicy { layers: vec![p] });
+        assert_eq!(at(Precision::Fp32), params * 4.0 / 1000.0);
+        assert_eq!(at(Precision::Int { weight_bits: 4, activation_bits: 8 }), params * 0.5 / 1000.0);
+    }
+
+    #[test]
+    fn policy_costs_pick_each_layers_table_and_fit_a_factor() {
+        let costs = PolicyCosts { overhead: 0.1, fp32: vec![1.0, 2.0], int8: vec![5.0, 7.0], scale: 1.0 };
+        let policy =
+            QuantPolicy { layers: vec![Precision::Fp32, Precision::Int { weight_bits: 3, activation_bits: 5 }] };
+        assert!((costs.predict(&policy) - 8.1).abs() < 1e-12);
+        assert_eq!(describe(&policy), "fp32 w3a5");
+        let mut fitted = costs.clone();
+        // Whole policies ran 1.5× the layer sum.
+        fitted.fit(&[TableCheck { policy: String::new(), table_sum: 8.1, measured: 0.1 + 1.5 * 8.0 }]);
+        assert!((fitted.scale() - 1.5).abs() < 1e-12);
+        assert!((fitted.table_sum(&policy) - 8.1).abs() < 1e-12);
+    }
+}
