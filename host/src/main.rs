@@ -97,26 +97,14 @@ struct QuantizeArgs {
     /// Keep every layer integer (2–8 bits); by default a layer may also stay fp32.
     #[arg(long)]
     no_fp32: bool,
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    seed: u64,
-    /// Inference runtime on the device.
-    #[arg(long, value_name = "NAME", default_value_t = MeasureRequest::default().runtime)]
-    runtime: String,
-    /// Threads the device's runtime may use.
-    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().threads)]
-    measure_threads: usize,
+    #[command(flatten)]
+    run_on: RunOn,
     /// The device's fp32 table [default: latency-tables/<device_id>--<runtime>--<space>.csv; built when rows are missing].
     #[arg(long, value_name = "FILE")]
     fp32_table: Option<PathBuf>,
     /// The device's int8 table [default: …--int8.csv next to it].
     #[arg(long, value_name = "FILE")]
     int8_table: Option<PathBuf>,
-    /// Timed runs of each episode's policy on the device (the final models get 50 and 1 s).
-    #[arg(long, value_name = "N", default_value_t = 20)]
-    probe_runs: usize,
-    /// Where training runs: auto (CUDA when available), cpu or cuda.
-    #[arg(long, value_name = "KIND", default_value = "auto")]
-    device_kind: DeviceKind,
     /// Output directory [default: <run>/quant].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -208,20 +196,8 @@ struct SearchArgs {
     /// Training images held out for architecture steps [default: 10% of train].
     #[arg(long, value_name = "N", default_value_t = 0)]
     holdout: usize,
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    seed: u64,
-    /// Inference runtime on the device.
-    #[arg(long, value_name = "NAME", default_value_t = MeasureRequest::default().runtime)]
-    runtime: String,
-    /// Threads the device's runtime may use.
-    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().threads)]
-    measure_threads: usize,
-    /// Timed runs of each candidate measured during the search (the final model gets 50 and 1 s).
-    #[arg(long, value_name = "N", default_value_t = 20)]
-    probe_runs: usize,
-    /// Where training runs: auto (CUDA when available), cpu or cuda.
-    #[arg(long, value_name = "KIND", default_value = "auto")]
-    device_kind: DeviceKind,
+    #[command(flatten)]
+    run_on: RunOn,
     /// CPU threads for training [default: libtorch's choice].
     #[arg(long, value_name = "N")]
     threads: Option<i32>,
@@ -231,6 +207,45 @@ struct SearchArgs {
     /// Continue the search (or final training) checkpointed in --out.
     #[arg(long)]
     resume: bool,
+}
+
+/// Where a search measures and trains (`search` and `quantize`).
+#[derive(Args)]
+struct RunOn {
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+    /// Inference runtime on the device.
+    #[arg(long, value_name = "NAME", default_value_t = MeasureRequest::default().runtime)]
+    runtime: String,
+    /// Threads the device's runtime may use.
+    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().threads)]
+    measure_threads: usize,
+    /// Timed runs of each candidate (arch or policy) measured during the search
+    /// (the final models get 50 and 1 s).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    probe_runs: usize,
+    /// Where training runs: auto (CUDA when available), cpu or cuda.
+    #[arg(long, value_name = "KIND", default_value = "auto")]
+    device_kind: DeviceKind,
+}
+
+impl RunOn {
+    /// The short measurement of candidates during a search.
+    fn probe_request(&self) -> MeasureRequest {
+        MeasureRequest {
+            runtime: self.runtime.clone(),
+            threads: self.measure_threads,
+            warmup_runs: 5,
+            min_runs: self.probe_runs,
+            min_duration_ms: 200,
+            ..MeasureRequest::default()
+        }
+    }
+
+    /// The measurement of a final model, the one a budget is judged on.
+    fn final_request(&self) -> MeasureRequest {
+        MeasureRequest { runtime: self.runtime.clone(), threads: self.measure_threads, ..MeasureRequest::default() }
+    }
 }
 
 #[derive(Subcommand)]
@@ -736,37 +751,22 @@ async fn run_search(args: SearchArgs) -> anyhow::Result<()> {
         hard_constraint: args.hard_constraint,
         baseline_decay: args.baseline_decay,
         holdout: args.holdout,
-        seed: args.seed,
-        runtime: args.runtime.clone(),
-        measure_threads: args.measure_threads,
+        seed: args.run_on.seed,
+        runtime: args.run_on.runtime.clone(),
+        measure_threads: args.run_on.measure_threads,
     };
-    let probe_request = probe_request(&args.runtime, args.measure_threads, args.probe_runs);
-    let final_request =
-        MeasureRequest { runtime: args.runtime, threads: args.measure_threads, ..MeasureRequest::default() };
     let env = SearchEnv {
         out: args.out.clone(),
         resume: args.resume,
         devices,
         table: args.table,
-        device_kind: args.device_kind,
-        probe_request,
-        final_request,
+        device_kind: args.run_on.device_kind,
+        probe_request: args.run_on.probe_request(),
+        final_request: args.run_on.final_request(),
     };
     let result = search::run(settings, env).await?;
     print!("{}", search::render_summary(&result, &args.out));
     Ok(())
-}
-
-/// The short measurement of candidates during a search.
-fn probe_request(runtime: &str, threads: usize, runs: usize) -> MeasureRequest {
-    MeasureRequest {
-        runtime: runtime.into(),
-        threads,
-        warmup_runs: 5,
-        min_runs: runs,
-        min_duration_ms: 200,
-        ..MeasureRequest::default()
-    }
 }
 
 async fn run_quantize(args: QuantizeArgs) -> anyhow::Result<()> {
@@ -786,9 +786,9 @@ async fn run_quantize(args: QuantizeArgs) -> anyhow::Result<()> {
         eval_images: args.eval_images,
         calibration_images: args.calibration_images,
         allow_fp32: !args.no_fp32,
-        seed: args.seed,
-        runtime: args.runtime.clone(),
-        measure_threads: args.measure_threads,
+        seed: args.run_on.seed,
+        runtime: args.run_on.runtime.clone(),
+        measure_threads: args.run_on.measure_threads,
     };
     let out = args.out.unwrap_or_else(|| args.run.join("quant"));
     let env = QuantizeEnv {
@@ -798,13 +798,9 @@ async fn run_quantize(args: QuantizeArgs) -> anyhow::Result<()> {
         device: AgentClient::new(&args.device, args.auth.token()?)?,
         fp32_table: args.fp32_table,
         int8_table: args.int8_table,
-        device_kind: args.device_kind,
-        probe_request: probe_request(&args.runtime, args.measure_threads, args.probe_runs),
-        final_request: MeasureRequest {
-            runtime: args.runtime,
-            threads: args.measure_threads,
-            ..MeasureRequest::default()
-        },
+        device_kind: args.run_on.device_kind,
+        probe_request: args.run_on.probe_request(),
+        final_request: args.run_on.final_request(),
     };
     let result = quantize::run(settings, env).await?;
     print!("{}", quantize::render_summary(&result, &out));
