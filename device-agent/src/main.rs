@@ -12,12 +12,50 @@ use edgeloop_agent::runtime::{OrtOptimization, Runtime, RuntimeSettings, Runtime
 use edgeloop_agent::{Agent, AgentConfig, check_listen_addr, engine};
 use edgeloop_api::cli::MeasureFlags;
 use edgeloop_api::token::resolve_token;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+/// What is logged when neither --log-level nor RUST_LOG says.
+const DEFAULT_LOG_FILTER: &str = "edgeloop_agent=info";
 
 #[derive(Parser)]
 #[command(name = "edgeloop-agent", version, about = "Measures ONNX models on this device for edgeloop", long_about = None)]
 struct Cli {
+    /// What to log on stderr [default: RUST_LOG, else edgeloop_agent=info].
+    /// A level for every target (off, error, warn, info, debug or trace)
+    /// and/or comma-separated TARGET=LEVEL pairs, where a target is a module
+    /// path prefix: e.g. `warn,edgeloop_agent=debug`. RUST_LOG takes the same
+    /// syntax (EnvFilter's span and field directives are not supported; an
+    /// unreadable RUST_LOG is ignored with a warning).
+    #[arg(long, global = true, value_name = "FILTER", value_parser = parse_log_filter)]
+    log_level: Option<Targets>,
     #[command(subcommand)]
     command: Command,
+}
+
+fn parse_log_filter(filter: &str) -> Result<Targets, String> {
+    filter.parse().map_err(|e| format!("{e}: expected LEVEL and/or TARGET=LEVEL pairs separated by commas"))
+}
+
+/// Logs to stderr through a plain target/level filter: EnvFilter would add a
+/// regex engine to the binary for directives the agent never needs.
+fn init_logging(flag: Option<Targets>) {
+    let default = || DEFAULT_LOG_FILTER.parse::<Targets>().expect("valid default log filter");
+    let mut unreadable_env = None;
+    let filter = flag.unwrap_or_else(|| match std::env::var("RUST_LOG") {
+        Ok(value) if !value.trim().is_empty() => parse_log_filter(&value).unwrap_or_else(|e| {
+            unreadable_env = Some((value, e));
+            default()
+        }),
+        _ => default(),
+    });
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .init();
+    if let Some((value, e)) = unreadable_env {
+        tracing::warn!("ignoring RUST_LOG={value:?} ({e}); logging {DEFAULT_LOG_FILTER}");
+    }
 }
 
 #[derive(Subcommand)]
@@ -171,13 +209,9 @@ impl CommonArgs {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "edgeloop_agent=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logging(cli.log_level);
+    match cli.command {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => bench(args),
         Command::Info(args) => info(args),

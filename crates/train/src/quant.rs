@@ -178,7 +178,9 @@ impl FakeQuant {
     /// now, not a panic inside a training step): an export of the policy
     /// reads the same ones.
     fn check_ranges(&self, space: &Space) -> Result<(), QuantError> {
-        let quant = Quantization::new(&self.policy, &self.ranges);
+        // Any clip will do here (the weights are throwaway): skip the MSE search.
+        let max_clip = |_: &str, _: usize, row: &[f32], _: u8| max_abs(row);
+        let quant = Quantization { policy: &self.policy, ranges: &self.ranges, weight_clip: &max_clip };
         quantized_arch_model(space, &self.arch, &mut RandomWeights::new(0), &quant, QuantForm::Qdq).map(drop)
     }
 
