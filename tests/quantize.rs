@@ -10,7 +10,7 @@ use edgeloop::commands::table::{self, TablePrecision};
 use edgeloop::quantize::{self, Constraint, QuantizeEnv, QuantizeResult, QuantizeSettings};
 use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy};
 use edgeloop_api::MeasureRequest;
-use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, run_tract};
+use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, run_tract, tiny_search};
 use edgeloop_onnx::quant::Precision;
 use edgeloop_space::Space;
 use edgeloop_train::DeviceKind;
@@ -30,34 +30,11 @@ async fn trained_run(agent: &TestAgent, dir: &Path) -> PathBuf {
     let space = Space::load("tiny", 1.0).unwrap();
     table::build(&agent.client(), &space, &template, TablePrecision::Fp32, Some(&table_path)).await.unwrap();
     let settings = SearchSettings {
-        space: "tiny".into(),
-        width: 1.0,
-        dataset: "synthetic:640,128".into(),
-        budget_ms: Some(100.0),
-        energy_budget_mj: None,
-        strategy: Strategy::Gradient,
-        warmup_epochs: 1,
         epochs: 1,
         final_epochs: 2,
-        batch_size: 32,
-        lr: 0.05,
-        momentum: 0.9,
-        weight_decay: 4e-5,
-        arch_lr: 1e-2,
-        arch_every: 1,
-        gate_mode: "two".into(),
         latency_loss: "mul#log".into(),
-        loss_a: 0.2,
-        loss_b: 0.3,
-        loss_lambda: 0.1,
-        samples: 2,
-        reward_w: -0.07,
-        hard_constraint: false,
-        baseline_decay: 0.9,
-        holdout: 0,
         seed: 3,
-        runtime: "tract".into(),
-        measure_threads: 1,
+        ..tiny_search(Strategy::Gradient, 100.0)
     };
     let out = dir.join("run");
     let env = SearchEnv {

@@ -8,46 +8,13 @@ use edgeloop::predict::Predictor;
 use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy};
 use edgeloop::table::LatencyTable;
 use edgeloop_api::MeasureRequest;
-use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request};
+use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, tiny_search};
 use edgeloop_space::{Arch, Space};
 use edgeloop_train::DeviceKind;
 
 /// One search at a time: a search trains on every core, and a measurement
 /// taken beside another test's training would not be the device's latency.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn settings(strategy: Strategy, budget_ms: f64) -> SearchSettings {
-    SearchSettings {
-        space: "tiny".into(),
-        width: 1.0,
-        dataset: "synthetic:640,128".into(),
-        budget_ms: Some(budget_ms),
-        energy_budget_mj: None,
-        strategy,
-        warmup_epochs: 1,
-        epochs: 3,
-        final_epochs: 1,
-        batch_size: 32,
-        lr: 0.05,
-        momentum: 0.9,
-        weight_decay: 4e-5,
-        arch_lr: 1e-2,
-        arch_every: 1,
-        gate_mode: "two".into(),
-        latency_loss: "add#linear".into(),
-        loss_a: 0.2,
-        loss_b: 0.3,
-        loss_lambda: 5.0,
-        samples: 2,
-        reward_w: -0.07,
-        hard_constraint: false,
-        baseline_decay: 0.9,
-        holdout: 0,
-        seed: 7,
-        runtime: "tract".into(),
-        measure_threads: 1,
-    }
-}
 
 fn env(agent: &TestAgent, out: &Path, table: &Path) -> SearchEnv {
     let probe = |runs| MeasureRequest { min_runs: runs, ..quick_request("") };
@@ -108,7 +75,7 @@ async fn heavy_latency_term_moves_alpha_to_cheap_ops_and_meets_the_budget() {
     };
     let cheapest_ms = predictor.predict(&space, &cheapest).unwrap().total_ms;
     let out = dir.path().join("heavy");
-    let s = settings(Strategy::Gradient, 0.0);
+    let s = tiny_search(Strategy::Gradient, 0.0);
     // Budget between the cheapest arch and a uniformly random one.
     let uniform_ms =
         (0..64).map(|seed| predictor.predict(&space, &Arch::random(&space, seed)).unwrap().total_ms).sum::<f64>()
@@ -146,7 +113,7 @@ async fn reinforce_measures_sampled_archs_once_each() {
     let dir = tempfile::tempdir().unwrap();
     let table_path = build_table(&agent, dir.path()).await;
     let out = dir.path().join("rl");
-    let s = SearchSettings { epochs: 2, arch_every: 4, ..settings(Strategy::Reinforce, 1.0) };
+    let s = SearchSettings { epochs: 2, arch_every: 4, ..tiny_search(Strategy::Reinforce, 1.0) };
     let result = search::run(s, env(&agent, &out, &table_path)).await.unwrap();
     let lines = std::fs::read_to_string(out.join("measurements.jsonl")).unwrap();
     let keys: Vec<(String, String)> = lines
@@ -188,7 +155,7 @@ async fn energy_budget_prices_from_the_energy_table_and_judges_measured_energy()
             / 64.0;
     let budget = 0.8 * uniform_mj;
     let out = dir.path().join("energy");
-    let s = SearchSettings { budget_ms: None, energy_budget_mj: Some(budget), ..settings(Strategy::Gradient, 0.0) };
+    let s = SearchSettings { budget_ms: None, energy_budget_mj: Some(budget), ..tiny_search(Strategy::Gradient, 0.0) };
     let result = search::run(s, env(&agent, &out, &table_path)).await.unwrap();
 
     let expected = csv_column(&out.join("search.csv"), "expected_energy_mj");

@@ -143,6 +143,40 @@ pub fn run_tract(model: &[u8], input: &[f32]) -> Vec<f32> {
     output[0].to_plain_array_view::<f32>().expect("f32 output").iter().copied().collect()
 }
 
+/// Settings of a short search of `tiny` on a small synthetic set (seconds).
+pub fn tiny_search(strategy: edgeloop::search::Strategy, budget_ms: f64) -> edgeloop::search::SearchSettings {
+    edgeloop::search::SearchSettings {
+        space: "tiny".into(),
+        width: 1.0,
+        dataset: "synthetic:640,128".into(),
+        budget_ms: Some(budget_ms),
+        energy_budget_mj: None,
+        strategy,
+        warmup_epochs: 1,
+        epochs: 3,
+        final_epochs: 1,
+        batch_size: 32,
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 4e-5,
+        arch_lr: 1e-2,
+        arch_every: 1,
+        gate_mode: "two".into(),
+        latency_loss: "add#linear".into(),
+        loss_a: 0.2,
+        loss_b: 0.3,
+        loss_lambda: 5.0,
+        samples: 2,
+        reward_w: -0.07,
+        hard_constraint: false,
+        baseline_decay: 0.9,
+        holdout: 0,
+        seed: 7,
+        runtime: "tract".into(),
+        measure_threads: 1,
+    }
+}
+
 /// Trains `net` for 30 SGD steps on the synthetic dataset along `paths()`
 /// (so BatchNorm's running statistics are trained ones); returns a few
 /// normalised test images (batch 1 each).
