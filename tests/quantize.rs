@@ -101,11 +101,7 @@ fn check_outputs(out: &Path, result: &QuantizeResult) {
 #[tokio::test(flavor = "current_thread")]
 async fn quantize_meets_size_and_latency_budgets_and_resumes_without_measuring_again() {
     let rapl = SimulatedRapl::start(2.0, 10.0);
-    let sys = rapl.sysfs().to_path_buf();
-    let agent = TestAgent::start_with(move |config| {
-        config.roots.sys = sys;
-        config.meter.idle_baseline = std::time::Duration::from_millis(200);
-    });
+    let agent = TestAgent::start_on_rapl(&rapl);
     let dir = tempfile::tempdir().unwrap();
     let run = trained_run(&agent, dir.path()).await;
     let latency_tables = (dir.path(), "layers");

@@ -135,11 +135,7 @@ async fn reinforce_measures_sampled_archs_once_each() {
 async fn energy_budget_prices_from_the_energy_table_and_judges_measured_energy() {
     let _one = ONE_AT_A_TIME.lock().await;
     let rapl = SimulatedRapl::start(2.0, 10.0);
-    let sys = rapl.sysfs().to_path_buf();
-    let agent = TestAgent::start_with(move |config| {
-        config.roots.sys = sys;
-        config.meter.idle_baseline = std::time::Duration::from_millis(200);
-    });
+    let agent = TestAgent::start_on_rapl(&rapl);
     let dir = tempfile::tempdir().unwrap();
     let space = Space::load("tiny", 1.0).unwrap();
     let table_path = dir.path().join("tiny--energy.csv");

@@ -32,6 +32,16 @@ impl TestAgent {
         TestAgent { agent, cache }
     }
 
+    /// Reads its energy from `rapl` (idle baseline shortened to 200 ms, so
+    /// energy measurements stay quick).
+    pub fn start_on_rapl(rapl: &SimulatedRapl) -> Self {
+        let sys = rapl.sysfs().to_path_buf();
+        Self::start_with(move |config| {
+            config.roots.sys = sys;
+            config.meter.idle_baseline = std::time::Duration::from_millis(200);
+        })
+    }
+
     /// Starts an agent on an existing cache dir (e.g. after a restart).
     pub fn start_in(cache: &TempDir, tweak: impl FnOnce(&mut AgentConfig)) -> LocalAgent {
         let mut config = AgentConfig::new(cache.path().to_path_buf());

@@ -31,14 +31,14 @@ impl Network {
         Ok(Network { vs, net })
     }
 
-    /// The path of the (single-candidate) network: index 0 in every block.
-    pub fn selection(&self) -> Vec<usize> {
-        vec![0; self.net.candidate_counts().len()]
-    }
-
     pub fn fake_quant(&self, policy: QuantPolicy, ranges: &ActivationRanges) -> Result<FakeQuant, QuantError> {
-        FakeQuant::new(&self.net, &self.selection(), policy, ranges.clone())
+        fake_quant(&self.net, policy, ranges)
     }
+}
+
+/// `net` (a single-candidate network: index 0 in every block) under `policy`.
+pub fn fake_quant(net: &Supernet, policy: QuantPolicy, ranges: &ActivationRanges) -> Result<FakeQuant, QuantError> {
+    FakeQuant::new(net, &vec![0; net.candidate_counts().len()], policy, ranges.clone())
 }
 
 /// How fine-tunes train.

@@ -41,7 +41,7 @@ use crate::files::write_atomic;
 use crate::search::{Data, MeasurementCache, TrainedRun, load_trained};
 use crate::table::LatencyTable;
 use cost::{PolicyMeter, judged};
-use finetune::{FinetuneConfig, Network, accuracy, finetune};
+use finetune::{FinetuneConfig, Network, accuracy, fake_quant, finetune};
 
 /// Everything that shapes the outcome; stored in the checkpoint, so a
 /// resumed search must be given the same.
@@ -157,10 +157,12 @@ struct Search<'a> {
 }
 
 impl Search<'_> {
-    /// The ONNX (QLinear) of the trained weights under `policy`.
-    fn model_bytes(&self, network: &Network, policy: &QuantPolicy) -> anyhow::Result<Vec<u8>> {
-        let fq = network.fake_quant(policy.clone(), &self.ranges)?;
-        Ok(fq.export(&network.vs, &self.trained.space, QuantForm::QLinear)?)
+    /// The ONNX (QLinear) of the trained weights under `policy` (read
+    /// only: what a policy costs on the device does not depend on tuning).
+    fn model_bytes(&self, policy: &QuantPolicy) -> anyhow::Result<Vec<u8>> {
+        let model = &self.trained.model;
+        let fq = fake_quant(&model.net, policy.clone(), &self.ranges)?;
+        Ok(fq.export(&model.vs, &self.trained.space, QuantForm::QLinear)?)
     }
 
     fn fresh_copy(&self) -> anyhow::Result<Network> {
@@ -202,10 +204,9 @@ impl Search<'_> {
                 // word. When it measures more than the tables said, aim
                 // proportionally lower and try again.
                 let mut target = limit;
-                let base = self.fresh_copy()?;
                 for attempt in 0.. {
                     let e = enforce_budget(policy.clone(), target, |p| costs.predict(p));
-                    let m = pricing.meter.measure(&e.policy, || self.model_bytes(&base, &e.policy)).await?;
+                    let m = pricing.meter.measure(&e.policy, || self.model_bytes(&e.policy)).await?;
                     let measured = judged(self.settings.constraint, &m);
                     if measured <= limit || !e.met || attempt == 3 {
                         return Ok((e.policy, e.cost, Some(measured), measured <= limit));
@@ -372,9 +373,8 @@ async fn device_costs(
             random(&mut rng),
             random(&mut rng),
         ];
-        let base = search.fresh_copy()?;
         for policy in policies {
-            let m = meter.measure(&policy, || search.model_bytes(&base, &policy)).await?;
+            let m = meter.measure(&policy, || search.model_bytes(&policy)).await?;
             let measured = judged(search.settings.constraint, &m);
             state.table_checks.push(TableCheck {
                 policy: describe(&policy),
