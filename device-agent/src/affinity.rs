@@ -79,7 +79,7 @@ pub struct PinGuard {
 impl Drop for PinGuard {
     fn drop(&mut self) {
         if let Err(e) = set_mask(&self.previous) {
-            tracing::warn!("could not restore the measuring thread's CPU mask: {e}");
+            log::warn!("could not restore the measuring thread's CPU mask: {e}");
         }
     }
 }

@@ -170,8 +170,8 @@ impl ModelStore {
             }
             let path = self.path_of(&hash);
             match fs::remove_file(&path) {
-                Ok(()) => tracing::info!(model = %hash, bytes = entry.size, "evicted least recently used model"),
-                Err(e) => tracing::warn!(model = %hash, error = %e, "could not evict model"),
+                Ok(()) => log::info!("evicted least recently used model={hash} bytes={}", entry.size),
+                Err(e) => log::warn!("could not evict model={hash}: {e}"),
             }
             entries.remove(&hash);
             total -= entry.size;

@@ -33,9 +33,12 @@ impl Measurer {
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::unknown_model(&req.model))?;
         let timings = engine::measure(runtime.as_ref(), &model, req, &self.sensors).map_err(ApiError::from)?;
-        tracing::info!(
-            model = %req.model, runtime = %req.runtime, n = timings.stats.n, p50_ms = timings.stats.p50,
-            "measured"
+        log::info!(
+            "measured model={} runtime={} n={} p50_ms={}",
+            req.model,
+            req.runtime,
+            timings.stats.n,
+            timings.stats.p50
         );
         let mut measurement = timings.into_measurement(req, &self.device_id, runtime.as_ref());
         measurement.queue_wait_ms = queue_wait_ms;
