@@ -34,9 +34,8 @@ case "$choice" in
   *) arches=("$choice") ;;
 esac
 
-if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
-  export PATH="$HOME/.cargo/bin:$PATH"
-fi
+# shellcheck source=scripts/musl-toolchain.sh
+source scripts/musl-toolchain.sh
 command -v rustup >/dev/null 2>&1 || die "rustup not found: the musl targets are installed with it"
 
 # Debian packages, per architecture: tract compiles assembly kernels (and C
@@ -91,15 +90,10 @@ mkdir -p "$out_dir"
 
 for arch in "${arches[@]}"; do
   triple=$arch-unknown-linux-musl
-  env_triple=${triple//-/_}
-  case "$arch" in
-    x86_64) cc=gcc ;;
-    aarch64) cc=aarch64-linux-gnu-gcc ;;
-  esac
+  musl_cargo_env "$arch"
   log "building $triple (profile $profile)"
   start=$SECONDS
-  env "CC_$env_triple=$cc" "CARGO_TARGET_${env_triple^^}_LINKER=$cc" \
-    cargo build --locked -p edgeloop-agent --no-default-features --target "$triple" --profile "$profile"
+  env "${musl_env[@]}" cargo build --locked -p edgeloop-agent --no-default-features --target "$triple" --profile "$profile"
   # Cargo names the output folder after the profile, except dev → debug.
   profile_dir=$profile
   [[ "$profile" == dev ]] && profile_dir=debug

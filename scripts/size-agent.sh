@@ -38,7 +38,6 @@ done
 # Allowed overhead of the agent over the multi-threaded baseline, in bytes.
 goal=1500000
 triple=$arch-unknown-linux-musl
-env_triple=${triple//-/_}
 root=$PWD
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 out_dir=$target_dir/size-agent
@@ -50,14 +49,9 @@ log "agent (scripts/build-agent.sh $arch)"
 bash scripts/build-agent.sh "$arch" >&2
 agent=dist/edgeloop-agent-$arch-linux-musl
 
-if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
-  export PATH="$HOME/.cargo/bin:$PATH"
-fi
-# The C compiler and linker scripts/build-agent.sh uses for this target.
-case "$arch" in
-  x86_64) cc=gcc ;;
-  aarch64) cc=aarch64-linux-gnu-gcc ;;
-esac
+# shellcheck source=scripts/musl-toolchain.sh
+source scripts/musl-toolchain.sh
+musl_cargo_env "$arch"
 
 baseline=build-support/size-baseline
 # The agent's lock file, so the baselines link the same versions of every
@@ -76,8 +70,7 @@ build_baseline() {
   fi
   log "$name: building $triple (profile dist${*:+, $*})"
   local start=$SECONDS
-  env "CC_$env_triple=$cc" "CARGO_TARGET_${env_triple^^}_LINKER=$cc" CARGO_TARGET_DIR="$target_dir" \
-    cargo build --manifest-path "$baseline/Cargo.toml" --target "$triple" --profile dist "$@" >&2
+  env "${musl_env[@]}" CARGO_TARGET_DIR="$target_dir" cargo build --manifest-path "$baseline/Cargo.toml" --target "$triple" --profile dist "$@" >&2
   cp "$target_dir/$triple/dist/size-baseline" "$out"
   log "$name: built in $((SECONDS - start)) s"
 }

@@ -14,6 +14,7 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use edgeloop_agent::AgentConfig;
 use edgeloop_agent::energy::SensorChoice;
 use edgeloop_agent::runtime::{OrtOptimization, RuntimeSettings};
 use edgeloop_api::cli::{MeasureFlags, help};
@@ -93,17 +94,26 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, Exit> {
     Err(Exit::Usage { message: "a command is required: serve, bench, info or compare".into(), command: None })
 }
 
+/// Builds a command's `--help` text.
+type HelpText = fn() -> String;
+
+/// Each command's name, summary and `--help` text, as `--help` lists them.
+const COMMANDS: [(&str, &str, HelpText); 4] = [
+    (ServeArgs::NAME, ServeArgs::ABOUT, command_help::<ServeArgs>),
+    (BenchArgs::NAME, BenchArgs::ABOUT, command_help::<BenchArgs>),
+    (InfoArgs::NAME, InfoArgs::ABOUT, command_help::<InfoArgs>),
+    (CompareArgs::NAME, CompareArgs::ABOUT, command_help::<CompareArgs>),
+];
+
 /// `help [COMMAND]`.
 fn help_for(command: Option<Arg<'_>>) -> Result<String, Exit> {
     match command {
         None => Ok(top_help()),
-        Some(Arg::Value(name)) => match name.to_str() {
-            Some("serve") => Ok(command_help::<ServeArgs>()),
-            Some("bench") => Ok(command_help::<BenchArgs>()),
-            Some("info") => Ok(command_help::<InfoArgs>()),
-            Some("compare") => Ok(command_help::<CompareArgs>()),
-            _ => Err(Exit::Usage { message: format!("unknown command {name:?}"), command: None }),
-        },
+        Some(Arg::Value(name)) => COMMANDS
+            .iter()
+            .find(|(command, _, _)| name.to_str() == Some(command))
+            .map(|(_, _, help)| help())
+            .ok_or_else(|| Exit::Usage { message: format!("unknown command {name:?}"), command: None }),
         Some(other) => Err(Exit::Usage { message: other.unexpected().to_string(), command: None }),
     }
 }
@@ -263,16 +273,22 @@ pub struct CommonArgs {
 /// Where `--cache-dir` comes from when it is not given.
 const CACHE_DIR_ENV: &str = "EDGELOOP_CACHE_DIR";
 
+/// The library's own defaults, so that a flag left out changes nothing.
+fn library_defaults() -> AgentConfig {
+    AgentConfig::new(PathBuf::new())
+}
+
 impl Default for CommonArgs {
     fn default() -> Self {
+        let library = library_defaults();
         CommonArgs {
             cache_dir: None,
             device_id: None,
-            sysfs_root: PathBuf::from("/sys"),
-            energy_sensor: SensorChoice::Auto,
-            energy_sample_hz: NonZeroU32::new(200).expect("nonzero"),
-            throttle_drop_pct: 10.0,
-            runtimes: RuntimeArgs::default(),
+            sysfs_root: library.roots.sys,
+            energy_sensor: library.energy_sensor,
+            energy_sample_hz: library.meter.sample_rate_hz,
+            throttle_drop_pct: library.monitor.max_freq_drop * 100.0,
+            runtimes: RuntimeArgs { settings: library.runtimes },
         }
     }
 }
@@ -350,12 +366,13 @@ const TOKEN_ENV: &str = "EDGELOOP_TOKEN";
 
 impl Default for ServeArgs {
     fn default() -> Self {
+        let library = library_defaults();
         ServeArgs {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             token_file: None,
             token: None,
-            max_model_mb: 256,
-            cache_max_mb: 4096,
+            max_model_mb: library.max_model_bytes >> 20,
+            cache_max_mb: library.cache_max_bytes >> 20,
             addr_file: None,
             common: CommonArgs::default(),
         }
@@ -593,17 +610,11 @@ const WIDTH: usize = 100;
 const HELP_COLUMN: usize = 32;
 
 fn top_help() -> String {
-    let commands = [
-        (ServeArgs::NAME, ServeArgs::ABOUT),
-        (BenchArgs::NAME, BenchArgs::ABOUT),
-        (InfoArgs::NAME, InfoArgs::ABOUT),
-        (CompareArgs::NAME, CompareArgs::ABOUT),
-        ("help", "Print this message or the help of the given command"),
-    ];
     let mut text = format!("{ABOUT}\n\nUsage: {BIN} [OPTIONS] <COMMAND>\n\nCommands:\n");
-    for (name, about) in commands {
+    for (name, about, _) in COMMANDS {
         push_entry(&mut text, name, about);
     }
+    push_entry(&mut text, "help", "Print this message or the help of the given command");
     text.push_str("\nOptions:\n");
     push_flags(&mut text, &LogFlags::default().help());
     push_entry(&mut text, "-h, --help", "Print help");
@@ -721,6 +732,11 @@ mod tests {
         let help = printed("serve --help");
         assert!(help.contains("[default: 127.0.0.1:7878]") && help.contains("[default: auto]"), "{help}");
         assert!(help.contains("[env: EDGELOOP_TOKEN]") && help.contains("--log-level <FILTER>"), "{help}");
+        // The library's defaults, shown as they are (wrapping may split them).
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for default in ["[default: 256]", "[default: 4096]", "[default: /sys]", "[default: 200]", "[default: 10]"] {
+            assert!(help.contains(default), "{default} missing:\n{help}");
+        }
     }
 
     #[test]

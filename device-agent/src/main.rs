@@ -51,15 +51,14 @@ impl CommonArgs {
         config.runtimes = self.runtimes.settings.clone();
         config
     }
+}
 
-    /// This machine's facts and device id, as `serve` would report them.
-    fn local_device(&self) -> Result<(MachineFacts, String)> {
-        let config = self.config();
-        let facts = MachineFacts::read(&config.roots);
-        let id = edgeloop_agent::device::device_id(&config.cache_dir, &facts, config.device_id.as_deref())
-            .with_context(|| format!("reading the device id in {}", config.cache_dir.display()))?;
-        Ok((facts, id))
-    }
+/// This machine's facts and device id under `config`, as `serve` would report them.
+fn local_device(config: &AgentConfig) -> Result<(MachineFacts, String)> {
+    let facts = MachineFacts::read(&config.roots);
+    let id = edgeloop_agent::device::device_id(&config.cache_dir, &facts, config.device_id.as_deref())
+        .with_context(|| format!("reading the device id in {}", config.cache_dir.display()))?;
+    Ok((facts, id))
 }
 
 fn main() -> Result<ExitCode> {
@@ -126,7 +125,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     let config = args.common.config();
     let runtimes = Runtimes::detect(&config.runtimes);
     let runtime = runtime_named(&runtimes, &args.measure.runtime)?;
-    let (_, device_id) = args.common.local_device()?;
+    let (_, device_id) = local_device(&config)?;
     let sensors = config.sensors();
     let request = args.measure.request(edgeloop_agent::store::sha256_hex(&bytes));
     let measurement = engine::measure(runtime, &bytes, &request, &sensors)
@@ -141,8 +140,8 @@ fn bench(args: BenchArgs) -> Result<()> {
 }
 
 fn info(args: InfoArgs) -> Result<()> {
-    let (facts, device_id) = args.common.local_device()?;
     let config = args.common.config();
+    let (facts, device_id) = local_device(&config)?;
     let runtimes = Runtimes::detect(&config.runtimes);
     let info = device_info(&device_id, &facts, &config.roots, &runtimes, &config.energy_sensor);
     if args.output.json {
