@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use edgeloop::commands::table::{self, TablePrecision};
 use edgeloop::quantize::{self, Constraint, QuantizeEnv, QuantizeResult, QuantizeSettings};
-use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy};
+use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy, TrainRecipe};
 use edgeloop_api::MeasureRequest;
-use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, run_tract, tiny_search};
+use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, run_tract, tiny_recipe, tiny_search};
 use edgeloop_onnx::quant::Precision;
 use edgeloop_space::Space;
 use edgeloop_train::DeviceKind;
@@ -31,9 +31,8 @@ async fn trained_run(agent: &TestAgent, dir: &Path) -> PathBuf {
     table::build(&agent.client(), &space, &template, TablePrecision::Fp32, Some(&table_path)).await.unwrap();
     let settings = SearchSettings {
         epochs: 1,
-        final_epochs: 2,
         latency_loss: "mul#log".into(),
-        seed: 3,
+        recipe: TrainRecipe { final_epochs: 2, seed: 3, ..tiny_recipe() },
         ..tiny_search(Strategy::Gradient, 100.0)
     };
     let out = dir.join("run");

@@ -10,11 +10,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edgeloop_api::{EnergyStats, LatencyStats, MeasureRequest, Measurement, OpTime, ThermalStats};
+use edgeloop_api::{EnergyStats, LatencyStats, LoadStats, MeasureRequest, Measurement, OpTime, ThermalStats};
 
 use crate::affinity::{self, AffinityError};
 use crate::energy::{EnergyMeter, MeterConfig, SensorChoice};
 use crate::inputs::{InputError, random_inputs, resolve_shapes};
+use crate::load::CpuSnapshot;
 use crate::runtime::{LoadOptions, Runtime, RuntimeError};
 use crate::thermal::{self, CooldownTimeout, MonitorConfig, ThermalMonitor};
 
@@ -28,6 +29,8 @@ pub const MIN_ENERGY_WINDOW: Duration = Duration::from_secs(1);
 pub struct Sensors {
     /// The sysfs root (`/sys`): thermal zones, cpufreq, power sensors.
     pub sys: PathBuf,
+    /// The procfs root (`/proc`): CPU time of the machine and of the agent.
+    pub proc: PathBuf,
     pub energy_sensor: SensorChoice,
     pub meter: MeterConfig,
     pub monitor: MonitorConfig,
@@ -37,6 +40,7 @@ impl Default for Sensors {
     fn default() -> Self {
         Sensors {
             sys: "/sys".into(),
+            proc: "/proc".into(),
             energy_sensor: SensorChoice::Auto,
             meter: MeterConfig::default(),
             monitor: MonitorConfig::default(),
@@ -87,6 +91,7 @@ pub struct Timings {
     /// Why `energy` is missing when it was asked for.
     pub energy_unavailable_reason: Option<String>,
     pub thermal: ThermalStats,
+    pub load: Option<LoadStats>,
     pub ops: Option<Vec<OpTime>>,
     /// The measuring thread's CPUs while pinned (only when `cpus` was asked).
     pub cpus: Option<Vec<usize>>,
@@ -109,6 +114,7 @@ impl Timings {
             energy: self.energy,
             energy_unavailable_reason: self.energy_unavailable_reason,
             thermal: Some(self.thermal),
+            load: self.load,
             ops: self.ops,
             cpus: self.cpus,
             queue_wait_ms: 0.0,
@@ -206,6 +212,7 @@ pub fn measure(
         }
         let monitor =
             ThermalMonitor::start(&sensors.sys, req.cpus.as_deref(), sensors.monitor).map_err(MeasureError::Monitor)?;
+        let cpu_start = CpuSnapshot::take(&sensors.proc);
         let (timed, energy) = match meter {
             Some(Ok(mut meter)) => {
                 let (timed, reading) = meter.measure(|| time_runs(&plan, || loaded.run()));
@@ -214,6 +221,7 @@ pub fn measure(
             Some(Err(e)) => (time_runs(&plan, || loaded.run()), Some(Err(e.to_string()))),
             None => (time_runs(&plan, || loaded.run()), None),
         };
+        let load = cpu_start.zip(CpuSnapshot::take(&sensors.proc)).map(|(start, end)| start.load_until(&end));
         let thermal = ThermalStats { cooldown_wait_ms: ms(cooldown_wait), ..monitor.finish() };
         let (samples_ms, started_at, finished_at) = timed?;
         let (energy, energy_unavailable_reason) = match energy {
@@ -236,6 +244,7 @@ pub fn measure(
             energy,
             energy_unavailable_reason,
             thermal,
+            load,
             ops,
             cpus,
         })

@@ -15,6 +15,7 @@ pub mod energy;
 pub mod engine;
 mod error;
 pub mod inputs;
+pub mod load;
 mod local;
 pub mod runtime;
 mod server;

@@ -64,6 +64,7 @@ impl AgentConfig {
     pub fn sensors(&self) -> Sensors {
         Sensors {
             sys: self.roots.sys.clone(),
+            proc: self.roots.proc.clone(),
             energy_sensor: self.energy_sensor.clone(),
             meter: self.meter,
             monitor: self.monitor,

@@ -4,22 +4,73 @@
 //! layers inside a network (caches stay warm across layers, tract fuses and
 //! lays out differently), so the plain sum is off by a nearly constant
 //! factor. `table calibrate` measures a few whole networks and fits that
-//! factor k (least squares through the origin): predicted = c + k·Σ(row − c).
-//! Stored next to the table as `<table>.calibration.json`, with the hashes
-//! of the archs it was fitted on so validation can leave them out.
+//! factor k (least squares through the origin): predicted = c + k·Σ(row − c),
+//! one k per statistic of the runs ([`Stat`]): the rows are fastest runs,
+//! the medians and 90th percentiles of whole networks are what budgets are
+//! judged on. Stored next to the table as `<table>.calibration.json`, with
+//! each network's figures (validation leaves those archs out, and the
+//! search's safety margin comes from how far they are off).
 
 use std::path::{Path, PathBuf};
 
+use edgeloop_api::MeasureRequest;
+use edgeloop_space::Space;
 use serde::{Deserialize, Serialize};
 
-use crate::validate::Sample;
+use crate::client::AgentClient;
+use crate::predict::{PredictError, Predictor, Stat};
+use crate::table::LatencyTable;
+use crate::validate::{self, NetworkMeasurement, ValidateError};
+
+/// The smallest safety margin a search derives with, whatever the
+/// calibration networks say: a 1 s measurement's median moves by about 1–2%
+/// from one measurement to the next here.
+pub const MIN_MARGIN: f64 = 0.02;
+
+/// Whole networks a search measures when its table has no calibration.
+pub const DEFAULT_SAMPLES: usize = 10;
+
+/// Seed of the calibration archs: apart from validation's seeds (0, 1, …).
+pub const DEFAULT_SEED: u64 = 1_000_003;
+
+/// One calibration network: its layer sum and what it measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationSample {
+    pub arch: String,
+    /// Σ(row − c) of the table, without the correction.
+    pub layer_sum_ms: f64,
+    pub min_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+}
+
+impl CalibrationSample {
+    fn measured(&self, stat: Stat) -> f64 {
+        match stat {
+            Stat::Min => self.min_ms,
+            Stat::P50 => self.p50_ms,
+            Stat::P90 => self.p90_ms,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
-    /// Factor on the layer sum (overhead excluded).
+    /// Factor on the layer sum (overhead excluded) for the fastest run.
     pub scale: f64,
+    /// The same for the median and the 90th percentile (absent in files
+    /// from before they were fitted: such a file is refitted when needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_p50: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_p90: Option<f64>,
+    /// The per-call overhead c the fit used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead_ms: Option<f64>,
     /// Content hashes of the archs it was fitted on.
     pub archs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<CalibrationSample>,
     pub fitted_at: String,
 }
 
@@ -29,6 +80,12 @@ pub enum CalibrationError {
     File { path: PathBuf, message: String },
     #[error("cannot fit a correction on no samples")]
     Empty,
+    #[error("latency table {} has no rows", path.display())]
+    EmptyTable { path: PathBuf },
+    #[error(transparent)]
+    Predict(#[from] PredictError),
+    #[error(transparent)]
+    Measure(#[from] ValidateError),
 }
 
 /// Where the calibration of the table at `table` lives.
@@ -36,22 +93,77 @@ pub fn path_for(table: &Path) -> PathBuf {
     table.with_extension("calibration.json")
 }
 
+/// Least squares through the origin: the k minimising Σ (y − k·x)².
+fn fit_through_origin(points: impl Iterator<Item = (f64, f64)>) -> Option<f64> {
+    let (xy, xx) = points.fold((0.0, 0.0), |(xy, xx), (x, y)| (xy + x * y, xx + x * x));
+    (xx > 0.0).then(|| xy / xx)
+}
+
 impl Calibration {
-    /// Fits k from samples predicted *without* calibration: each sample's
-    /// layer sum is `predicted − overhead`, its target `measured − overhead`.
-    pub fn fit(samples: &[Sample], overhead_ms: f64) -> Result<Calibration, CalibrationError> {
-        let (xy, xx) = samples.iter().fold((0.0, 0.0), |(xy, xx), s| {
-            let (x, y) = (s.predicted_ms - overhead_ms, s.measured_ms - overhead_ms);
-            (xy + x * y, xx + x * x)
-        });
-        if samples.is_empty() || xx == 0.0 {
-            return Err(CalibrationError::Empty);
-        }
+    /// Fits k of every statistic on whole networks measured on the table's
+    /// device; `plain` is the table's predictor without correction.
+    pub fn fit(
+        measured: &[NetworkMeasurement],
+        plain: &Predictor<'_>,
+        space: &Space,
+    ) -> Result<Calibration, CalibrationError> {
+        let overhead_ms = plain.overhead_ms(space)?;
+        let samples = measured
+            .iter()
+            .map(|m| {
+                Ok(CalibrationSample {
+                    arch: m.arch.hash(),
+                    layer_sum_ms: plain.predict(space, &m.arch)?.total_ms - overhead_ms,
+                    min_ms: m.stats.min,
+                    p50_ms: m.stats.p50,
+                    p90_ms: m.stats.p90,
+                })
+            })
+            .collect::<Result<Vec<_>, PredictError>>()?;
+        let fit = |stat: Stat| {
+            fit_through_origin(samples.iter().map(|s| (s.layer_sum_ms, s.measured(stat) - overhead_ms)))
+                .ok_or(CalibrationError::Empty)
+        };
         Ok(Calibration {
-            scale: xy / xx,
-            archs: samples.iter().map(|s| s.arch.hash()).collect(),
+            scale: fit(Stat::Min)?,
+            scale_p50: Some(fit(Stat::P50)?),
+            scale_p90: Some(fit(Stat::P90)?),
+            overhead_ms: Some(overhead_ms),
+            archs: samples.iter().map(|s| s.arch.clone()).collect(),
+            samples,
             fitted_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         })
+    }
+
+    /// The factor k of `stat`, if this calibration fitted one.
+    pub fn scale(&self, stat: Stat) -> Option<f64> {
+        match stat {
+            Stat::Min => Some(self.scale),
+            Stat::P50 => self.scale_p50,
+            Stat::P90 => self.scale_p90,
+        }
+    }
+
+    /// The relative errors measured/predicted − 1 of `stat` on the
+    /// calibration networks (empty for a file without its networks' figures).
+    pub fn relative_errors(&self, stat: Stat) -> Vec<f64> {
+        let (Some(k), Some(c)) = (self.scale(stat), self.overhead_ms) else { return Vec::new() };
+        self.samples.iter().map(|s| s.measured(stat) / (c + k * s.layer_sum_ms) - 1.0).collect()
+    }
+
+    /// How much below a budget a derivation should aim so that what it
+    /// picks measures under the budget: the largest under-prediction of
+    /// `stat` among the calibration networks (of 10, about the 90th
+    /// percentile of this device's errors), at least [`MIN_MARGIN`];
+    /// `None` when this calibration cannot say (refit it).
+    pub fn margin(&self, stat: Stat) -> Option<f64> {
+        let errors = self.relative_errors(stat);
+        (!errors.is_empty()).then(|| errors.into_iter().fold(MIN_MARGIN, f64::max))
+    }
+
+    /// Whether a search judged on `stat` can use this calibration as is.
+    pub fn covers(&self, stat: Stat) -> bool {
+        self.scale(stat).is_some() && self.margin(stat).is_some()
     }
 
     /// The calibration of `table`, if one was fitted.
@@ -75,26 +187,96 @@ impl Calibration {
     }
 }
 
+/// How whole networks are measured for a calibration of `table`: its
+/// runtime and threads, with the runs of `judged` (the measurement budgets
+/// are judged on), without energy or a profile.
+pub fn network_request(table: &LatencyTable, judged: &MeasureRequest) -> Result<MeasureRequest, CalibrationError> {
+    let provenance = table.provenance().ok_or_else(|| CalibrationError::EmptyTable { path: table.path().into() })?;
+    Ok(MeasureRequest {
+        runtime: provenance.runtime.clone(),
+        threads: provenance.threads,
+        energy: false,
+        profile_ops: false,
+        ..judged.clone()
+    })
+}
+
+/// Measures `count` random whole networks (from `seed`) on `client`, fits
+/// the correction of `table` and stores it next to the table.
+pub async fn run(
+    client: &AgentClient,
+    space: &Space,
+    table: &LatencyTable,
+    template: &MeasureRequest,
+    count: usize,
+    seed: u64,
+    on_each: impl FnMut(&NetworkMeasurement),
+) -> Result<Calibration, CalibrationError> {
+    let archs = validate::sample_archs(space, count, seed, &[]);
+    let measured = validate::measure_networks(client, space, &archs, template, on_each).await?;
+    let calibration = Calibration::fit(&measured, &Predictor::new(table), space)?;
+    calibration.save_for(table.path())?;
+    Ok(calibration)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgeloop_api::LatencyStats;
     use edgeloop_space::Arch;
 
+    fn stats(min: f64, p50: f64, p90: f64) -> LatencyStats {
+        LatencyStats { n: 50, mean: p50, std: 0.0, min, p50, p90, p99: p90, max: p90 }
+    }
+
     #[test]
-    fn fits_the_factor_on_the_layer_sum() {
-        let arch = Arch { space: "tiny".into(), width: 1.0, ops: vec![] };
-        // Layer sums 1 and 3 ms, measured 1.1× that, plus 0.5 ms overhead each.
-        let samples: Vec<Sample> = [1.0, 3.0]
-            .iter()
-            .map(|x| Sample { arch: arch.clone(), predicted_ms: x + 0.5, measured_ms: 1.1 * x + 0.5 })
+    fn fits_a_factor_per_statistic_and_a_margin_from_the_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (space, table) = crate::predict::tests::tiny_table(dir.path(), 0.5, 0.5);
+        let plain = Predictor::new(&table);
+        let c = plain.overhead_ms(&space).unwrap();
+        // Fastest runs 1.1×, medians 1.2× and tails 1.5× the layer sum,
+        // plus the overhead; one network's median 10% over its share.
+        let measured: Vec<NetworkMeasurement> = (0..10)
+            .map(|seed| {
+                let arch = Arch::random(&space, seed);
+                let x = plain.predict(&space, &arch).unwrap().total_ms - c;
+                let off = if seed == 3 { 1.1 } else { 1.0 };
+                NetworkMeasurement { arch, stats: stats(c + 1.1 * x, (c + 1.2 * x) * off, c + 1.5 * x) }
+            })
             .collect();
-        let c = Calibration::fit(&samples, 0.5).unwrap();
-        assert!((c.scale - 1.1).abs() < 1e-12);
-        assert!(Calibration::fit(&[], 0.5).is_err());
+        let fitted = Calibration::fit(&measured, &plain, &space).unwrap();
+        assert!((fitted.scale - 1.1).abs() < 1e-9);
+        assert!((fitted.scale(Stat::P90).unwrap() - 1.5).abs() < 1e-9);
+        assert!(fitted.scale(Stat::P50).unwrap() > 1.2);
+        assert_eq!(fitted.archs.len(), 10);
+        // Exact statistics need only the least margin; the median's one
+        // slow network sets its margin.
+        assert_eq!(fitted.margin(Stat::Min), Some(MIN_MARGIN));
+        let errors = fitted.relative_errors(Stat::P50);
+        let worst = errors.iter().copied().fold(f64::MIN, f64::max);
+        assert_eq!(fitted.margin(Stat::P50), Some(worst));
+        assert!(worst > 0.05, "{errors:?}");
+
+        let path = dir.path().join("t.csv");
+        assert_eq!(Calibration::load_for(&path).unwrap(), None);
+        fitted.save_for(&path).unwrap();
+        let loaded = Calibration::load_for(&path).unwrap().unwrap();
+        assert_eq!(loaded.archs, fitted.archs);
+        assert!((loaded.margin(Stat::P50).unwrap() - worst).abs() < 1e-9);
+        assert!(Calibration::fit(&[], &plain, &space).is_err());
+    }
+
+    #[test]
+    fn files_from_before_the_statistics_still_load_and_ask_for_a_refit() {
         let dir = tempfile::tempdir().unwrap();
         let table = dir.path().join("t.csv");
-        assert_eq!(Calibration::load_for(&table).unwrap(), None);
-        c.save_for(&table).unwrap();
-        assert_eq!(Calibration::load_for(&table).unwrap(), Some(c));
+        std::fs::write(path_for(&table), r#"{"scale": 1.07, "archs": ["ab"], "fitted_at": "2026-01-01T00:00:00Z"}"#)
+            .unwrap();
+        let old = Calibration::load_for(&table).unwrap().unwrap();
+        assert_eq!(old.scale(Stat::Min), Some(1.07));
+        assert_eq!(old.scale(Stat::P50), None);
+        assert!(!old.covers(Stat::P50));
+        assert_eq!(old.margin(Stat::Min), None);
     }
 }

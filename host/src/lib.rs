@@ -1,15 +1,19 @@
 //! Host side of edgeloop: talks to the device agents (DESIGN §5) and drives
 //! measurements. The `edgeloop` binary is a thin command line over this crate.
 
+pub mod baseline;
 pub mod calibrate;
 pub mod client;
 pub mod commands;
 pub mod files;
+pub mod plot;
 pub mod predict;
 pub mod progress;
 pub mod quantize;
 pub mod search;
+pub mod report;
 pub mod table;
+pub mod train;
 pub mod validate;
 
 pub use client::{AgentClient, ClientError, RetryPolicy, UploadOutcome, UploadStatus};

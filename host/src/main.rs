@@ -11,9 +11,11 @@ use edgeloop::calibrate::Calibration;
 use edgeloop::client::{DEFAULT_REQUEST_TIMEOUT, error_line};
 use edgeloop::commands::table::{self, TablePrecision};
 use edgeloop::commands::{devices, export, measure, space};
-use edgeloop::predict::Predictor;
+use edgeloop::predict::{Predictor, Stat};
 use edgeloop::quantize::{self, Constraint, QuantizeEnv, QuantizeSettings};
-use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy};
+use edgeloop::baseline::{self, Baseline};
+use edgeloop::search::{self, FinalSettings, RewardKind, SearchEnv, SearchSettings, Strategy, TrainRecipe};
+use edgeloop::train::TrainEnv;
 use edgeloop::table::LatencyTable;
 use edgeloop::validate;
 use edgeloop_api::MeasureRequest;
@@ -48,6 +50,12 @@ enum Command {
     Table(TableCommand),
     /// Search an architecture under a latency budget measured on a device (ProxylessNAS).
     Search(Box<SearchArgs>),
+    /// Train one fixed architecture (a file, or MobileNetV2's block) with a search's final recipe and measure it.
+    Train(Box<TrainArgs>),
+    /// Train and measure MobileNetV2's block at a sweep of widths: the baseline a search must beat.
+    Baseline(Box<BaselineArgs>),
+    /// Runs and a baseline sweep in one report: report.md, pareto.png, latency.png.
+    Report(ReportArgs),
     /// Choose per-layer precisions of a searched network under a latency, energy or size budget (HAQ).
     Quantize(Box<QuantizeArgs>),
 }
@@ -119,17 +127,19 @@ struct QuantizeArgs {
 struct SearchArgs {
     #[command(flatten)]
     space: SpaceArgs,
-    /// synthetic[:TRAIN,TEST], cifar10:DIR, mnist:DIR or folder:DIR.
-    #[arg(long, value_name = "SPEC", default_value = "synthetic")]
-    dataset: String,
+    #[command(flatten)]
+    recipe: RecipeArgs,
     /// Base URL of an agent on the target device; repeat for several devices of one class.
     #[arg(long = "device", value_name = "URL", required = true)]
     devices: Vec<String>,
     #[command(flatten)]
     auth: Auth,
-    /// Latency budget on the device, ms (judged on the final model's p50).
+    /// Latency budget on the device, ms (judged on the final model's --budget-stat).
     #[arg(long, value_name = "MS")]
     budget_ms: Option<f64>,
+    /// The statistic of the device's runs a latency budget is judged (and predicted) on.
+    #[arg(long, value_enum, value_name = "STAT", default_value_t = Stat::P50)]
+    budget_stat: Stat,
     /// Energy budget instead: mJ per inference above idle, read from the
     /// agent's power sensor (RAPL, Jetson INA3221 or Android battery).
     #[arg(long, value_name = "MJ")]
@@ -148,7 +158,75 @@ struct SearchArgs {
     /// the steps): on `tiny` its loss leaves chance level after about 5 epochs.
     #[arg(long, value_name = "N", default_value_t = 20)]
     warmup_epochs: usize,
-    /// Epochs of training the chosen arch from scratch.
+    /// Adam learning rate of α (betas 0, 0.999).
+    #[arg(long, value_name = "LR", default_value_t = 1e-3)]
+    arch_lr: f64,
+    /// Weight steps per architecture update.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    arch_every: usize,
+    /// Binary gates of a gradient arch step: `two` sampled paths or `full`.
+    #[arg(long, value_name = "MODE", default_value = "two")]
+    gate_mode: String,
+    /// Cost term of the gradient strategy: lagrange (the budget as a constraint
+    /// with a multiplier λ by dual ascent), mul#log, add#linear (ProxylessNAS's
+    /// fixed-strength penalties) or off.
+    #[arg(long, value_name = "LOSS", default_value = "lagrange")]
+    latency_loss: String,
+    /// mul#log: L = a·CE·(log E[LAT] / log T)^b — the a.
+    #[arg(long, value_name = "A", default_value_t = 0.2)]
+    loss_a: f64,
+    /// mul#log: the b.
+    #[arg(long, value_name = "B", default_value_t = 0.3)]
+    loss_b: f64,
+    /// add#linear: L = CE + λ·(E[LAT] − T)/T — the λ.
+    #[arg(long, value_name = "L", default_value_t = 0.1)]
+    loss_lambda: f64,
+    /// lagrange: the multiplier's step, λ ← max(0, λ + η·(E[COST]/T − 1)) after each arch step.
+    #[arg(long, value_name = "ETA", default_value_t = search::DEFAULT_LAMBDA_LR)]
+    lambda_lr: f64,
+    /// REINFORCE: how the reward takes the budget: lagrange (acc − λ·(COST/T − 1))
+    /// or mnas (acc·(COST/T)^w, see --reward-w and --hard-constraint).
+    #[arg(long, value_enum, default_value_t = RewardKind::Lagrange)]
+    reward: RewardKind,
+    /// REINFORCE: archs sampled (and measured) per update.
+    #[arg(long, value_name = "M", default_value_t = 4)]
+    samples: usize,
+    /// REINFORCE (mnas): reward = acc·(LAT/T)^w, the soft w.
+    #[arg(long, value_name = "W", default_value_t = -0.07, allow_negative_numbers = true)]
+    reward_w: f64,
+    /// REINFORCE (mnas): w = 0 within the budget, −1 above it.
+    #[arg(long)]
+    hard_constraint: bool,
+    /// REINFORCE: baseline ← d·baseline + (1 − d)·mean reward.
+    #[arg(long, value_name = "D", default_value_t = 0.99)]
+    baseline_decay: f64,
+    /// Architectures derived under the budget (most likely first) and measured on the device.
+    #[arg(long, value_name = "K", default_value_t = search::DEFAULT_CANDIDATES)]
+    derive_candidates: usize,
+    /// Final trainings at most: when the final model misses the budget on the
+    /// device, derive again with a larger margin and retrain, up to this many times in all.
+    #[arg(long, value_name = "N", default_value_t = search::DEFAULT_ROUNDS)]
+    max_rounds: usize,
+    #[command(flatten)]
+    run_on: RunOn,
+    /// CPU threads for training [default: libtorch's choice].
+    #[arg(long, value_name = "N")]
+    threads: Option<i32>,
+    /// Run directory: arch.json, search.csv, archs.csv, checkpoint, model.onnx, result.json.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Continue the search (or final training) checkpointed in --out.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// How a final network is trained (`search`, `train`, `baseline`).
+#[derive(Args)]
+struct RecipeArgs {
+    /// synthetic[:TRAIN,TEST], cifar10:DIR, mnist:DIR or folder:DIR.
+    #[arg(long, value_name = "SPEC", default_value = "synthetic")]
+    dataset: String,
+    /// Epochs of training the final network from scratch.
     #[arg(long, value_name = "N", default_value_t = 30)]
     final_epochs: usize,
     #[arg(long, value_name = "N", default_value_t = 64)]
@@ -160,53 +238,135 @@ struct SearchArgs {
     momentum: f64,
     #[arg(long, value_name = "WD", default_value_t = 4e-5)]
     weight_decay: f64,
-    /// Adam learning rate of α (betas 0, 0.999).
-    #[arg(long, value_name = "LR", default_value_t = 1e-3)]
-    arch_lr: f64,
-    /// Weight steps per architecture update.
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    arch_every: usize,
-    /// Binary gates of a gradient arch step: `two` sampled paths or `full`.
-    #[arg(long, value_name = "MODE", default_value = "two")]
-    gate_mode: String,
-    /// Cost term of the gradient strategy: mul#log, add#linear or off.
-    #[arg(long, value_name = "LOSS", default_value = "mul#log")]
-    latency_loss: String,
-    /// mul#log: L = a·CE·(log E[LAT] / log T)^b — the a.
-    #[arg(long, value_name = "A", default_value_t = 0.2)]
-    loss_a: f64,
-    /// mul#log: the b.
-    #[arg(long, value_name = "B", default_value_t = 0.3)]
-    loss_b: f64,
-    /// add#linear: L = CE + λ·(E[LAT] − T)/T — the λ.
-    #[arg(long, value_name = "L", default_value_t = 0.1)]
-    loss_lambda: f64,
-    /// REINFORCE: archs sampled (and measured) per update.
-    #[arg(long, value_name = "M", default_value_t = 4)]
-    samples: usize,
-    /// REINFORCE: reward = acc·(LAT/T)^w, the soft w.
-    #[arg(long, value_name = "W", default_value_t = -0.07, allow_negative_numbers = true)]
-    reward_w: f64,
-    /// REINFORCE: w = 0 within the budget, −1 above it.
-    #[arg(long)]
-    hard_constraint: bool,
-    /// REINFORCE: baseline ← d·baseline + (1 − d)·mean reward.
-    #[arg(long, value_name = "D", default_value_t = 0.99)]
-    baseline_decay: f64,
-    /// Training images held out for architecture steps [default: 10% of train].
+    /// Training images held out (for architecture steps; they set the input
+    /// normalisation, and the final network trains on them too) [default: 10% of train].
     #[arg(long, value_name = "N", default_value_t = 0)]
     holdout: usize,
+}
+
+impl RecipeArgs {
+    fn recipe(&self, seed: u64) -> TrainRecipe {
+        TrainRecipe {
+            dataset: self.dataset.clone(),
+            final_epochs: self.final_epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            holdout: self.holdout,
+            seed,
+        }
+    }
+}
+
+/// Training and measuring one fixed architecture (`train`, `baseline`).
+#[derive(Args)]
+struct FixedRunArgs {
+    /// Base URL of the agent on the target device.
+    #[arg(long, value_name = "URL")]
+    device: String,
+    #[command(flatten)]
+    auth: Auth,
+    #[command(flatten)]
+    recipe: RecipeArgs,
+    /// The statistic of the device's runs a budget is judged on, and the table predicts.
+    #[arg(long, value_enum, value_name = "STAT", default_value_t = Stat::P50)]
+    budget_stat: Stat,
+    /// Latency table of the device [default: latency-tables/<device_id>--<runtime>--<space>.csv,
+    /// built and calibrated through the agent when rows or the calibration are missing].
+    #[arg(long, value_name = "FILE")]
+    table: Option<PathBuf>,
     #[command(flatten)]
     run_on: RunOn,
     /// CPU threads for training [default: libtorch's choice].
     #[arg(long, value_name = "N")]
     threads: Option<i32>,
-    /// Run directory: arch.json, search.csv, checkpoint, model.onnx, result.json.
+}
+
+impl FixedRunArgs {
+    fn settings(&self, space: &str, width: f64) -> FinalSettings {
+        FinalSettings {
+            space: space.to_string(),
+            width,
+            recipe: self.recipe.recipe(self.run_on.seed),
+            runtime: self.run_on.runtime.clone(),
+            measure_threads: self.run_on.measure_threads,
+        }
+    }
+
+    fn env(&self, out: PathBuf, resume: bool) -> anyhow::Result<TrainEnv> {
+        if let Some(n) = self.threads {
+            tch::set_num_threads(n);
+        }
+        Ok(TrainEnv {
+            out,
+            resume,
+            device: AgentClient::new(&self.device, self.auth.token()?)?,
+            table: self.table.clone(),
+            device_kind: self.run_on.device_kind,
+            final_request: self.run_on.final_request(),
+        })
+    }
+}
+
+/// `edgeloop train`: see README "Baselines and reports".
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["arch", "baseline"])))]
+struct TrainArgs {
+    #[command(flatten)]
+    space: SpaceArgs,
+    /// Architecture JSON ({"space", "width", "ops": [...]}) to train.
+    #[arg(long, value_name = "A.json")]
+    arch: Option<PathBuf>,
+    /// A hand-designed architecture of the space's layout instead.
+    #[arg(long, value_enum)]
+    baseline: Option<Baseline>,
+    #[command(flatten)]
+    run: FixedRunArgs,
+    /// Judge the trained model against this latency budget, ms (optional).
+    #[arg(long, value_name = "MS")]
+    budget_ms: Option<f64>,
+    /// Run directory: arch.json, model.onnx, result.json, final.checkpoint.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Continue the search (or final training) checkpointed in --out.
+    /// Continue the training checkpointed in --out.
     #[arg(long)]
     resume: bool,
+}
+
+/// `edgeloop baseline`: see README "Baselines and reports".
+#[derive(Args)]
+struct BaselineArgs {
+    /// Preset (proxyless-mobile, proxyless-cifar, tiny) or path to a space TOML file.
+    #[arg(long, value_name = "NAME|FILE")]
+    space: String,
+    /// Width multipliers to train (widths whose channels round alike are trained once).
+    #[arg(long, value_name = "W,W,…", value_delimiter = ',', default_values_t = baseline::DEFAULT_WIDTHS)]
+    widths: Vec<f64>,
+    /// Train only the widest width whose untrained network measures within
+    /// this many ms on the device (all widths are measured first).
+    #[arg(long, value_name = "MS")]
+    fit_ms: Option<f64>,
+    #[command(flatten)]
+    run: FixedRunArgs,
+    /// Folder of the sweep: baselines.csv and a run folder per width (w0.5/, …).
+    /// Rerunning continues it: finished widths are read back.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+/// `edgeloop report`.
+#[derive(Args)]
+struct ReportArgs {
+    /// Run directories (of search, train or quantize) to report on.
+    #[arg(value_name = "RUN", required = true)]
+    runs: Vec<PathBuf>,
+    /// A baseline sweep's folder (with baselines.csv).
+    #[arg(long, value_name = "DIR")]
+    baselines: Option<PathBuf>,
+    /// Where report.md, pareto.png and latency.png go.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 /// Where a search measures and trains (`search` and `quantize`).
@@ -275,13 +435,13 @@ struct WholeNetworkArgs {
     #[command(flatten)]
     space: SpaceArgs,
     /// Untimed runs per network.
-    #[arg(long, value_name = "N", default_value_t = 5)]
+    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().warmup_runs)]
     warmup: usize,
-    /// Timed runs per network, at least.
-    #[arg(long, value_name = "N", default_value_t = 20)]
+    /// Timed runs per network, at least [default: as a final model's measurement].
+    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().min_runs)]
     runs: usize,
     /// Timed duration per network, at least, in ms.
-    #[arg(long, value_name = "MS", default_value_t = 300)]
+    #[arg(long, value_name = "MS", default_value_t = MeasureRequest::default().min_duration_ms)]
     min_duration_ms: u64,
 }
 
@@ -290,10 +450,10 @@ struct TableCalibrateArgs {
     #[command(flatten)]
     net: WholeNetworkArgs,
     /// Whole networks to fit on.
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    #[arg(long, value_name = "N", default_value_t = edgeloop::calibrate::DEFAULT_SAMPLES)]
     samples: usize,
     /// Seed of the architecture sampler (keep it apart from validation seeds).
-    #[arg(long, value_name = "S", default_value_t = 1_000_003)]
+    #[arg(long, value_name = "S", default_value_t = edgeloop::calibrate::DEFAULT_SEED)]
     seed: u64,
 }
 
@@ -304,6 +464,10 @@ struct TableValidateArgs {
     /// Random architectures to measure.
     #[arg(long, value_name = "N", default_value_t = 100)]
     samples: usize,
+    /// Statistic of each network's runs to predict and compare: min (the
+    /// table's own), p50 or p90 (these need a calibration).
+    #[arg(long, value_enum, default_value_t = Stat::Min)]
+    stat: Stat,
     /// Seed of the architecture sampler.
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
@@ -380,6 +544,11 @@ struct TablePredictArgs {
     #[arg(long, value_name = "A.json")]
     arch: PathBuf,
 
+    /// Statistic of the runs to predict: min (the table's own), p50 or p90
+    /// (these need `table calibrate`).
+    #[arg(long, value_enum, default_value_t = Stat::Min)]
+    stat: Stat,
+
     /// Print the prediction as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -419,7 +588,7 @@ impl SpaceArgs {
 }
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("which").required(true).args(["arch", "random"])))]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["arch", "random", "baseline"])))]
 struct ExportArgs {
     #[command(flatten)]
     space: SpaceArgs,
@@ -429,6 +598,9 @@ struct ExportArgs {
     /// Export a random architecture drawn with this seed instead.
     #[arg(long, value_name = "SEED")]
     random: Option<u64>,
+    /// Export a hand-designed architecture of the space's layout instead.
+    #[arg(long, value_enum)]
+    baseline: Option<Baseline>,
     /// Seed of the random weights.
     #[arg(long, value_name = "N", default_value_t = 0)]
     weights_seed: u64,
@@ -535,6 +707,9 @@ async fn main() -> ExitCode {
         Command::Table(TableCommand::Validate(args)) => run_table_validate(args).await,
         Command::Table(TableCommand::Calibrate(args)) => run_table_calibrate(args).await,
         Command::Search(args) => run_search(*args).await,
+        Command::Train(args) => run_train(*args).await,
+        Command::Baseline(args) => run_baseline(*args).await,
+        Command::Report(args) => run_report(args),
         Command::Quantize(args) => run_quantize(*args).await,
     };
     // One line, not anyhow's multi-line report (with a backtrace under RUST_BACKTRACE).
@@ -571,9 +746,10 @@ async fn run_devices(args: DevicesArgs) -> anyhow::Result<()> {
 
 fn run_export(args: ExportArgs) -> anyhow::Result<()> {
     let space = args.space.load()?;
-    let source = match (&args.arch, args.random) {
-        (Some(path), _) => export::ArchSource::File(path),
-        (None, seed) => export::ArchSource::Random(seed.expect("clap requires --arch or --random")),
+    let source = match (&args.arch, args.random, args.baseline) {
+        (Some(path), _, _) => export::ArchSource::File(path),
+        (None, Some(seed), _) => export::ArchSource::Random(seed),
+        (None, None, baseline) => export::ArchSource::Baseline(baseline.expect("clap requires one source")),
     };
     let exported = export::run(&space, source, args.weights_seed, &args.out)?;
     if let Some(path) = &args.arch_out {
@@ -619,7 +795,7 @@ fn run_table_predict(args: TablePredictArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.arch).with_context(|| format!("cannot read {}", args.arch.display()))?;
     let arch = Arch::from_json(&text).with_context(|| format!("cannot read {}", args.arch.display()))?;
     let calibration = Calibration::load_for(&args.table)?;
-    let prediction = Predictor::calibrated(&latency, calibration.as_ref()).predict(&space, &arch)?;
+    let prediction = Predictor::calibrated(&latency, calibration.as_ref(), args.stat)?.predict(&space, &arch)?;
     print!("{}", table::render_prediction(&prediction, args.json)?);
     Ok(())
 }
@@ -661,31 +837,33 @@ impl WholeNetworkArgs {
 }
 
 impl WholeNetworkRun {
-    /// Measures `archs` with a progress bar, comparing with `predictor`.
-    async fn measure(
-        &self,
-        predictor: &Predictor<'_>,
-        archs: &[edgeloop_space::Arch],
-    ) -> anyhow::Result<Vec<validate::Sample>> {
+    /// Measures `archs` as whole networks, with a progress bar.
+    async fn measure(&self, archs: &[edgeloop_space::Arch]) -> anyhow::Result<Vec<validate::NetworkMeasurement>> {
         let bar = edgeloop::progress::bar(archs.len(), "archs");
-        let samples = validate::run(&self.client, &self.space, predictor, archs, &self.template, |s| {
-            bar.set_message(format!("last: predicted {:.3} ms, measured {:.3} ms", s.predicted_ms, s.measured_ms));
+        let measured = validate::measure_networks(&self.client, &self.space, archs, &self.template, |m| {
+            bar.set_message(format!("last: p50 {:.3} ms, fastest {:.3} ms", m.stats.p50, m.stats.min));
             bar.inc(1);
         })
         .await?;
         bar.finish_and_clear();
-        Ok(samples)
+        Ok(measured)
     }
 }
 
 async fn run_table_calibrate(args: TableCalibrateArgs) -> anyhow::Result<()> {
     let run = args.net.open().await?;
-    let predictor = Predictor::new(&run.latency);
     let archs = validate::sample_archs(&run.space, args.samples, args.seed, &[]);
-    let samples = run.measure(&predictor, &archs).await?;
-    let calibration = Calibration::fit(&samples, predictor.overhead_ms(&run.space)?)?;
+    let measured = run.measure(&archs).await?;
+    let calibration = Calibration::fit(&measured, &Predictor::new(&run.latency), &run.space)?;
     let path = calibration.save_for(&args.net.table)?;
-    println!("scale {:.4} fitted on {} archs; wrote {}", calibration.scale, samples.len(), path.display());
+    let scales: Vec<String> = [Stat::Min, Stat::P50, Stat::P90]
+        .iter()
+        .map(|&stat| {
+            let margin = calibration.margin(stat).map_or(String::new(), |m| format!(", margin {:.1}%", m * 100.0));
+            format!("{stat} {:.4}{margin}", calibration.scale(stat).unwrap_or(f64::NAN))
+        })
+        .collect();
+    println!("scale {} fitted on {} archs; wrote {}", scales.join("; "), measured.len(), path.display());
     Ok(())
 }
 
@@ -693,22 +871,26 @@ async fn run_table_validate(args: TableValidateArgs) -> anyhow::Result<()> {
     let run = args.net.open().await?;
     let calibration = Calibration::load_for(&args.net.table)?;
     let held_out = calibration.as_ref().map_or(&[][..], |c| &c.archs[..]);
+    let predictor = Predictor::calibrated(&run.latency, calibration.as_ref(), args.stat)?;
     let archs = validate::sample_archs(&run.space, args.samples, args.seed, held_out);
-    let predictor = Predictor::calibrated(&run.latency, calibration.as_ref());
-    let samples = run.measure(&predictor, &archs).await?;
+    let measured = run.measure(&archs).await?;
+    let samples = validate::samples(&predictor, &run.space, &measured, args.stat)?;
     let metrics = validate::metrics(&samples);
     let out = args.out.unwrap_or_else(|| args.net.table.with_extension("validation"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    validate::write_csv(&out.join("validation.csv"), &samples)?;
-    validate::write_plot(&out.join("validation.png"), &samples, &metrics, run.space.name())?;
+    validate::write_csv(&out.join("validation.csv"), &samples, args.stat)?;
+    validate::write_plot(&out.join("validation.png"), &samples, &metrics, run.space.name(), args.stat)?;
     if args.json {
         println!("{}", serde_json::to_string(&metrics)?);
     } else {
-        let correction =
-            calibration.map_or("no calibration".to_string(), |c| format!("calibrated, scale {:.4}", c.scale));
+        let correction = match calibration.as_ref().and_then(|c| c.scale(args.stat)) {
+            Some(scale) => format!("calibrated, scale {scale:.4}"),
+            None => "no calibration".to_string(),
+        };
         println!(
-            "{} archs ({correction}): {:.1}% within ±10%, MAPE {:.2}%, RMSE {:.4} ms, Kendall τ {:.3}\nwrote {}/validation.csv and validation.png",
+            "{} archs, {} ({correction}): {:.1}% within ±10%, MAPE {:.2}%, RMSE {:.4} ms, Kendall τ {:.3}\nwrote {}/validation.csv and validation.png",
             metrics.samples,
+            args.stat,
             metrics.within_10pct * 100.0,
             metrics.mape,
             metrics.rmse_ms,
@@ -728,17 +910,13 @@ async fn run_search(args: SearchArgs) -> anyhow::Result<()> {
     let settings = SearchSettings {
         space: args.space.space.clone(),
         width: args.space.width,
-        dataset: args.dataset,
+        recipe: args.recipe.recipe(args.run_on.seed),
         budget_ms: args.budget_ms,
         energy_budget_mj: args.energy_budget_mj,
+        budget_stat: args.budget_stat,
         strategy: args.strategy,
         warmup_epochs: args.warmup_epochs,
         epochs: args.epochs,
-        final_epochs: args.final_epochs,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        momentum: args.momentum,
-        weight_decay: args.weight_decay,
         arch_lr: args.arch_lr,
         arch_every: args.arch_every,
         gate_mode: args.gate_mode,
@@ -746,12 +924,14 @@ async fn run_search(args: SearchArgs) -> anyhow::Result<()> {
         loss_a: args.loss_a,
         loss_b: args.loss_b,
         loss_lambda: args.loss_lambda,
+        lambda_lr: args.lambda_lr,
+        reward: args.reward,
         samples: args.samples,
         reward_w: args.reward_w,
         hard_constraint: args.hard_constraint,
         baseline_decay: args.baseline_decay,
-        holdout: args.holdout,
-        seed: args.run_on.seed,
+        derive_candidates: args.derive_candidates,
+        max_rounds: args.max_rounds,
         runtime: args.run_on.runtime.clone(),
         measure_threads: args.run_on.measure_threads,
     };
@@ -766,6 +946,58 @@ async fn run_search(args: SearchArgs) -> anyhow::Result<()> {
     };
     let result = search::run(settings, env).await?;
     print!("{}", search::render_summary(&result, &args.out));
+    Ok(())
+}
+
+async fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+    let space = args.space.load()?;
+    let arch = match (&args.arch, args.baseline) {
+        (Some(path), _) => export::load_arch(&space, path)?,
+        (None, baseline) => baseline.expect("clap requires --arch or --baseline").arch(&space)?,
+    };
+    let settings = args.run.settings(&args.space.space, args.space.width);
+    let env = args.run.env(args.out.clone(), args.resume)?;
+    let result = edgeloop::train::run(&settings, &arch, args.budget_ms, args.run.budget_stat, &env).await?;
+    print!("{}", search::render_summary(&result, &args.out));
+    Ok(())
+}
+
+async fn run_baseline(args: BaselineArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.widths.is_empty(), "--widths: give at least one width");
+    let settings = args.run.settings(&args.space, 1.0);
+    let env = args.run.env(args.out.clone(), false)?;
+    let stat = args.run.budget_stat;
+    let widths = match args.fit_ms {
+        Some(limit) => {
+            let (widest, _) = baseline::widest_within(&args.space, &args.widths, limit, stat, &env).await?;
+            println!("training width {widest}: the widest within {limit} ms {stat} (or the narrowest, if none is)");
+            vec![widest]
+        }
+        None => args.widths.clone(),
+    };
+    let rows = baseline::run(&settings, &widths, stat, &args.out, &env).await?;
+    println!("width  channels        accuracy  p50 ms   p90 ms   size");
+    for r in &rows {
+        println!(
+            "{:<6} {:<15} {:>7.2}%  {:>7.3}  {:>7.3}  {:.1} kB",
+            r.width,
+            r.channels,
+            100.0 * r.test_accuracy,
+            r.measured_p50_ms,
+            r.measured_p90_ms,
+            r.model_kb
+        );
+    }
+    println!("wrote {}", args.out.join("baselines.csv").display());
+    Ok(())
+}
+
+fn run_report(args: ReportArgs) -> anyhow::Result<()> {
+    let written = edgeloop::report::run(&args.runs, args.baselines.as_deref(), &args.out)?;
+    if !written.comparisons.is_empty() {
+        print!("{}", edgeloop::report::comparison_table(&written.comparisons));
+    }
+    println!("wrote {} (with pareto.png and latency.png)", written.markdown.display());
     Ok(())
 }
 

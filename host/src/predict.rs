@@ -13,11 +13,17 @@
 //!
 //! Energy (mJ per inference) from an energy table adds up the same way, so
 //! one predictor does both; [`Metric`] says which column it sums.
+//!
+//! The rows are fastest runs, but budgets are judged on the median (or the
+//! 90th percentile) of a whole network's runs: a calibration fitted on whole
+//! networks gives the factor k of each statistic ([`Stat`]), so the
+//! prediction is of the figure that is judged.
 
 use std::path::PathBuf;
 
+use edgeloop_api::LatencyStats;
 use edgeloop_space::{Arch, ArchError, Layer, LayerKind, Op, Shape, Space};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::calibrate::Calibration;
 use crate::table::{LatencyTable, TableError, Target};
@@ -26,6 +32,13 @@ use crate::table::{LatencyTable, TableError, Target};
 pub enum PredictError {
     #[error("latency table {} has no row {key}; build it for this space with `edgeloop table build`", table.display())]
     MissingKey { key: String, table: PathBuf },
+
+    #[error(
+        "latency table {} has no calibration for {stat}: run `edgeloop table calibrate` on it \
+         (the table's rows are fastest runs; {stat} is fitted on whole networks)",
+        table.display()
+    )]
+    Uncalibrated { stat: Stat, table: PathBuf },
 
     #[error(transparent)]
     Arch(#[from] ArchError),
@@ -50,6 +63,43 @@ impl Metric {
             Metric::Latency => "ms",
             Metric::Energy => "mJ",
         }
+    }
+}
+
+/// Which statistic of a network's timed runs a prediction (or a budget) is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Stat {
+    /// The fastest run: what the hardware needs (the table's own statistic).
+    Min,
+    /// The median run: what a budget is judged on by default.
+    P50,
+    /// The 90th percentile: for applications that care about the tail.
+    P90,
+}
+
+impl Stat {
+    /// This statistic of a measurement's runs.
+    pub fn of(self, stats: &LatencyStats) -> f64 {
+        match self {
+            Stat::Min => stats.min,
+            Stat::P50 => stats.p50,
+            Stat::P90 => stats.p90,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stat::Min => "min",
+            Stat::P50 => "p50",
+            Stat::P90 => "p90",
+        }
+    }
+}
+
+impl std::fmt::Display for Stat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -92,9 +142,20 @@ impl<'a> Predictor<'a> {
         Predictor { table, scale: 1.0, metric: Metric::Latency }
     }
 
-    /// Latencies with the correction `calibration` fitted for this table, if any.
-    pub fn calibrated(table: &'a LatencyTable, calibration: Option<&Calibration>) -> Self {
-        Predictor { table, scale: calibration.map_or(1.0, |c| c.scale), metric: Metric::Latency }
+    /// Latencies of statistic `stat`, with the correction `calibration`
+    /// fitted for this table. Fastest runs need none (the plain sum is
+    /// their prediction); medians and tails do.
+    pub fn calibrated(
+        table: &'a LatencyTable,
+        calibration: Option<&Calibration>,
+        stat: Stat,
+    ) -> Result<Self, PredictError> {
+        let scale = match (calibration.and_then(|c| c.scale(stat)), stat) {
+            (Some(scale), _) => scale,
+            (None, Stat::Min) => 1.0,
+            (None, _) => return Err(PredictError::Uncalibrated { stat, table: table.path().to_path_buf() }),
+        };
+        Ok(Predictor { table, scale, metric: Metric::Latency })
     }
 
     /// The plain sum of energies; the table must have energy columns.
@@ -166,14 +227,14 @@ fn op_name(layer: &Layer) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::table::TableWriter;
     use crate::table::tests::row;
 
     /// A table for every layer of `tiny` where the overhead row is `overhead`
     /// and a layer's row `base` + its output channels / 128 ms (exact in binary).
-    fn tiny_table(dir: &std::path::Path, overhead: f64, base: f64) -> (Space, LatencyTable) {
+    pub(crate) fn tiny_table(dir: &std::path::Path, overhead: f64, base: f64) -> (Space, LatencyTable) {
         let space = Space::load("tiny", 1.0).unwrap();
         let path = dir.join("t.csv");
         let mut writer = TableWriter::open(&path, false).unwrap();

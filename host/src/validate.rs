@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use edgeloop_api::MeasureRequest;
+use edgeloop_api::{LatencyStats, MeasureRequest};
 use edgeloop_onnx::encode;
 use edgeloop_onnx::export::{RandomWeights, arch_model};
 use edgeloop_space::{Arch, Space};
@@ -15,9 +15,9 @@ use rand::rngs::SmallRng;
 use serde::Serialize;
 
 use crate::client::{AgentClient, ClientError};
-use crate::predict::{PredictError, Predictor};
+use crate::predict::{PredictError, Predictor, Stat};
 
-/// One architecture: predicted and measured whole-network latency (fastest run).
+/// One architecture: predicted and measured whole-network latency (one statistic).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub arch: Arch,
@@ -110,43 +110,63 @@ pub fn sample_archs(space: &Space, count: usize, seed: u64, exclude: &[String]) 
     archs
 }
 
-/// Predicts, then measures each arch on the agent; `on_sample` sees each
-/// result as it arrives (progress).
-pub async fn run(
+/// A whole network measured on the device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkMeasurement {
+    pub arch: Arch,
+    pub stats: LatencyStats,
+}
+
+/// Measures each arch (seeded random weights) as a whole network on the
+/// agent; `on_each` sees each result as it arrives (progress).
+pub async fn measure_networks(
     client: &AgentClient,
     space: &Space,
-    predictor: &Predictor<'_>,
     archs: &[Arch],
     template: &MeasureRequest,
-    mut on_sample: impl FnMut(&Sample),
-) -> Result<Vec<Sample>, ValidateError> {
-    let mut samples = Vec::with_capacity(archs.len());
+    mut on_each: impl FnMut(&NetworkMeasurement),
+) -> Result<Vec<NetworkMeasurement>, ValidateError> {
+    let mut measured = Vec::with_capacity(archs.len());
     for (i, arch) in archs.iter().enumerate() {
-        let predicted_ms = predictor.predict(space, arch)?.total_ms;
         let model = encode(&arch_model(space, arch, &mut RandomWeights::new(i as u64)).map_err(PredictError::from)?);
         let (_, m) = client.upload_and_measure(&model, template).await.map_err(|source| ValidateError::Measure {
             arch: arch.hash()[..12].to_string(),
             source: Box::new(source),
         })?;
-        // The table's statistic (see `Row::latency_ms`), so like is compared with like.
-        let sample = Sample { arch: arch.clone(), predicted_ms, measured_ms: m.latency_ms.min };
-        on_sample(&sample);
-        samples.push(sample);
+        let network = NetworkMeasurement { arch: arch.clone(), stats: m.latency_ms };
+        on_each(&network);
+        measured.push(network);
     }
-    Ok(samples)
+    Ok(measured)
 }
 
-/// `validation.csv`: arch_hash, predicted_ms, measured_ms, error_pct, ops.
-pub fn write_csv(path: &Path, samples: &[Sample]) -> Result<(), ValidateError> {
+/// Each network's prediction next to its measured statistic `stat`.
+pub fn samples(
+    predictor: &Predictor<'_>,
+    space: &Space,
+    measured: &[NetworkMeasurement],
+    stat: Stat,
+) -> Result<Vec<Sample>, PredictError> {
+    measured
+        .iter()
+        .map(|m| {
+            let predicted_ms = predictor.predict(space, &m.arch)?.total_ms;
+            Ok(Sample { arch: m.arch.clone(), predicted_ms, measured_ms: stat.of(&m.stats) })
+        })
+        .collect()
+}
+
+/// `validation.csv`: arch_hash, stat, predicted_ms, measured_ms, error_pct, ops.
+pub fn write_csv(path: &Path, samples: &[Sample], stat: Stat) -> Result<(), ValidateError> {
     let write = || -> std::io::Result<()> {
         let tmp = path.with_extension("csv.tmp");
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        writeln!(f, "arch_hash,predicted_ms,measured_ms,error_pct,ops")?;
+        writeln!(f, "arch_hash,stat,predicted_ms,measured_ms,error_pct,ops")?;
         for s in samples {
             let ops: Vec<String> = s.arch.ops.iter().map(ToString::to_string).collect();
             writeln!(
                 f,
-                "{},{:.6},{:.6},{:.3},{}",
+                "{},{stat},{:.6},{:.6},{:.3},{}",
                 s.arch.hash(),
                 s.predicted_ms,
                 s.measured_ms,
@@ -161,12 +181,10 @@ pub fn write_csv(path: &Path, samples: &[Sample]) -> Result<(), ValidateError> {
 }
 
 /// Predicted-vs-measured scatter with the y = x line and the ±10% band.
-pub fn write_plot(path: &Path, samples: &[Sample], m: &Metrics, title: &str) -> Result<(), ValidateError> {
+pub fn write_plot(path: &Path, samples: &[Sample], m: &Metrics, title: &str, stat: Stat) -> Result<(), ValidateError> {
     use plotters::prelude::*;
     let plot_err = |e: &dyn std::fmt::Display| ValidateError::Plot { path: path.to_path_buf(), message: e.to_string() };
-    // Bundled font: no dependency on the fonts a machine has.
-    plotters::style::register_font("sans-serif", FontStyle::Normal, include_bytes!("../assets/DejaVuSans.ttf"))
-        .map_err(|_| plot_err(&"invalid bundled font"))?;
+    crate::plot::register_font().map_err(|e| plot_err(&e))?;
     let values = || samples.iter().flat_map(|s| [s.predicted_ms, s.measured_ms]);
     let hi = values().fold(0.0f64, f64::max) * 1.1;
     let hi = if hi > 0.0 { hi } else { 1.0 };
@@ -174,7 +192,7 @@ pub fn write_plot(path: &Path, samples: &[Sample], m: &Metrics, title: &str) -> 
     let root = BitMapBackend::new(path, (800, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(&e))?;
     let caption = format!(
-        "{title}: {:.0}% within ±10%, MAPE {:.1}%, RMSE {:.3} ms, τ {:.3}",
+        "{title} ({stat}): {:.0}% within ±10%, MAPE {:.1}%, RMSE {:.3} ms, τ {:.3}",
         m.within_10pct * 100.0,
         m.mape,
         m.rmse_ms,
@@ -189,7 +207,7 @@ pub fn write_plot(path: &Path, samples: &[Sample], m: &Metrics, title: &str) -> 
         .map_err(|e| plot_err(&e))?;
     chart
         .configure_mesh()
-        .x_desc("measured, fastest run (ms)")
+        .x_desc(format!("measured, {} (ms)", stat_label(stat)))
         .y_desc("predicted (ms)")
         .label_style(("sans-serif", 14))
         .draw()
@@ -204,6 +222,15 @@ pub fn write_plot(path: &Path, samples: &[Sample], m: &Metrics, title: &str) -> 
         .draw_series(samples.iter().map(|s| Circle::new((s.measured_ms, s.predicted_ms), 3, BLUE.filled())))
         .map_err(|e| plot_err(&e))?;
     root.present().map_err(|e| plot_err(&e))
+}
+
+/// How a plot names a statistic of the runs.
+pub fn stat_label(stat: Stat) -> &'static str {
+    match stat {
+        Stat::Min => "fastest run",
+        Stat::P50 => "median run (p50)",
+        Stat::P90 => "90th percentile (p90)",
+    }
 }
 
 #[cfg(test)]
@@ -251,11 +278,12 @@ mod tests {
     fn csv_and_plot_are_written() {
         let dir = tempfile::tempdir().unwrap();
         let s = [sample(1.0, 1.1), sample(2.0, 1.9)];
-        write_csv(&dir.path().join("validation.csv"), &s).unwrap();
+        write_csv(&dir.path().join("validation.csv"), &s, Stat::P50).unwrap();
         let text = std::fs::read_to_string(dir.path().join("validation.csv")).unwrap();
         assert_eq!(text.lines().count(), 3);
+        assert!(text.lines().nth(1).unwrap().split(',').nth(1) == Some("p50"), "{text}");
         let png = dir.path().join("validation.png");
-        write_plot(&png, &s, &metrics(&s), "tiny").unwrap();
+        write_plot(&png, &s, &metrics(&s), "tiny", Stat::P50).unwrap();
         assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     }
 }

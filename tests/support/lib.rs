@@ -158,17 +158,13 @@ pub fn tiny_search(strategy: edgeloop::search::Strategy, budget_ms: f64) -> edge
     edgeloop::search::SearchSettings {
         space: "tiny".into(),
         width: 1.0,
-        dataset: "synthetic:640,128".into(),
+        recipe: tiny_recipe(),
         budget_ms: Some(budget_ms),
         energy_budget_mj: None,
+        budget_stat: edgeloop::predict::Stat::P50,
         strategy,
         warmup_epochs: 1,
         epochs: 3,
-        final_epochs: 1,
-        batch_size: 32,
-        lr: 0.05,
-        momentum: 0.9,
-        weight_decay: 4e-5,
         arch_lr: 1e-2,
         arch_every: 1,
         gate_mode: "two".into(),
@@ -176,14 +172,30 @@ pub fn tiny_search(strategy: edgeloop::search::Strategy, budget_ms: f64) -> edge
         loss_a: 0.2,
         loss_b: 0.3,
         loss_lambda: 5.0,
+        lambda_lr: edgeloop::search::DEFAULT_LAMBDA_LR,
+        reward: edgeloop::search::RewardKind::Mnas,
         samples: 2,
         reward_w: -0.07,
         hard_constraint: false,
         baseline_decay: 0.9,
-        holdout: 0,
-        seed: 7,
+        derive_candidates: 3,
+        max_rounds: 2,
         runtime: "tract".into(),
         measure_threads: 1,
+    }
+}
+
+/// The final-training recipe of the short test runs: one epoch on a small synthetic set.
+pub fn tiny_recipe() -> edgeloop::search::TrainRecipe {
+    edgeloop::search::TrainRecipe {
+        dataset: "synthetic:640,128".into(),
+        final_epochs: 1,
+        batch_size: 32,
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 4e-5,
+        holdout: 0,
+        seed: 7,
     }
 }
 

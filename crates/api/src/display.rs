@@ -76,6 +76,12 @@ pub fn measurement_table(m: &Measurement) -> String {
             table.push(("THROTTLED", t.throttle_reason.clone().unwrap_or_default()));
         }
     }
+    if let Some(load) = &m.load {
+        table.push((
+            "other load",
+            format!("{:.2} cores busy with other work over {:.0} ms", load.other_busy_cores, load.window_ms),
+        ));
+    }
     let mut out = rows(&table);
     if let Some(ops) = &m.ops {
         out.push_str(&ops_table(ops));
@@ -167,6 +173,7 @@ mod tests {
             energy: None,
             energy_unavailable_reason: Some("no meter".into()),
             thermal: None,
+            load: Some(crate::LoadStats { other_busy_cores: 0.25, window_ms: 1000.0 }),
             ops: None,
             cpus: None,
             queue_wait_ms: 0.0,
@@ -177,6 +184,7 @@ mod tests {
         assert!(t.contains("p99") && t.contains("1.2000 ms"), "{t}");
         assert!(t.contains("tract 0.23.9 (1 thread)"));
         assert!(t.contains("unavailable: no meter"));
+        assert!(t.contains("0.25 cores busy with other work over 1000 ms"), "{t}");
         assert!(!t.contains("node"), "no profile table without ops");
 
         let ops = vec![

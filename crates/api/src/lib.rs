@@ -186,6 +186,15 @@ pub struct ThermalStats {
     pub cooldown_wait_ms: f64,
 }
 
+/// What else kept the device's CPUs busy while the model was timed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LoadStats {
+    /// Mean number of logical CPUs busy with work other than the agent's
+    /// own over the timed window (steal time included); near 0 on a quiet device.
+    pub other_busy_cores: f64,
+    pub window_ms: f64,
+}
+
 /// Time spent in one node of the model (per-op profile).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpTime {
@@ -216,6 +225,9 @@ pub struct Measurement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub energy_unavailable_reason: Option<String>,
     pub thermal: Option<ThermalStats>,
+    /// Other load on the device during the timed runs (Linux agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadStats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<Vec<OpTime>>,
     /// CPUs the measuring thread was allowed to run on, read back with

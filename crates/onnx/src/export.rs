@@ -290,6 +290,7 @@ pub(crate) fn emit(
     let precisions = &quant.policy.layers;
     for (i, (layer, name)) in layers.iter().zip(names).enumerate() {
         let out_bits = layers.get(i + 1).map_or(8, |next| input_bits(next, precisions[i + 1]));
+        emitter.g.set_scope(name);
         x = emitter.layer(x, layer, name, precisions[i], out_bits)?;
     }
     let y = emitter.float(x);

@@ -112,6 +112,8 @@ pub struct GraphBuilder {
     inputs: Vec<pb::ValueInfoProto>,
     outputs: Vec<pb::ValueInfoProto>,
     next_id: usize,
+    /// Prefix of the names of the nodes added now (`stage1.block2.3x3_MBConv6`).
+    scope: String,
 }
 
 fn value_info(name: &str, elem: ElemType, dims: &[Dim]) -> pb::ValueInfoProto {
@@ -160,6 +162,12 @@ impl GraphBuilder {
         format!("{hint}_{}", self.next_id)
     }
 
+    /// Names the nodes added from now on `<scope>/<op>_<n>`, so that a
+    /// runtime's per-node profile can be added up per layer ([`node_scope`]).
+    pub fn set_scope(&mut self, scope: &str) {
+        self.scope = scope.to_string();
+    }
+
     /// Declares a graph input and returns its value name.
     pub fn input(&mut self, name: &str, elem: ElemType, dims: &[Dim]) -> String {
         self.inputs.push(value_info(name, elem, dims));
@@ -193,7 +201,10 @@ impl GraphBuilder {
     /// Adds a single-output node and returns the output's name. An empty
     /// string in `inputs` marks an omitted optional input, as ONNX specifies.
     pub fn node(&mut self, op_type: &str, inputs: &[&str], attrs: Vec<Attr>) -> String {
-        let node_name = self.fresh(op_type);
+        let node_name = match self.fresh(op_type) {
+            name if self.scope.is_empty() => name,
+            name => format!("{}/{name}", self.scope),
+        };
         let output = format!("{node_name}_out");
         self.nodes.push(pb::NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
@@ -206,7 +217,13 @@ impl GraphBuilder {
         output
     }
 
-    /// 2-D convolution with "same" padding: `weight` is [out, in/group, k, k].
+    /// The scope a node was added in (see [`GraphBuilder::set_scope`]), from
+/// its name or a name a runtime derived from it (`stage1.block1.5x5_MBConv6/Conv_7.pad`).
+pub fn node_scope(node_name: &str) -> Option<&str> {
+    node_name.split_once('/').map(|(scope, _)| scope)
+}
+
+/// 2-D convolution with "same" padding: `weight` is [out, in/group, k, k].
     pub fn conv(
         &mut self,
         x: &str,
@@ -270,4 +287,10 @@ impl GraphBuilder {
             ..Default::default()
         }
     }
+}
+
+/// The scope a node was added in (see [`GraphBuilder::set_scope`]), from
+/// its name or a name a runtime derived from it (`stage1.block1.5x5_MBConv6/Conv_7.pad`).
+pub fn node_scope(node_name: &str) -> Option<&str> {
+    node_name.split_once('/').map(|(scope, _)| scope)
 }

@@ -8,6 +8,6 @@ mod inspect;
 pub mod quant;
 pub mod samples;
 
-pub use graph::{Attr, Dim, ElemType, GraphBuilder, OPSET, TensorElement};
+pub use graph::{Attr, Dim, ElemType, GraphBuilder, OPSET, TensorElement, node_scope};
 pub use inspect::{DeclaredInput, OnnxError, declared_inputs, decode, encode};
 pub use tract_onnx::pb;

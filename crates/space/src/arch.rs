@@ -101,6 +101,16 @@ impl Arch {
         Arch::sample(space, &mut SmallRng::seed_from_u64(seed))
     }
 
+    /// MobileNetV2's block (`3x3_MBConv6`) in every choice block, none
+    /// skipped: the hand-designed baseline a search must beat in this
+    /// space's layout (scale it with the space's width multiplier).
+    pub fn mobilenet_v2(space: &Space) -> Result<Arch, ArchError> {
+        let op = Op::MbConv { kernel: 3, expand: 6 };
+        let arch = Arch { space: space.name().into(), width: space.width, ops: vec![op; space.blocks.len()] };
+        arch.validate(space)?;
+        Ok(arch)
+    }
+
     pub fn sample(space: &Space, rng: &mut impl Rng) -> Arch {
         let ops = space.blocks.iter().map(|b| b.candidates[rng.random_range(0..b.candidates.len())]).collect();
         Arch { space: space.name().into(), width: space.width, ops }
@@ -181,6 +191,22 @@ mod tests {
             fixed.hash(),
             hex::encode(Sha256::digest(b"tiny|1|3x3_MBConv3,3x3_MBConv3,3x3_MBConv3,3x3_MBConv3"))
         );
+    }
+
+    #[test]
+    fn mobilenet_v2_is_3x3_mbconv6_everywhere_at_the_spaces_width() {
+        let space = Space::load("tiny", 0.5).unwrap();
+        let arch = Arch::mobilenet_v2(&space).unwrap();
+        assert_eq!(arch.width, 0.5);
+        assert!(arch.ops.iter().all(|op| op.to_string() == "3x3_MBConv6"));
+        assert_eq!(arch.ops.len(), space.blocks.len());
+        let no_3x3 = Space::from_toml(
+            &include_str!("../presets/tiny.toml").replace("kernels = [3, 5, 7]", "kernels = [5, 7]"),
+            "no-3x3",
+            1.0,
+        )
+        .unwrap();
+        assert!(matches!(Arch::mobilenet_v2(&no_3x3), Err(ArchError::NotACandidate { .. })));
     }
 
     #[test]

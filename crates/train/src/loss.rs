@@ -1,5 +1,7 @@
 //! The search loss with a cost term (DESIGN §8): cross-entropy combined with
-//! the expected latency (or energy) E against the target T.
+//! the expected latency (or energy) E against the target T. The budget as a
+//! constraint (DESIGN §8.1) is `AddLinear` with a λ the caller moves by dual
+//! ascent (`CostLossKind::Lagrange`).
 
 use std::str::FromStr;
 
@@ -10,7 +12,8 @@ pub enum CostLoss {
     /// L = a · CE · (log E / log T)^b. Logs are taken of costs in µs (or µJ),
     /// so that sub-millisecond budgets still have log T > 0.
     MulLog { a: f64, b: f64 },
-    /// L = CE + λ (E − T) / T.
+    /// L = CE + λ (E − T) / T: a fixed penalty, or the Lagrangian of the
+    /// constraint E ≤ T with the current multiplier λ.
     AddLinear { lambda: f64 },
     /// L = CE: no cost term.
     Off,
@@ -19,6 +22,8 @@ pub enum CostLoss {
 /// Which loss, without its parameters (the `--latency-loss` flag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CostLossKind {
+    /// The constraint E ≤ T with a multiplier λ ≥ 0 moved by dual ascent.
+    Lagrange,
     MulLog,
     AddLinear,
     Off,
@@ -28,10 +33,11 @@ impl FromStr for CostLossKind {
     type Err = String;
     fn from_str(s: &str) -> Result<CostLossKind, String> {
         match s {
+            "lagrange" => Ok(CostLossKind::Lagrange),
             "mul#log" => Ok(CostLossKind::MulLog),
             "add#linear" => Ok(CostLossKind::AddLinear),
             "off" | "none" => Ok(CostLossKind::Off),
-            _ => Err(format!("`{s}` is not a latency loss (mul#log, add#linear, off)")),
+            _ => Err(format!("`{s}` is not a latency loss (lagrange, mul#log, add#linear, off)")),
         }
     }
 }

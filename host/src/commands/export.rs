@@ -11,6 +11,7 @@ use edgeloop_space::{Arch, Space};
 pub enum ArchSource<'a> {
     File(&'a Path),
     Random(u64),
+    Baseline(crate::baseline::Baseline),
 }
 
 /// What was written.
@@ -32,13 +33,12 @@ pub fn run(space: &Space, source: ArchSource, weights_seed: u64, out: &Path) -> 
     let arch = match source {
         ArchSource::File(path) => load_arch(space, path)?,
         ArchSource::Random(seed) => Arch::random(space, seed),
+        ArchSource::Baseline(baseline) => baseline.arch(space)?,
     };
     let bytes = encode(&arch_model(space, &arch, &mut RandomWeights::new(weights_seed))?);
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tmp = out.with_extension("onnx.tmp");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    crate::files::write_atomic(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
     Ok(Exported { arch, sha256: crate::client::sha256_hex(&bytes), bytes: bytes.len() })
 }

@@ -62,6 +62,7 @@ mod tests {
             energy: None,
             energy_unavailable_reason: None,
             thermal: None,
+            load: None,
             ops: None,
             cpus: None,
             queue_wait_ms: 0.0,

@@ -203,17 +203,7 @@ impl PolicyMeter {
             let reason = m.energy_unavailable_reason.unwrap_or_else(|| "no reason given".into());
             anyhow::bail!("the agent at {url} measured no energy: {reason}");
         }
-        let l = &m.latency_ms;
-        let entry = CachedMeasurement {
-            device_id: self.device_id.clone(),
-            arch_hash: key,
-            ops: vec![describe(policy)],
-            p50_ms: l.p50,
-            min_ms: l.min,
-            mean_ms: l.mean,
-            energy_mj: m.energy.map(|e| e.mj_per_inference),
-            measured_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        };
+        let entry = CachedMeasurement { device_id: self.device_id.clone(), ..CachedMeasurement::new(key, vec![describe(policy)], &m) };
         self.cache.insert(entry.clone())?;
         self.measured += 1;
         Ok(entry)

@@ -234,8 +234,8 @@ pub async fn run(settings: QuantizeSettings, mut env: QuantizeEnv) -> anyhow::Re
     let started = Instant::now();
     let trained = load_trained(&env.run, device)?;
     let layers = trained.arch.layers(&trained.space)?;
-    let data = Data::load(&trained.settings, &trained.space)?;
-    let s = &trained.settings;
+    let data = Data::load(&trained.settings.recipe, &trained.space)?;
+    let s = &trained.settings.recipe;
     let finetune_config = FinetuneConfig {
         batch_size: s.batch_size,
         lr: settings.lr,

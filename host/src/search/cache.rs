@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use edgeloop_api::Measurement;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -15,12 +16,52 @@ pub struct CachedMeasurement {
     pub arch_hash: String,
     pub ops: Vec<String>,
     pub p50_ms: f64,
+    /// NaN in entries written before the 90th percentile was kept.
+    #[serde(default = "not_measured")]
+    pub p90_ms: f64,
     pub min_ms: f64,
     pub mean_ms: f64,
     /// Energy per inference (mJ above idle), when it was measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub energy_mj: Option<f64>,
+    /// Cores busy with other work on the device while it was timed (the
+    /// agent's load signal), when the agent reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_busy_cores: Option<f64>,
+    /// Measurements thrown away before this one because something else
+    /// was running on the device (see `search::hygiene`).
+    #[serde(default)]
+    pub remeasured: usize,
+    /// Why the kept measurement is still suspect (every attempt was contaminated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
     pub measured_at: String,
+}
+
+fn not_measured() -> f64 {
+    f64::NAN
+}
+
+impl CachedMeasurement {
+    /// The entry of `m`, the measurement of `key` (an arch hash, or a policy
+    /// key) whose ops are `ops`.
+    pub fn new(key: String, ops: Vec<String>, m: &Measurement) -> CachedMeasurement {
+        let l = &m.latency_ms;
+        CachedMeasurement {
+            device_id: m.device_id.clone(),
+            arch_hash: key,
+            ops,
+            p50_ms: l.p50,
+            p90_ms: l.p90,
+            min_ms: l.min,
+            mean_ms: l.mean,
+            energy_mj: m.energy.as_ref().map(|e| e.mj_per_inference),
+            other_busy_cores: m.load.map(|l| l.other_busy_cores),
+            remeasured: 0,
+            suspect: None,
+            measured_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,9 +150,13 @@ mod tests {
             arch_hash: hash.into(),
             ops: vec!["zero".into()],
             p50_ms: ms,
+            p90_ms: ms,
             min_ms: ms,
             mean_ms: ms,
             energy_mj: None,
+            other_busy_cores: None,
+            remeasured: 0,
+            suspect: None,
             measured_at: "now".into(),
         }
     }

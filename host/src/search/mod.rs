@@ -3,19 +3,28 @@
 //! Stages, each its own piece: the space's supernet is trained with binary
 //! paths (edgeloop-train) while a strategy moves the architecture
 //! parameters α — `gradient` against the device's latency table, or
-//! `reinforce` against latencies measured live by the device's agents; the
-//! most likely architecture is then checked on the device, retrained from
-//! scratch, exported with its trained weights and measured again. Only that
-//! last measurement decides whether the budget is met.
+//! `reinforce` against latencies measured live by the device's agents —
+//! with the budget as a constraint whose multiplier adapts to the device
+//! (§8.1); the final architecture is then derived under the budget from the
+//! table (`derive`, `decide`), its candidates measured on the device, the
+//! best retrained from scratch, exported with its trained weights and
+//! measured again (`final_model`). Only that last measurement decides
+//! whether the budget is met; when it is not, the architecture is derived
+//! again with a larger safety margin, a bounded number of times.
 //!
-//! The budget is a latency (p50, ms) or an energy per inference (mJ above
-//! idle, from the agent's power sensor); an energy search prices candidates
-//! from the energy columns of the device's table and measures energy live.
+//! The budget is a latency (p50 or p90 on the device, ms) or an energy per
+//! inference (mJ above idle, from the agent's power sensor); an energy
+//! search prices candidates from the energy columns of the device's table
+//! and measures energy live.
 
 mod cache;
 mod costs;
+mod decide;
+pub mod derive;
+pub mod final_model;
+pub mod hygiene;
 mod pool;
-mod result;
+pub mod result;
 mod run_dir;
 mod state;
 mod strategy;
@@ -29,21 +38,22 @@ use edgeloop_api::MeasureRequest;
 use edgeloop_data::{BatchLoader, DatasetSpec, ImageShape, LoaderConfig, Normalization, Split};
 use edgeloop_space::{Arch, Space};
 use edgeloop_train::trainer::accuracy;
-use edgeloop_train::{BnMode, CostLoss, DeviceKind, GateMode, Supernet};
+use edgeloop_train::{BnMode, CostLoss, CostLossKind, DeviceKind, GateMode, Supernet};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
 pub use cache::{CachedMeasurement, MeasurementCache};
+pub use decide::{CandidateRecord, Miss, grow_margin};
 pub use pool::DevicePool;
-pub use result::{SearchResult, render_summary};
+pub use result::{BlockTime, SearchResult, render_summary};
 pub use run_dir::{EpochRow, RunDir};
 pub use state::{Trainable, TrainedRun, load_trained};
 
-use crate::calibrate::Calibration;
+use crate::calibrate::{self, Calibration};
 use crate::client::AgentClient;
-use crate::predict::{Metric, Predictor};
+use crate::predict::{Metric, Predictor, Stat};
 use crate::table::LatencyTable;
 
 /// How α moves.
@@ -56,26 +66,62 @@ pub enum Strategy {
     Reinforce,
 }
 
+/// How REINFORCE's reward takes the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RewardKind {
+    /// acc − λ·(COST/T − 1), λ ≥ 0 by dual ascent on the measured costs.
+    #[default]
+    Lagrange,
+    /// MnasNet's acc·(COST/T)^w (`--reward-w`, or `--hard-constraint`).
+    Mnas,
+}
+
+/// How a network is trained from scratch: a search's final network, or one
+/// fixed architecture (`edgeloop train`, the baselines). Shared so that a
+/// searched network and its baseline get the same recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainRecipe {
+    pub dataset: String,
+    pub final_epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Training images held out (architecture steps; 0 = 10%). The final
+    /// network trains on all of them; the split sets the input normalisation.
+    pub holdout: usize,
+    pub seed: u64,
+}
+
+impl TrainRecipe {
+    fn check(&self) -> anyhow::Result<()> {
+        ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        ensure!(self.lr > 0.0 && self.lr.is_finite(), "--lr must be positive");
+        self.dataset.parse::<DatasetSpec>()?;
+        Ok(())
+    }
+}
+
 /// Everything that shapes a search's outcome. Stored in the checkpoint: a
 /// resumed search must use the same settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchSettings {
     pub space: String,
     pub width: f64,
-    pub dataset: String,
-    /// Latency budget (p50 on the device, ms); exactly one of this and `energy_budget_mj`.
+    #[serde(flatten)]
+    pub recipe: TrainRecipe,
+    /// Latency budget (ms, of `budget_stat`); exactly one of this and `energy_budget_mj`.
     pub budget_ms: Option<f64>,
     /// Energy budget (per inference above idle, mJ).
     #[serde(default)]
     pub energy_budget_mj: Option<f64>,
+    /// Which statistic of the device's runs a latency budget is judged on.
+    #[serde(default = "default_stat")]
+    pub budget_stat: Stat,
     pub strategy: Strategy,
     pub warmup_epochs: usize,
     pub epochs: usize,
-    pub final_epochs: usize,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub momentum: f64,
-    pub weight_decay: f64,
     pub arch_lr: f64,
     pub arch_every: usize,
     pub gate_mode: String,
@@ -83,25 +129,71 @@ pub struct SearchSettings {
     pub loss_a: f64,
     pub loss_b: f64,
     pub loss_lambda: f64,
+    /// Step size of the multiplier's dual ascent (`lagrange`): per arch
+    /// step, λ += lambda_lr·(E[COST]/T − 1), never below 0.
+    #[serde(default = "default_lambda_lr")]
+    pub lambda_lr: f64,
+    #[serde(default)]
+    pub reward: RewardKind,
     pub samples: usize,
     pub reward_w: f64,
     pub hard_constraint: bool,
     pub baseline_decay: f64,
-    pub holdout: usize,
-    pub seed: u64,
+    /// Architectures derived under the budget and measured on the device.
+    #[serde(default = "default_candidates")]
+    pub derive_candidates: usize,
+    /// Final trainings at most: one more (with a larger margin) each time
+    /// the final model misses the budget on the device.
+    #[serde(default = "default_rounds")]
+    pub max_rounds: usize,
     pub runtime: String,
     pub measure_threads: usize,
 }
 
+fn default_stat() -> Stat {
+    Stat::P50
+}
+fn default_lambda_lr() -> f64 {
+    DEFAULT_LAMBDA_LR
+}
+fn default_candidates() -> usize {
+    DEFAULT_CANDIDATES
+}
+fn default_rounds() -> usize {
+    DEFAULT_ROUNDS
+}
+
+/// Defaults of the settings added with the constrained search (also the CLI's).
+pub const DEFAULT_LAMBDA_LR: f64 = 0.5;
+pub const DEFAULT_CANDIDATES: usize = 5;
+pub const DEFAULT_ROUNDS: usize = 3;
+
+/// The safety margin of an energy budget: energy tables have no
+/// calibration, so the margin starts here and grows on misses.
+pub const ENERGY_MARGIN: f64 = 0.05;
+
 impl SearchSettings {
-    pub fn cost_loss(&self) -> anyhow::Result<CostLoss> {
-        use edgeloop_train::CostLossKind;
-        let kind: CostLossKind = self.latency_loss.parse().map_err(anyhow::Error::msg)?;
-        Ok(match kind {
+    pub fn cost_loss_kind(&self) -> anyhow::Result<CostLossKind> {
+        self.latency_loss.parse().map_err(anyhow::Error::msg)
+    }
+
+    /// The cost term of a gradient arch step with multiplier `lambda`
+    /// (used by `lagrange` only).
+    pub fn cost_loss(&self, lambda: f64) -> anyhow::Result<CostLoss> {
+        Ok(match self.cost_loss_kind()? {
+            CostLossKind::Lagrange => CostLoss::AddLinear { lambda },
             CostLossKind::MulLog => CostLoss::MulLog { a: self.loss_a, b: self.loss_b },
             CostLossKind::AddLinear => CostLoss::AddLinear { lambda: self.loss_lambda },
             CostLossKind::Off => CostLoss::Off,
         })
+    }
+
+    /// Whether the budget is a constraint with a multiplier in this search.
+    pub fn uses_multiplier(&self) -> bool {
+        match self.strategy {
+            Strategy::Gradient => matches!(self.cost_loss_kind(), Ok(CostLossKind::Lagrange)),
+            Strategy::Reinforce => self.reward == RewardKind::Lagrange,
+        }
     }
 
     pub fn gate_mode(&self) -> anyhow::Result<GateMode> {
@@ -111,9 +203,20 @@ impl SearchSettings {
     /// The constraint; [`SearchSettings::check`] makes sure there is exactly one.
     pub fn budget(&self) -> Budget {
         match (self.budget_ms, self.energy_budget_mj) {
-            (_, Some(limit)) => Budget { metric: Metric::Energy, limit },
-            (Some(limit), None) => Budget { metric: Metric::Latency, limit },
+            (_, Some(limit)) => Budget { metric: Metric::Energy, limit, stat: Stat::P50 },
+            (Some(limit), None) => Budget { metric: Metric::Latency, limit, stat: self.budget_stat },
             (None, None) => unreachable!("SearchSettings::check requires a budget"),
+        }
+    }
+
+    /// What training the final network needs of these settings.
+    pub fn final_settings(&self) -> FinalSettings {
+        FinalSettings {
+            space: self.space.clone(),
+            width: self.width,
+            recipe: self.recipe.clone(),
+            runtime: self.runtime.clone(),
+            measure_threads: self.measure_threads,
         }
     }
 
@@ -124,15 +227,31 @@ impl SearchSettings {
             (Some(ms), None) => ensure!(ms > 0.0 && ms.is_finite(), "--budget-ms must be positive"),
             (None, Some(mj)) => ensure!(mj > 0.0 && mj.is_finite(), "--energy-budget-mj must be positive"),
         }
-        ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        ensure!(self.budget_stat != Stat::Min, "--budget-stat must be p50 or p90: a budget is not judged on the fastest run");
+        self.recipe.check()?;
         ensure!(self.arch_every > 0, "--arch-every must be at least 1");
         ensure!(self.samples > 0, "--samples must be at least 1");
+        ensure!(self.derive_candidates > 0, "--derive-candidates must be at least 1");
+        ensure!(self.max_rounds > 0, "--max-rounds must be at least 1");
+        ensure!(self.lambda_lr >= 0.0 && self.lambda_lr.is_finite(), "--lambda-lr must be 0 or more");
         ensure!((0.0..1.0).contains(&self.baseline_decay), "--baseline-decay must be in [0, 1)");
-        self.cost_loss()?;
+        self.cost_loss_kind()?;
         self.gate_mode()?;
-        self.dataset.parse::<DatasetSpec>()?;
         Ok(())
     }
+}
+
+/// What training and measuring a final network needs: the space, the
+/// recipe, and how the device measures. Stored in final checkpoints (the
+/// search's and `edgeloop train`'s alike).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinalSettings {
+    pub space: String,
+    pub width: f64,
+    #[serde(flatten)]
+    pub recipe: TrainRecipe,
+    pub runtime: String,
+    pub measure_threads: usize,
 }
 
 /// What a search constrains, and how much.
@@ -140,26 +259,41 @@ impl SearchSettings {
 pub struct Budget {
     pub metric: Metric,
     pub limit: f64,
+    /// The statistic of the runs a latency budget is judged on.
+    pub stat: Stat,
 }
 
 impl Budget {
-    /// The figure of a measurement this budget judges: p50 latency (ms) or
-    /// energy per inference (mJ; infinite when it was not measured).
+    /// The figure of a measurement this budget judges: p50 or p90 latency
+    /// (ms), or energy per inference (mJ; infinite when it was not measured).
     pub fn measured(&self, m: &CachedMeasurement) -> f64 {
-        match self.metric {
-            Metric::Latency => m.p50_ms,
-            Metric::Energy => m.energy_mj.unwrap_or(f64::INFINITY),
+        match (self.metric, self.stat) {
+            (Metric::Latency, Stat::Min) => m.min_ms,
+            (Metric::Latency, Stat::P50) => m.p50_ms,
+            (Metric::Latency, Stat::P90) => m.p90_ms,
+            (Metric::Energy, _) => m.energy_mj.unwrap_or(f64::INFINITY),
         }
     }
 
-    /// `value` with the budget's unit and what it is, e.g. `0.812 mJ`.
-    pub fn show(&self, value: f64) -> String {
-        format!("{value:.3} {}", self.metric.unit())
+    /// Whether `value` of this budget's figure meets it (NaN never does).
+    pub fn met_by(&self, value: f64) -> bool {
+        value <= self.limit
     }
 
-    /// `0.12 ms budget` / `0.5 mJ budget`.
+    /// `value` with the budget's unit and what it is, e.g. `0.812 mJ`, `0.130 ms p50`.
+    pub fn show(&self, value: f64) -> String {
+        match self.metric {
+            Metric::Latency => format!("{value:.3} ms {}", self.stat),
+            Metric::Energy => format!("{value:.3} mJ"),
+        }
+    }
+
+    /// `0.12 ms p50 budget` / `0.5 mJ budget`.
     pub fn describe(&self) -> String {
-        format!("{} {} budget", self.limit, self.metric.unit())
+        match self.metric {
+            Metric::Latency => format!("{} ms {} budget", self.limit, self.stat),
+            Metric::Energy => format!("{} mJ budget", self.limit),
+        }
     }
 }
 
@@ -190,11 +324,11 @@ pub struct Data {
 }
 
 impl Data {
-    pub fn load(settings: &SearchSettings, space: &Space) -> anyhow::Result<Data> {
-        let spec: DatasetSpec = settings.dataset.parse()?;
+    pub fn load(recipe: &TrainRecipe, space: &Space) -> anyhow::Result<Data> {
+        let spec: DatasetSpec = recipe.dataset.parse()?;
         let input = &space.spec.input;
         let shape = ImageShape { channels: input.channels, height: input.height, width: input.width };
-        let dataset = spec.load(shape, settings.seed).with_context(|| format!("loading dataset {spec}"))?;
+        let dataset = spec.load(shape, recipe.seed).with_context(|| format!("loading dataset {spec}"))?;
         ensure!(
             dataset.classes == space.spec.classes,
             "dataset {spec} has {} classes but space {} classifies {}",
@@ -202,10 +336,10 @@ impl Data {
             space.name(),
             space.spec.classes
         );
-        let holdout = if settings.holdout > 0 { settings.holdout } else { dataset.train.len() / 10 };
+        let holdout = if recipe.holdout > 0 { recipe.holdout } else { dataset.train.len() / 10 };
         ensure!(holdout < dataset.train.len(), "--holdout {holdout} leaves no training images");
         let full_train = Arc::new(dataset.train.clone());
-        let (train, held) = dataset.train.split_off(holdout, settings.seed);
+        let (train, held) = dataset.train.split_off(holdout, recipe.seed);
         let norm = train.normalization();
         Ok(Data {
             shape,
@@ -231,6 +365,64 @@ impl Data {
 fn epoch_rng(seed: u64, epoch: usize) -> SmallRng {
     let mix = 0x9E37_79B9_7F4A_7C15 ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
     SmallRng::seed_from_u64(seed ^ mix)
+}
+
+/// The device's default latency table for the space (with energy columns
+/// when `energy`), measuring any rows it lacks first (nothing, when it is complete).
+pub async fn device_table(
+    pool: &DevicePool,
+    space: &Space,
+    runtime: &str,
+    threads: usize,
+    energy: bool,
+) -> anyhow::Result<PathBuf> {
+    use crate::commands::table as table_cmd;
+    let (client, info) = pool.primary();
+    let template =
+        MeasureRequest { runtime: runtime.to_string(), threads, energy, ..table_cmd::default_request() };
+    let fp32 = table_cmd::TablePrecision::Fp32;
+    let path = table_cmd::default_path(&info.device_id, runtime, space.name(), energy, fp32);
+    let report = table_cmd::build(client, space, &template, fp32, Some(&path)).await?;
+    if report.measured > 0 {
+        eprintln!("latency table {}: measured {} missing rows", path.display(), report.measured);
+    }
+    Ok(path)
+}
+
+/// The device's table at `path` with a calibration that predicts `stat`:
+/// the stored one, or one fitted now on whole networks measured through
+/// `pool`'s first agent with the runs of `judged` (and stored next to the table).
+pub async fn calibrated_table(
+    pool: &DevicePool,
+    space: &Space,
+    path: &std::path::Path,
+    stat: Stat,
+    judged: &MeasureRequest,
+) -> anyhow::Result<(LatencyTable, Calibration)> {
+    let table = LatencyTable::load(path)?;
+    if let Some(calibration) = Calibration::load_for(path)?.filter(|c| c.covers(stat)) {
+        return Ok((table, calibration));
+    }
+    let (client, _) = pool.primary();
+    let template = calibrate::network_request(&table, judged)?;
+    eprintln!(
+        "latency table {} has no calibration for {stat}: measuring {} whole networks to fit one",
+        path.display(),
+        calibrate::DEFAULT_SAMPLES
+    );
+    let bar = crate::progress::bar(calibrate::DEFAULT_SAMPLES, "networks");
+    let calibration = calibrate::run(
+        client,
+        space,
+        &table,
+        &template,
+        calibrate::DEFAULT_SAMPLES,
+        calibrate::DEFAULT_SEED,
+        |_| bar.inc(1),
+    )
+    .await?;
+    bar.finish_and_clear();
+    Ok((table, calibration))
 }
 
 /// Runs (or resumes) a whole search; returns its result, also written to
@@ -259,26 +451,34 @@ pub async fn run(settings: SearchSettings, mut env: SearchEnv) -> anyhow::Result
     let mut pool = DevicePool::connect(env.devices.clone(), cache).await?;
     let table_path = match &env.table {
         Some(path) => path.clone(),
-        None => strategy::ensure_table(&pool, &space, &settings, with_energy).await?,
+        None => device_table(&pool, &space, &settings.runtime, settings.measure_threads, with_energy).await?,
     };
-    let table = LatencyTable::load(&table_path)?;
-    let calibration = Calibration::load_for(&table_path)?;
-    let latency = Predictor::calibrated(&table, calibration.as_ref());
+    // Energy tables carry latency too; their latency is calibrated like any.
+    let judged_stat = if with_energy { Stat::P50 } else { budget.stat };
+    let (table, calibration) = calibrated_table(&pool, &space, &table_path, judged_stat, &env.final_request).await?;
+    pool.set_spread(hygiene::typical_spread(&table));
+    let latency = Predictor::calibrated(&table, Some(&calibration), judged_stat)?;
     let energy = with_energy.then(|| Predictor::energy(&table)).transpose()?;
     let pricing = || format!("pricing the candidates of {} from {}", space.name(), table_path.display());
     let latency_costs = costs::cost_model(&latency, &space).with_context(pricing)?;
     let energy_costs = energy.as_ref().map(|p| costs::cost_model(p, &space)).transpose().with_context(pricing)?;
+    let fastest = Predictor::calibrated(&table, Some(&calibration), Stat::Min)?;
+    let min_costs = costs::cost_model(&fastest, &space).with_context(pricing)?;
+    let margin = if with_energy {
+        ENERGY_MARGIN
+    } else {
+        calibration.margin(budget.stat).expect("a covering calibration has a margin")
+    };
 
-    let data = Data::load(&settings, &space)?;
+    let data = Data::load(&settings.recipe, &space)?;
     eprintln!(
         "dataset {}: {} train, {} held out for the architecture, {} test",
-        settings.dataset,
+        settings.recipe.dataset,
         data.train.len(),
         data.holdout.len(),
         data.test.len()
     );
 
-    let started = Instant::now();
     let ctx = strategy::Context {
         settings: &settings,
         env: &env,
@@ -287,17 +487,53 @@ pub async fn run(settings: SearchSettings, mut env: SearchEnv) -> anyhow::Result
         data: &data,
         device,
         budget,
+        margin,
         latency_costs,
         energy_costs,
+        min_costs,
     };
-    let decision = strategy::search(&ctx, &mut pool).await?;
-    let search_seconds = started.elapsed().as_secs_f64();
-
-    let started = Instant::now();
-    let (vs, test_accuracy) = strategy::train_final(&ctx, &decision)?;
-    let final_seconds = started.elapsed().as_secs_f64();
-    let predictors = result::Predictors { latency, energy };
-    result::finish(&ctx, &mut pool, &predictors, &vs, decision, test_accuracy, search_seconds, final_seconds).await
+    let predictors = result::Predictors { latency, energy, fastest };
+    let final_settings = settings.final_settings();
+    let mut misses: Vec<Miss> = Vec::new();
+    loop {
+        let started = Instant::now();
+        let decision = strategy::search(&ctx, &mut pool, &misses).await?;
+        misses.clone_from(&decision.misses);
+        let search_seconds = started.elapsed().as_secs_f64();
+        let final_ctx = final_model::FinalContext {
+            settings: &final_settings,
+            space: &space,
+            data: &data,
+            device,
+            dir: &dir,
+            budget: Some(budget),
+            final_request: &env.final_request,
+        };
+        let started = Instant::now();
+        let (vs, test_accuracy) = final_model::train(&final_ctx, &decision)?;
+        let final_seconds = started.elapsed().as_secs_f64();
+        let outcome = final_model::measure(&final_ctx, &mut pool, &predictors, &vs, &decision).await?;
+        let timings = result::Timings { search_seconds, final_seconds };
+        let last_round = decision.round + 1 >= settings.max_rounds;
+        if outcome.budget_met() || last_round {
+            return result::finish(&ctx, &final_ctx, &pool, &predictors, decision, outcome, test_accuracy, timings);
+        }
+        let miss = Miss {
+            round: decision.round,
+            arch_hash: decision.chosen.hash(),
+            predicted: outcome.predicted_judged,
+            measured: outcome.judged,
+            margin: decision.margin,
+        };
+        eprintln!(
+            "round {}: the final model measured {} against a predicted {}, over the {}; deriving again with a larger margin",
+            decision.round + 1,
+            budget.show(miss.measured),
+            budget.show(miss.predicted),
+            budget.describe()
+        );
+        misses.push(miss);
+    }
 }
 
 /// Accuracy of the path `selection` of the supernet on the held-out split,
@@ -309,11 +545,30 @@ fn holdout_accuracy(net: &Supernet, selection: &[usize], data: &Data, device: De
 /// The architecture chosen for retraining, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
-    /// The most likely architecture under the final α.
+    /// The most likely architecture under the final α (for reference).
     pub derived: Arch,
-    /// Its latency (p50, ms) or energy (mJ) on the device, per the budget.
+    /// Its latency (p50/p90, ms) or energy (mJ) on the device, per the budget.
     pub derived_measured: f64,
-    /// What is retrained: `derived`, or the best sampled arch that met the budget.
+    /// What is retrained.
     pub chosen: Arch,
     pub reason: String,
+    /// 0 for the first final training, one more for each miss before it.
+    #[serde(default)]
+    pub round: usize,
+    /// The safety margin the derivation aimed under the budget with.
+    #[serde(default)]
+    pub margin: f64,
+    /// The derived candidates, measured on the device.
+    #[serde(default)]
+    pub candidates: Vec<CandidateRecord>,
+    /// Final models of earlier rounds that missed the budget.
+    #[serde(default)]
+    pub misses: Vec<Miss>,
+    /// The fastest architecture of the space by the table, measured on the
+    /// device (the evidence for "infeasible"), when it was measured.
+    #[serde(default)]
+    pub fastest_measured: Option<f64>,
+    /// The budget's multiplier when the search ended (`lagrange`).
+    #[serde(default)]
+    pub lambda: Option<f64>,
 }

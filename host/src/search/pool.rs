@@ -10,6 +10,7 @@ use futures_util::future::join_all;
 
 use crate::client::{AgentClient, ClientError};
 use crate::search::cache::{CacheError, CachedMeasurement, MeasurementCache};
+use crate::search::hygiene;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -37,9 +38,19 @@ pub enum PoolError {
     Cache(#[from] CacheError),
 }
 
+/// An architecture to measure: its ONNX bytes (empty when the cache has
+/// it) and the table's prediction of its fastest run (see `hygiene`).
+pub struct ArchModel {
+    pub arch: Arch,
+    pub bytes: Vec<u8>,
+    pub expected_min: Option<f64>,
+}
+
 pub struct DevicePool {
     agents: Vec<(AgentClient, DeviceInfo)>,
     device_ids: Vec<String>,
+    /// The device's usual median/fastest spread (see `hygiene`).
+    spread: f64,
     pub cache: MeasurementCache,
     /// Archs measured on a device by this process, and answered from the cache.
     pub measured: usize,
@@ -71,7 +82,7 @@ impl DevicePool {
             agents.push((client, info));
         }
         let device_ids = agents.iter().map(|(_, i)| i.device_id.clone()).collect();
-        Ok(DevicePool { agents, device_ids, cache, measured: 0, cache_hits: 0 })
+        Ok(DevicePool { agents, device_ids, spread: 1.0, cache, measured: 0, cache_hits: 0 })
     }
 
     /// The first agent: the one final models and table builds go to.
@@ -84,17 +95,26 @@ impl DevicePool {
         &self.device_ids
     }
 
-    /// Measures every `(arch, model bytes)` not in the cache, spread over the
-    /// agents (one in flight each), and returns a measurement per arch in
-    /// order.
+    /// How far a median run may be above the fastest before a measurement
+    /// is re-taken: from the device's table (`hygiene::typical_spread`).
+    pub fn set_spread(&mut self, spread: f64) {
+        self.spread = spread;
+    }
+
+    pub fn spread(&self) -> f64 {
+        self.spread
+    }
+
+    /// Measures every candidate not in the cache, spread over the agents
+    /// (one in flight each), and returns a measurement per arch in order.
     pub async fn measure_archs(
         &mut self,
-        models: Vec<(Arch, Vec<u8>)>,
+        models: Vec<ArchModel>,
         template: &MeasureRequest,
     ) -> Result<Vec<CachedMeasurement>, PoolError> {
-        let hashes: Vec<String> = models.iter().map(|(a, _)| a.hash()).collect();
+        let hashes: Vec<String> = models.iter().map(|m| m.arch.hash()).collect();
         let mut seen = std::collections::HashSet::new();
-        let queue: VecDeque<(Arch, Vec<u8>)> = models
+        let queue: VecDeque<ArchModel> = models
             .into_iter()
             .zip(&hashes)
             .filter(|(_, h)| {
@@ -105,36 +125,31 @@ impl DevicePool {
         self.cache_hits += hashes.len() - queue.len();
         let queue = Mutex::new(queue);
         let results = Mutex::new(Vec::new());
+        let spread = self.spread;
         let workers = self.agents.iter().map(|(client, info)| {
             let (queue, results) = (&queue, &results);
             async move {
                 loop {
-                    let Some((arch, bytes)) = queue.lock().expect("queue lock").pop_front() else { return Ok(()) };
-                    let (_, measurement) =
-                        client.upload_and_measure(&bytes, template).await.map_err(|source| PoolError::Measure {
-                            arch: arch.hash()[..12].to_string(),
-                            url: client.base_url().to_string(),
-                            source,
-                        })?;
-                    let energy_mj = match (&measurement.energy, template.energy) {
-                        (Some(e), _) => Some(e.mj_per_inference),
-                        (None, false) => None,
-                        (None, true) => {
-                            let reason = measurement.energy_unavailable_reason.unwrap_or_default();
-                            return Err(PoolError::NoEnergy { url: client.base_url().to_string(), reason });
-                        }
+                    let Some(ArchModel { arch, bytes, expected_min }) = queue.lock().expect("queue lock").pop_front()
+                    else {
+                        return Ok(());
                     };
-                    let l = &measurement.latency_ms;
-                    results.lock().expect("results lock").push(CachedMeasurement {
+                    let checked = hygiene::measure(client, &bytes, template, spread, expected_min).await.map_err(|source| {
+                        PoolError::Measure { arch: arch.hash()[..12].to_string(), url: client.base_url().to_string(), source }
+                    })?;
+                    let m = &checked.measurement;
+                    if template.energy && m.energy.is_none() {
+                        let reason = m.energy_unavailable_reason.clone().unwrap_or_default();
+                        return Err(PoolError::NoEnergy { url: client.base_url().to_string(), reason });
+                    }
+                    let ops = arch.ops.iter().map(ToString::to_string).collect();
+                    let entry = CachedMeasurement {
                         device_id: info.device_id.clone(),
-                        arch_hash: arch.hash(),
-                        ops: arch.ops.iter().map(ToString::to_string).collect(),
-                        p50_ms: l.p50,
-                        min_ms: l.min,
-                        mean_ms: l.mean,
-                        energy_mj,
-                        measured_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-                    });
+                        remeasured: checked.remeasured,
+                        suspect: checked.suspect,
+                        ..CachedMeasurement::new(arch.hash(), ops, m)
+                    };
+                    results.lock().expect("results lock").push(entry);
                 }
             }
         });

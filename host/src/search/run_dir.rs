@@ -36,6 +36,10 @@ impl RunDir {
     pub fn result(&self) -> PathBuf {
         self.root.join("result.json")
     }
+    /// Every architecture measured during the search (see `decide`).
+    pub fn archs_csv(&self) -> PathBuf {
+        self.root.join("archs.csv")
+    }
 }
 
 /// One row of `search.csv` per epoch.
@@ -58,6 +62,10 @@ pub struct EpochRow {
     pub expected_latency_ms: f64,
     /// E[energy] likewise (mJ), in an energy search; NaN otherwise.
     pub expected_energy_mj: f64,
+    /// E[COST]/T of the budget's figure (latency or energy) at the end of the epoch.
+    pub expected_cost_ratio: f64,
+    /// The budget's multiplier λ at the end of the epoch (`lagrange`); NaN otherwise.
+    pub lambda: f64,
     /// Mean entropy of p per block (nats).
     pub alpha_entropy: f64,
     pub argmax_arch: String,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-use super::{Decision, SearchSettings};
+use super::{Decision, FinalSettings, SearchSettings, TrainRecipe};
 
 /// Adam's state for α (plain numbers: α is small).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,11 +34,14 @@ pub struct SearchState {
     pub adam: AdamState,
     /// REINFORCE's moving-average baseline (None before the first update).
     pub baseline: Option<f64>,
+    /// The budget's multiplier (`lagrange`), moved by dual ascent.
+    #[serde(default)]
+    pub lambda: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinalState {
-    pub settings: SearchSettings,
+    pub settings: FinalSettings,
     pub decision: Decision,
     pub epochs_done: usize,
     pub weight_steps: u64,
@@ -68,14 +71,14 @@ fn tensors(rows: &[Vec<f64>]) -> Vec<Tensor> {
 
 impl Trainable {
     /// A fresh network (seeded) of `space`: its supernet, or only `arch`.
-    pub fn new(space: &Space, arch: Option<&Arch>, settings: &SearchSettings, device: Device) -> anyhow::Result<Self> {
-        tch::manual_seed(settings.seed as i64);
+    pub fn new(space: &Space, arch: Option<&Arch>, recipe: &TrainRecipe, device: Device) -> anyhow::Result<Self> {
+        tch::manual_seed(recipe.seed as i64);
         let vs = VarStore::new(device);
         let net = match arch {
             Some(arch) => Supernet::for_arch(&vs.root(), space, arch)?,
             None => Supernet::new(&vs.root(), space),
         };
-        Ok(Trainable { vs, net, sgd: Sgd::nesterov(settings.momentum, settings.weight_decay) })
+        Ok(Trainable { vs, net, sgd: Sgd::nesterov(recipe.momentum, recipe.weight_decay) })
     }
 
     fn tensors(&self) -> Vec<(String, Tensor)> {
@@ -105,7 +108,7 @@ impl Trainable {
     }
 }
 
-fn check_settings(saved: &SearchSettings, now: &SearchSettings, path: &Path) -> anyhow::Result<()> {
+fn check_settings<S: Serialize + PartialEq>(saved: &S, now: &S, path: &Path) -> anyhow::Result<()> {
     if saved == now {
         return Ok(());
     }
@@ -128,10 +131,10 @@ impl SearchModel {
         settings: &SearchSettings,
         device: Device,
     ) -> anyhow::Result<(SearchModel, SearchState)> {
-        let mut model = Trainable::new(space, None, settings, device)?;
+        let mut model = Trainable::new(space, None, &settings.recipe, device)?;
         let counts = model.net.candidate_counts();
         if !path.exists() {
-            let alpha = ArchParams::new(&counts, &mut SmallRng::seed_from_u64(settings.seed));
+            let alpha = ArchParams::new(&counts, &mut SmallRng::seed_from_u64(settings.recipe.seed));
             let adam = Adam::new(alpha.tensors(), settings.arch_lr, (0.0, 0.999), 1e-8);
             let state = SearchState {
                 settings: settings.clone(),
@@ -140,6 +143,7 @@ impl SearchModel {
                 alpha: alpha.values(),
                 adam: AdamState { steps: 0, m: rows(&adam.m), v: rows(&adam.v) },
                 baseline: None,
+                lambda: 0.0,
             };
             return Ok((SearchModel { model, alpha, adam }, state));
         }
@@ -164,38 +168,41 @@ impl SearchModel {
     }
 }
 
-/// The final network of `decision.chosen`, fresh or from `path`.
+/// The final network of `decision.chosen`, fresh or from `path` (unless
+/// that holds another round's network).
 pub fn load_or_new_final(
     path: &Path,
     space: &Space,
-    settings: &SearchSettings,
+    settings: &FinalSettings,
     decision: &Decision,
     device: Device,
 ) -> anyhow::Result<(Trainable, FinalState)> {
-    let mut model = Trainable::new(space, Some(&decision.chosen), settings, device)?;
+    let mut model = Trainable::new(space, Some(&decision.chosen), &settings.recipe, device)?;
+    let fresh = FinalState { settings: settings.clone(), decision: decision.clone(), epochs_done: 0, weight_steps: 0 };
     if !path.exists() {
-        let state =
-            FinalState { settings: settings.clone(), decision: decision.clone(), epochs_done: 0, weight_steps: 0 };
-        return Ok((model, state));
+        return Ok((model, fresh));
     }
     let (saved, meta) = checkpoint::load(path)?;
     let state: FinalState =
         serde_json::from_str(&meta).with_context(|| format!("checkpoint {}: unreadable state", path.display()))?;
     check_settings(&state.settings, settings, path)?;
+    if state.decision.round != decision.round || state.decision.chosen != decision.chosen {
+        return Ok((model, fresh));
+    }
     model.restore(&saved, path)?;
     Ok((model, state))
 }
 
 /// A search run's retrained network, from its final checkpoint.
 pub struct TrainedRun {
-    pub settings: SearchSettings,
+    pub settings: FinalSettings,
     pub space: Space,
     pub arch: Arch,
     pub model: Trainable,
 }
 
-/// The network `edgeloop search --out run` trained last, on `device`; an
-/// error unless its final training finished.
+/// The network `edgeloop search --out run` (or `edgeloop train --out run`)
+/// trained last, on `device`; an error unless its final training finished.
 pub fn load_trained(run: &Path, device: Device) -> anyhow::Result<TrainedRun> {
     let path = super::RunDir::new(run).final_checkpoint();
     if !path.exists() {
@@ -210,15 +217,15 @@ pub fn load_trained(run: &Path, device: Device) -> anyhow::Result<TrainedRun> {
     let state: FinalState =
         serde_json::from_str(&meta).with_context(|| format!("checkpoint {}: unreadable state", path.display()))?;
     ensure!(
-        state.epochs_done == state.settings.final_epochs,
-        "the search in {} stopped after {} of {} final epochs: finish it with `edgeloop search --resume` first",
+        state.epochs_done == state.settings.recipe.final_epochs,
+        "the run in {} stopped after {} of {} final epochs: finish it with `--resume` first",
         run.display(),
         state.epochs_done,
-        state.settings.final_epochs
+        state.settings.recipe.final_epochs
     );
     let space = Space::load(&state.settings.space, state.settings.width)?;
     let arch = state.decision.chosen;
-    let mut model = Trainable::new(&space, Some(&arch), &state.settings, device)?;
+    let mut model = Trainable::new(&space, Some(&arch), &state.settings.recipe, device)?;
     model.restore(&saved, &path)?;
     Ok(TrainedRun { settings: state.settings, space, arch, model })
 }

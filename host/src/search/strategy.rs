@@ -1,32 +1,30 @@
 //! The search loop: weight steps on sampled paths, interleaved with arch
 //! updates by the chosen strategy, a checkpoint after every epoch; then the
-//! derived architecture is checked on the device and retrained.
+//! final architecture is derived under the budget (`decide`).
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use edgeloop_api::MeasureRequest;
-use edgeloop_data::{Batch, BatchLoader, Split};
+use edgeloop_data::{Batch, BatchLoader};
 use edgeloop_space::{Arch, Space};
 use edgeloop_train::export::export_arch;
 use edgeloop_train::optim::cosine_lr;
 use edgeloop_train::trainer::{
-    CostObjective, accuracy, arch_gradient, batch_accuracy, batch_tensors, update_alpha, weight_step,
+    CostObjective, arch_gradient, batch_accuracy, batch_tensors, update_alpha, weight_step,
 };
 use edgeloop_train::{BnMode, CostModel};
 use rand::Rng;
 use tch::Device;
 use tch::nn::VarStore;
 
+use super::decide::{self, Miss};
 use super::run_dir::{EpochRow, RunDir, append_row, open_search_csv};
-use super::state::{self, SearchModel, SearchState, Trainable};
+use super::state::{self, SearchModel, SearchState};
+use super::pool::ArchModel;
 use super::{
-    Budget, CachedMeasurement, Data, Decision, DevicePool, SearchEnv, SearchSettings, Strategy, epoch_rng,
-    holdout_accuracy,
+    Budget, CachedMeasurement, Data, Decision, DevicePool, RewardKind, SearchEnv, SearchSettings, Strategy,
+    epoch_rng,
 };
-use crate::commands::table as table_cmd;
 use crate::predict::Metric;
 
 pub struct Context<'a> {
@@ -37,44 +35,36 @@ pub struct Context<'a> {
     pub data: &'a Data,
     pub device: Device,
     pub budget: Budget,
+    /// How far under the budget the search aims at first (from the
+    /// calibration's errors; grows after a final model misses).
+    pub margin: f64,
     /// What each candidate adds to the latency, from the device's table.
     pub latency_costs: CostModel,
     /// The same for energy, in an energy search.
     pub energy_costs: Option<CostModel>,
+    /// The fastest run of each candidate (to tell a slow stretch of the device).
+    pub min_costs: CostModel,
 }
 
 impl Context<'_> {
     /// The cost model of the budget's metric.
-    fn budget_costs(&self) -> &CostModel {
+    pub fn budget_costs(&self) -> &CostModel {
         match (self.budget.metric, &self.energy_costs) {
             (Metric::Energy, Some(costs)) => costs,
             _ => &self.latency_costs,
         }
     }
-}
 
-/// The device's default latency table for the space (with energy columns
-/// when `energy`), measuring any rows it lacks first (nothing, when it is complete).
-pub async fn ensure_table(
-    pool: &DevicePool,
-    space: &Space,
-    settings: &SearchSettings,
-    energy: bool,
-) -> anyhow::Result<PathBuf> {
-    let (client, info) = pool.primary();
-    let template = MeasureRequest {
-        runtime: settings.runtime.clone(),
-        threads: settings.measure_threads,
-        energy,
-        ..table_cmd::default_request()
-    };
-    let fp32 = table_cmd::TablePrecision::Fp32;
-    let path = table_cmd::default_path(&info.device_id, &settings.runtime, space.name(), energy, fp32);
-    let report = table_cmd::build(client, space, &template, fp32, Some(&path)).await?;
-    if report.measured > 0 {
-        eprintln!("latency table {}: measured {} missing rows", path.display(), report.measured);
+    /// The candidate index of each block of `arch`, if it is of this space.
+    fn space_selection(&self, arch: &Arch) -> Option<Vec<usize>> {
+        arch.ops.iter().zip(&self.space.blocks).map(|(op, b)| b.candidates.iter().position(|c| c == op)).collect()
     }
-    Ok(path)
+
+    /// What the constraint of the search holds E[COST] (or the measured
+    /// costs) to: the budget less the safety margin.
+    pub fn target(&self) -> f64 {
+        self.budget.limit * (1.0 - self.margin)
+    }
 }
 
 /// Held-out batches for arch steps, round and round, reshuffled each pass.
@@ -117,13 +107,21 @@ impl Means {
 }
 
 /// Runs the search epochs left (or none, when the final training already
-/// started) and returns the architecture to retrain.
-pub async fn search(ctx: &Context<'_>, pool: &mut DevicePool) -> anyhow::Result<Decision> {
-    if let Some(decision) = state::saved_decision(&ctx.dir.final_checkpoint())? {
+/// started) and returns the architecture to retrain: derived for the round
+/// after `misses`, or the one a final checkpoint holds for that round or a
+/// later one (a resumed run).
+pub async fn search(ctx: &Context<'_>, pool: &mut DevicePool, misses: &[Miss]) -> anyhow::Result<Decision> {
+    if let Some(decision) = state::saved_decision(&ctx.dir.final_checkpoint())?
+        && decision.round >= misses.len()
+    {
         return Ok(decision);
     }
     let s = ctx.settings;
     let (mut model, mut st) = SearchModel::load_or_new(&ctx.dir.checkpoint(), ctx.space, s, ctx.device)?;
+    if st.epochs_done == 0 {
+        // Before any training: a budget even the fastest arch misses is not worth a search.
+        decide::check_feasible(ctx, pool, &model).await?;
+    }
     let mut csv = open_search_csv(&ctx.dir.search_csv(), st.epochs_done)
         .with_context(|| format!("opening {}", ctx.dir.search_csv().display()))?;
     let total_epochs = s.warmup_epochs + s.epochs;
@@ -137,13 +135,15 @@ pub async fn search(ctx: &Context<'_>, pool: &mut DevicePool) -> anyhow::Result<
         } else {
             String::new()
         };
+        let lambda = if s.uses_multiplier() { format!(", λ {:.3}", row.lambda) } else { String::new() };
         eprintln!(
-            "epoch {}/{total_epochs} ({}): loss {:.3}, valid acc {:.3}, E[lat] {:.3} ms, argmax {} measured {:.3} ms{energy}",
+            "epoch {}/{total_epochs} ({}): loss {:.3}, valid acc {:.3}, E[lat] {:.3} ms (E/T {:.2}{lambda}), argmax {} measured {:.3} ms{energy}",
             epoch + 1,
             row.phase,
             row.train_loss,
             row.valid_acc,
             row.expected_latency_ms,
+            row.expected_cost_ratio,
             &row.argmax_arch[..12],
             row.argmax_measured_ms
         );
@@ -151,7 +151,7 @@ pub async fn search(ctx: &Context<'_>, pool: &mut DevicePool) -> anyhow::Result<
         st.epochs_done = epoch + 1;
         model.save(&ctx.dir.checkpoint(), &mut st)?;
     }
-    decide(ctx, pool, &model).await
+    decide::decide(ctx, pool, &model, misses, st.lambda).await
 }
 
 /// One epoch: weight steps on paths sampled from p (uniformly while warming
@@ -166,21 +166,21 @@ async fn epoch_of_search(
     let s = ctx.settings;
     let started = Instant::now();
     let warmup = epoch < s.warmup_epochs;
-    let mut rng = epoch_rng(s.seed, epoch);
+    let mut rng = epoch_rng(s.recipe.seed, epoch);
     let mut holdout =
-        HoldoutBatches { data: ctx.data, batch_size: s.batch_size, seed: s.seed ^ epoch as u64, pass: 0, loader: None };
-    let batches_per_epoch = BatchLoader::batches(ctx.data.train.len(), s.batch_size, false) as u64;
+        HoldoutBatches { data: ctx.data, batch_size: s.recipe.batch_size, seed: s.recipe.seed ^ epoch as u64, pass: 0, loader: None };
+    let batches_per_epoch = BatchLoader::batches(ctx.data.train.len(), s.recipe.batch_size, false) as u64;
     let total_steps = batches_per_epoch * (s.warmup_epochs + s.epochs) as u64;
-    let objective = CostObjective { costs: ctx.budget_costs().clone(), loss: s.cost_loss()?, target: ctx.budget.limit };
+    let multiplier = s.uses_multiplier();
     let gate_mode = s.gate_mode()?;
-    let loader = ctx.data.loader(&ctx.data.train, s.batch_size, Some(s.seed.wrapping_add(epoch as u64)), true);
+    let loader = ctx.data.loader(&ctx.data.train, s.recipe.batch_size, Some(s.recipe.seed.wrapping_add(epoch as u64)), true);
     let bar = crate::progress::bar(batches_per_epoch as usize, "steps");
     let (mut train_loss, mut arch_ce, mut arch_loss, mut reward) =
         (Means::default(), Means::default(), Means::default(), Means::default());
-    let mut lr = s.lr;
+    let mut lr = s.recipe.lr;
     for (i, batch) in loader.enumerate() {
         let (x, y) = batch_tensors(&batch, ctx.data.shape, ctx.device);
-        lr = cosine_lr(s.lr, st.weight_steps, total_steps);
+        lr = cosine_lr(s.recipe.lr, st.weight_steps, total_steps);
         let selection = if warmup {
             m.model.net.candidate_counts().iter().map(|&n| rng.random_range(0..n)).collect()
         } else {
@@ -196,8 +196,15 @@ async fn epoch_of_search(
             match s.strategy {
                 Strategy::Gradient => {
                     let gates = m.alpha.gates(gate_mode, &mut rng);
+                    // The constraint aims under the margin; the penalties take T as ProxylessNAS does.
+                    let target = if multiplier { ctx.target() } else { ctx.budget.limit };
+                    let objective =
+                        CostObjective { costs: ctx.budget_costs().clone(), loss: s.cost_loss(st.lambda)?, target };
                     let (grads, step) = arch_gradient(&m.model.net, &m.alpha, &gates, &hx, &hy, Some(&objective));
                     update_alpha(&m.alpha, &mut m.adam, &grads, Some((&gates, gate_mode)));
+                    if multiplier {
+                        st.lambda = dual_ascent(st.lambda, s.lambda_lr, step.expected_cost / ctx.target());
+                    }
                     arch_ce.add(step.ce);
                     arch_loss.add(step.loss);
                 }
@@ -214,7 +221,8 @@ async fn epoch_of_search(
     let argmax = m.alpha.argmax();
     let arch = m.model.net.arch(&argmax);
     let measured = measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&arch)).await?.remove(0);
-    let valid_acc = holdout_accuracy(&m.model.net, &argmax, ctx.data, ctx.device);
+    let valid_acc = super::holdout_accuracy(&m.model.net, &argmax, ctx.data, ctx.device);
+    let expected_cost = m.alpha.expected_cost(ctx.budget_costs()).double_value(&[]);
     Ok(EpochRow {
         epoch: epoch + 1,
         phase: if warmup { "warmup" } else { "search" },
@@ -227,6 +235,8 @@ async fn epoch_of_search(
         valid_acc,
         expected_latency_ms: m.alpha.expected_cost(&ctx.latency_costs).double_value(&[]),
         expected_energy_mj: ctx.energy_costs.as_ref().map_or(f64::NAN, |c| m.alpha.expected_cost(c).double_value(&[])),
+        lambda: if multiplier { st.lambda } else { f64::NAN },
+        expected_cost_ratio: expected_cost / ctx.budget.limit,
         alpha_entropy: m.alpha.entropy(),
         argmax_arch: arch.hash(),
         argmax_measured_ms: measured.p50_ms,
@@ -237,7 +247,7 @@ async fn epoch_of_search(
 
 /// Each arch measured on the device (latency, and energy in an energy
 /// search), exporting with the weights in `vs` only those the cache lacks.
-async fn measure_archs(
+pub(super) async fn measure_archs(
     ctx: &Context<'_>,
     pool: &mut DevicePool,
     vs: &VarStore,
@@ -249,14 +259,18 @@ async fn measure_archs(
         .map(|a| {
             // Only archs the cache lacks are worth exporting.
             let cached = pool.cache.get(pool.device_ids(), &a.hash(), request.energy).is_some();
-            Ok((a.clone(), if cached { Vec::new() } else { export_arch(vs, ctx.space, a)? }))
+            let bytes = if cached { Vec::new() } else { export_arch(vs, ctx.space, a)? };
+            let selection = ctx.space_selection(a);
+            let expected_min = selection.map(|s| super::derive::predicted_cost(&ctx.min_costs, &s));
+            Ok(ArchModel { arch: a.clone(), bytes, expected_min })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(pool.measure_archs(models, request).await?)
 }
 
 /// One REINFORCE update: M archs sampled from p, each scored on a held-out
-/// batch and measured on the devices; reward acc · (LAT/T)^w; α ascends
+/// batch and measured on the devices; reward acc − λ(LAT/T − 1) (λ by dual
+/// ascent on the measured costs) or MnasNet's acc · (LAT/T)^w; α ascends
 /// mean((R − b) ∇ log p(arch)). Returns the mean reward.
 async fn reinforce_update(
     ctx: &Context<'_>,
@@ -273,8 +287,15 @@ async fn reinforce_update(
     let accs: Vec<f64> =
         selections.iter().map(|sel| batch_accuracy(&m.model.net, sel, x, y, BnMode::BatchStats)).collect();
     let measured = measure_archs(ctx, pool, &m.model.vs, &archs).await?;
-    let rewards: Vec<f64> =
-        accs.iter().zip(&measured).map(|(&a, m)| reward(a, ctx.budget.measured(m), ctx.budget, s)).collect();
+    let costs: Vec<f64> = measured.iter().map(|m| ctx.budget.measured(m)).collect();
+    let rewards: Vec<f64> = match s.reward {
+        RewardKind::Lagrange => accs.iter().zip(&costs).map(|(&a, &c)| a - st.lambda * (c / ctx.target() - 1.0)).collect(),
+        RewardKind::Mnas => accs.iter().zip(&costs).map(|(&a, &c)| mnas_reward(a, c, ctx.budget, s)).collect(),
+    };
+    if s.reward == RewardKind::Lagrange {
+        let mean_cost = costs.iter().sum::<f64>() / costs.len() as f64;
+        st.lambda = dual_ascent(st.lambda, s.lambda_lr, mean_cost / ctx.target());
+    }
     let mean = rewards.iter().sum::<f64>() / rewards.len() as f64;
     let baseline = st.baseline.unwrap_or(mean);
     let mut grads: Vec<Vec<f64>> = m.model.net.candidate_counts().iter().map(|&n| vec![0.0; n]).collect();
@@ -289,98 +310,17 @@ async fn reinforce_update(
     Ok(mean)
 }
 
+/// One step of dual ascent on the multiplier of E[COST] ≤ T, with `ratio`
+/// = E[COST]/T: λ grows while the constraint is violated and shrinks (to 0,
+/// never below) while it holds with room to spare.
+pub fn dual_ascent(lambda: f64, step: f64, ratio: f64) -> f64 {
+    (lambda + step * (ratio - 1.0)).max(0.0)
+}
+
 /// acc · (COST/T)^w (MnasNet), COST the measured latency or energy: soft
 /// with w < 0 everywhere, or hard with w = 0 within the budget and −1 above it.
-pub fn reward(acc: f64, cost: f64, budget: Budget, s: &SearchSettings) -> f64 {
+pub fn mnas_reward(acc: f64, cost: f64, budget: Budget, s: &SearchSettings) -> f64 {
     let ratio = cost / budget.limit;
     let w = if s.hard_constraint { if ratio <= 1.0 { 0.0 } else { -1.0 } } else { s.reward_w };
     acc * ratio.powf(w)
-}
-
-/// The most likely arch, checked on the device. If it misses the budget,
-/// the best (held-out accuracy, supernet weights) of the archs measured
-/// during the search that met it; if none did, say so.
-async fn decide(ctx: &Context<'_>, pool: &mut DevicePool, m: &SearchModel) -> anyhow::Result<Decision> {
-    let budget = ctx.budget;
-    let argmax = m.alpha.argmax();
-    let derived = m.model.net.arch(&argmax);
-    let measured = measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&derived)).await?;
-    let derived_cost = budget.measured(&measured[0]);
-    let derived_text = format!("the most likely arch measured {}", budget.show(derived_cost));
-    if derived_cost <= budget.limit {
-        let reason = format!("{derived_text}, within the {}", budget.describe());
-        return Ok(Decision { derived: derived.clone(), derived_measured: derived_cost, chosen: derived, reason });
-    }
-    let met: Vec<Arch> = pool
-        .cache
-        .on_devices(pool.device_ids())
-        .filter(|c| budget.measured(c) <= budget.limit)
-        .filter_map(|c| {
-            let ops = c.ops.iter().map(|o| o.parse()).collect::<Result<Vec<_>, _>>().ok()?;
-            let arch = Arch { space: ctx.space.name().into(), width: ctx.space.width, ops };
-            arch.validate(ctx.space).ok().map(|()| arch)
-        })
-        .collect();
-    let best = met
-        .iter()
-        .map(|arch| {
-            let sel = m.model.net.selection(arch).expect("a space arch is a supernet path");
-            (holdout_accuracy(&m.model.net, &sel, ctx.data, ctx.device), arch)
-        })
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    let (chosen, reason) = match best {
-        Some((acc, arch)) => (
-            arch.clone(),
-            format!(
-                "{derived_text}, over the {}; retraining instead the best of {} sampled archs that met it on the \
-                 device (held-out accuracy {acc:.3} with supernet weights)",
-                budget.describe(),
-                met.len()
-            ),
-        ),
-        None => (
-            derived.clone(),
-            format!(
-                "{derived_text}, over the {}, and no arch measured during the search met it: the budget was NOT met",
-                budget.describe()
-            ),
-        ),
-    };
-    eprintln!("{reason}");
-    Ok(Decision { derived, derived_measured: derived_cost, chosen, reason })
-}
-
-/// Trains `decision.chosen` from scratch on the whole training split
-/// (checkpoint after every epoch) and returns it with its test accuracy.
-pub fn train_final(ctx: &Context<'_>, decision: &Decision) -> anyhow::Result<(VarStore, f64)> {
-    let s = ctx.settings;
-    let path = ctx.dir.final_checkpoint();
-    let (mut model, mut st) = state::load_or_new_final(&path, ctx.space, s, decision, ctx.device)?;
-    let selection = vec![0; ctx.space.blocks.len()];
-    let split: &Arc<Split> = &ctx.data.full_train;
-    let batches = BatchLoader::batches(split.len(), s.batch_size, false) as u64;
-    let total_steps = batches * s.final_epochs as u64;
-    for epoch in st.epochs_done..s.final_epochs {
-        let loader = ctx.data.loader(split, s.batch_size, Some(s.seed.wrapping_add(1_000 + epoch as u64)), true);
-        let bar = crate::progress::bar(batches as usize, "steps");
-        let mut loss = Means::default();
-        for batch in loader {
-            let (x, y) = batch_tensors(&batch, ctx.data.shape, ctx.device);
-            let lr = cosine_lr(s.lr, st.weight_steps, total_steps);
-            let l = weight_step(&model.net, &mut model.sgd, &x, &y, &selection, lr);
-            anyhow::ensure!(l.is_finite(), "final training diverged (loss {l}); lower --lr");
-            loss.add(l);
-            st.weight_steps += 1;
-            bar.set_message(format!("final epoch {}: loss {:.3}", epoch + 1, loss.mean()));
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        st.epochs_done = epoch + 1;
-        state::save_final(&path, &model, &st)?;
-        eprintln!("final epoch {}/{}: loss {:.3}", epoch + 1, s.final_epochs, loss.mean());
-    }
-    let Trainable { vs, net, .. } = model;
-    let acc =
-        accuracy(&net, &selection, ctx.data.eval_loader(&ctx.data.test), ctx.data.shape, ctx.device, BnMode::Eval);
-    Ok((vs, acc))
 }

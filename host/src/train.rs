@@ -1,0 +1,113 @@
+//! `edgeloop train`: one fixed architecture trained from scratch with the
+//! recipe of a search's final training, exported, measured on the device
+//! and written up in the same `result.json` a search writes — so that a
+//! searched network and a hand-designed one (MobileNetV2's block, scaled by
+//! a width multiplier: `baseline`) are compared like for like.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use edgeloop_api::MeasureRequest;
+use edgeloop_space::{Arch, Space};
+use edgeloop_train::DeviceKind;
+
+use crate::client::AgentClient;
+use crate::predict::{Metric, Predictor, Stat};
+use crate::search::final_model::{self, FinalContext};
+use crate::search::{
+    Budget, Data, Decision, DevicePool, FinalSettings, MeasurementCache, RunDir, SearchResult, calibrated_table,
+    device_table,
+};
+use crate::search::result::{Predictors, RunKind, Timings};
+
+/// Where a fixed architecture is trained and measured.
+#[derive(Clone)]
+pub struct TrainEnv {
+    pub out: PathBuf,
+    pub resume: bool,
+    pub device: AgentClient,
+    /// The device's latency table [default: built/completed through the agent].
+    pub table: Option<PathBuf>,
+    pub device_kind: DeviceKind,
+    pub final_request: MeasureRequest,
+}
+
+/// Trains `arch` per `settings`, measures it, judges it against
+/// `budget_ms` (of `stat`) when given, and writes `<out>/result.json`.
+pub async fn run(
+    settings: &FinalSettings,
+    arch: &Arch,
+    budget_ms: Option<f64>,
+    stat: Stat,
+    env: &TrainEnv,
+) -> anyhow::Result<SearchResult> {
+    let space = Space::load(&settings.space, settings.width)?;
+    arch.validate(&space).with_context(|| format!("architecture for {} at width {}", space.name(), space.width))?;
+    anyhow::ensure!(stat != Stat::Min, "a budget is judged on p50 or p90, not on the fastest run");
+    let dir = RunDir::new(&env.out);
+    std::fs::create_dir_all(&dir.root).with_context(|| format!("creating {}", dir.root.display()))?;
+    match (dir.final_checkpoint().exists(), env.resume) {
+        (true, false) => {
+            bail!("{} already holds a training; pass --resume to continue it, or choose another --out", dir.root.display())
+        }
+        (false, true) => bail!("--resume: {} holds no checkpoint to resume", dir.root.display()),
+        _ => {}
+    }
+    let device = env.device_kind.resolve()?;
+    edgeloop_train::device::keep_freed_memory();
+    let cache = MeasurementCache::open(&dir.measurements())?;
+    let mut pool = DevicePool::connect(vec![env.device.clone()], cache).await?;
+    let table_path = match &env.table {
+        Some(path) => path.clone(),
+        None => device_table(&pool, &space, &settings.runtime, settings.measure_threads, false).await?,
+    };
+    let (table, calibration) = calibrated_table(&pool, &space, &table_path, stat, &env.final_request).await?;
+    pool.set_spread(crate::search::hygiene::typical_spread(&table));
+    let predictors = Predictors {
+        latency: Predictor::calibrated(&table, Some(&calibration), stat)?,
+        energy: None,
+        fastest: Predictor::calibrated(&table, Some(&calibration), Stat::Min)?,
+    };
+    let data = Data::load(&settings.recipe, &space)?;
+    let budget = budget_ms.map(|limit| Budget { metric: Metric::Latency, limit, stat });
+    let decision = Decision {
+        derived: arch.clone(),
+        derived_measured: f64::NAN,
+        chosen: arch.clone(),
+        reason: String::new(),
+        round: 0,
+        margin: 0.0,
+        candidates: Vec::new(),
+        misses: Vec::new(),
+        fastest_measured: None,
+        lambda: None,
+    };
+    let ctx = FinalContext {
+        settings,
+        space: &space,
+        data: &data,
+        device,
+        dir: &dir,
+        budget,
+        final_request: &env.final_request,
+    };
+    eprintln!(
+        "training {} [{}] of {} at width {} for {} epochs on {}",
+        &arch.hash()[..12],
+        arch.ops.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        space.name(),
+        space.width,
+        settings.recipe.final_epochs,
+        edgeloop_train::device::describe(device)
+    );
+    let started = Instant::now();
+    let (vs, test_accuracy) = final_model::train(&ctx, &decision)?;
+    let final_seconds = started.elapsed().as_secs_f64();
+    let outcome = final_model::measure(&ctx, &mut pool, &predictors, &vs, &decision).await?;
+    let timings = Timings { search_seconds: 0.0, final_seconds };
+    let mut result = SearchResult::of_final(RunKind::Train, &ctx, &pool, &predictors, outcome, test_accuracy, timings)?;
+    result.decision = "a fixed architecture, trained with a search's final recipe".into();
+    result.save(&dir.result())?;
+    Ok(result)
+}
