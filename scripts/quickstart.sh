@@ -9,32 +9,39 @@
 # Results land in runs/quickstart/. BUDGET_MS sets the budget instead of
 # BUDGET_FRACTION (default 0.8) × the baseline's measured p50. EPOCHS_SCALE
 # (default 1) scales every epoch count (the test suite runs it small).
-# Extra arguments go to `edgeloop search` (e.g. --strategy reinforce).
+# DATASET (default synthetic) is what everything trains on. Extra arguments
+# go to `edgeloop search` (e.g. --strategy reinforce).
+#
+# AGENT_URL with AGENT_TOKEN_FILE use an agent that is already running (on
+# this machine or the target device) instead of starting one; EDGELOOP_BIN
+# uses that `edgeloop` binary instead of setting up and building (the test
+# suite does both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
 
 log() { printf '\033[1m[quickstart]\033[0m %s\n' "$*" >&2; }
 python=.venv/bin/python
 
-log "building (release)"
-cargo build --release --locked -p edgeloop-agent -p edgeloop
-edgeloop=target/release/edgeloop
+if [[ -n "${EDGELOOP_BIN:-}" ]]; then
+  edgeloop=$EDGELOOP_BIN
+else
+  bash scripts/setup.sh
+  log "building (release)"
+  cargo build --release --locked -p edgeloop-agent -p edgeloop
+  edgeloop=target/release/edgeloop
+fi
 
 out=${QUICKSTART_OUT:-runs/quickstart}
 mkdir -p "$out"
-token_file="$out/token"
-( umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$token_file" )
-
-log "starting edgeloop-agent on 127.0.0.1 (random port, token in $token_file)"
-rm -f "$out/agent.addr"
-target/release/edgeloop-agent serve --listen 127.0.0.1:0 --addr-file "$out/agent.addr" \
-  --token-file "$token_file" --cache-dir "$out/agent-cache" 2>"$out/agent.log" &
-agent_pid=$!
-trap 'kill $agent_pid 2>/dev/null || true' EXIT
-for _ in $(seq 100); do [[ -s "$out/agent.addr" ]] && break; sleep 0.1; done
-[[ -s "$out/agent.addr" ]] || { echo "agent did not start; see $out/agent.log" >&2; exit 1; }
-url="http://$(cat "$out/agent.addr")"
+if [[ -n "${AGENT_URL:-}" ]]; then
+  url=$AGENT_URL
+  token_file=${AGENT_TOKEN_FILE:?AGENT_URL needs AGENT_TOKEN_FILE, the file holding that agent token}
+else
+  source scripts/local-agent.sh
+  log "starting edgeloop-agent on 127.0.0.1 (random port, token in $out/token, log in $out/agent.log)"
+  start_local_agent "$(dirname "$edgeloop")" "$out"
+  url=$agent_url token_file=$agent_token_file
+fi
 device=(--device "$url" --token-file "$token_file")
 "$edgeloop" devices "${device[@]}"
 
@@ -63,4 +70,4 @@ log "training the widest MobileNetV2 width that fits $budget ms (same recipe, sa
 report="$out/report-$stamp"
 log "found vs baseline"
 "$edgeloop" report "$run" --baselines "$baselines" --out "$report"
-log "results: $run (result.json, model.onnx, search.csv, archs.csv), $baselines, $report/report.md (pareto.png, latency.png); agent log in $out/agent.log"
+log "results: $run (result.json, model.onnx, search.csv, archs.csv), $baselines, $report/report.md (pareto.png, latency.png)"

@@ -1,11 +1,12 @@
 //! `edgeloop search` end to end through the library: the `tiny` space, the
 //! synthetic dataset, a real agent on loopback measuring real ONNX.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use edgeloop::calibrate::{self, Calibration};
 use edgeloop::commands::table::{self, TablePrecision};
-use edgeloop::predict::Predictor;
-use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy};
+use edgeloop::predict::{Predictor, Stat};
+use edgeloop::search::{self, SearchEnv, SearchResult, SearchSettings, Strategy};
 use edgeloop::table::LatencyTable;
 use edgeloop_api::MeasureRequest;
 use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, tiny_search};
@@ -16,45 +17,48 @@ use edgeloop_train::DeviceKind;
 /// taken beside another test's training would not be the device's latency.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+fn final_request() -> MeasureRequest {
+    MeasureRequest { min_runs: 30, min_duration_ms: 200, ..quick_request("") }
+}
+
 fn env(agent: &TestAgent, out: &Path, table: &Path) -> SearchEnv {
-    let probe = |runs| MeasureRequest { min_runs: runs, ..quick_request("") };
     SearchEnv {
         out: out.to_path_buf(),
         resume: false,
         devices: vec![agent.client()],
         table: Some(table.to_path_buf()),
         device_kind: DeviceKind::Cpu,
-        probe_request: probe(10),
-        final_request: MeasureRequest { min_duration_ms: 200, ..probe(30) },
+        probe_request: MeasureRequest { min_runs: 10, ..quick_request("") },
+        final_request: final_request(),
     }
 }
 
 /// A quickly measured table of tiny on `agent`.
-async fn build_table(agent: &TestAgent, dir: &Path) -> std::path::PathBuf {
+async fn build_table(agent: &TestAgent, dir: &Path) -> PathBuf {
     let path = dir.join("tiny.csv");
     let template = MeasureRequest { min_duration_ms: 30, ..quick_request("") };
-    table::build(&agent.client(), &Space::load("tiny", 1.0).unwrap(), &template, TablePrecision::Fp32, Some(&path))
-        .await
-        .unwrap();
+    table::build(&agent.client(), &tiny(), &template, TablePrecision::Fp32, Some(&path)).await.unwrap();
     path
 }
 
-fn csv_column(path: &Path, column: &str) -> Vec<f64> {
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    let index = reader.headers().unwrap().iter().position(|h| h == column).unwrap();
-    reader.records().map(|r| r.unwrap()[index].parse().unwrap()).collect()
+fn tiny() -> Space {
+    Space::load("tiny", 1.0).unwrap()
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn heavy_latency_term_moves_alpha_to_cheap_ops_and_meets_the_budget() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let agent = TestAgent::start();
-    let dir = tempfile::tempdir().unwrap();
-    let table_path = build_table(&agent, dir.path()).await;
-    let space = Space::load("tiny", 1.0).unwrap();
-    let latency = LatencyTable::load(&table_path).unwrap();
-    let predictor = Predictor::new(&latency);
-    // The cheapest arch (`zero` or the smallest MBConv everywhere) and the mean over all ops.
+/// The table at `path` calibrated on whole networks measured as final models are.
+async fn calibrated(agent: &TestAgent, path: &Path) -> (LatencyTable, Calibration) {
+    let table = LatencyTable::load(path).unwrap();
+    let template = calibrate::network_request(&table, &final_request()).unwrap();
+    let calibration = calibrate::run(&agent.client(), &tiny(), &table, &template, 6, 11, |_| {}).await.unwrap();
+    (table, calibration)
+}
+
+/// The calibrated p50 of the space's cheapest architecture and the mean
+/// over random ones (about E[latency] under uniform α).
+fn cheapest_and_uniform_ms(table: &LatencyTable, calibration: &Calibration) -> (f64, f64) {
+    let space = tiny();
+    let predictor = Predictor::calibrated(table, Some(calibration), Stat::P50).unwrap();
+    let ms = |arch: &Arch| predictor.predict(&space, arch).unwrap().total_ms;
     let cheapest = Arch {
         space: "tiny".into(),
         width: 1.0,
@@ -73,37 +77,128 @@ async fn heavy_latency_term_moves_alpha_to_cheap_ops_and_meets_the_budget() {
             })
             .collect(),
     };
-    let cheapest_ms = predictor.predict(&space, &cheapest).unwrap().total_ms;
-    let out = dir.path().join("heavy");
-    let s = tiny_search(Strategy::Gradient, 0.0);
-    // Budget between the cheapest arch and a uniformly random one.
-    let uniform_ms =
-        (0..64).map(|seed| predictor.predict(&space, &Arch::random(&space, seed)).unwrap().total_ms).sum::<f64>()
-            / 64.0;
-    let budget = (cheapest_ms + uniform_ms) / 2.0;
-    let result = search::run(SearchSettings { budget_ms: Some(budget), ..s.clone() }, env(&agent, &out, &table_path))
-        .await
-        .unwrap();
+    let uniform = (0..64).map(|seed| ms(&Arch::random(&space, seed))).sum::<f64>() / 64.0;
+    (ms(&cheapest), uniform)
+}
 
-    let expected = csv_column(&out.join("search.csv"), "expected_latency_ms");
-    assert_eq!(expected.len(), 4);
-    assert!(expected[3] < expected[0] * 0.97, "E[latency] did not fall: {expected:?}");
-    assert!(result.budget_met, "{result:?}");
-    assert!(result.measured_latency_ms <= budget);
-    for file in ["arch.json", "search.csv", "checkpoint", "model.onnx", "result.json", "measurements.jsonl"] {
+fn csv_column(path: &Path, column: &str) -> Vec<f64> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let index = reader.headers().unwrap().iter().position(|h| h == column).unwrap();
+    reader.records().map(|r| r.unwrap()[index].parse().unwrap()).collect()
+}
+
+/// Settings of the constrained-search tests: long enough for α to move.
+fn constrained(budget_ms: f64, latency_loss: &str) -> SearchSettings {
+    SearchSettings {
+        budget_ms: Some(budget_ms),
+        latency_loss: latency_loss.into(),
+        loss_lambda: 0.01,
+        epochs: 4,
+        arch_lr: 0.05,
+        ..tiny_search(Strategy::Gradient, budget_ms)
+    }
+}
+
+fn assert_run_files(out: &Path, result: &SearchResult) {
+    for file in
+        ["arch.json", "search.csv", "archs.csv", "checkpoint", "model.onnx", "result.json", "measurements.jsonl"]
+    {
         assert!(out.join(file).exists(), "{file} missing");
     }
     let arch: Arch = serde_json::from_str(&std::fs::read_to_string(out.join("arch.json")).unwrap()).unwrap();
     assert_eq!(arch, result.arch);
     assert_eq!(result.model_sha256, edgeloop::client::sha256_hex(&std::fs::read(out.join("model.onnx")).unwrap()));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_multiplier_meets_a_tight_budget_a_fixed_penalty_misses_and_vanishes_under_a_loose_one() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let agent = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let table_path = build_table(&agent, dir.path()).await;
+    let (table, calibration) = calibrated(&agent, &table_path).await;
+    let (cheapest, uniform) = cheapest_and_uniform_ms(&table, &calibration);
+    let tight = cheapest + 0.35 * (uniform - cheapest);
+
+    // A weak fixed penalty leaves E[latency] above a tight budget…
+    let out = dir.path().join("fixed");
+    search::run(constrained(tight, "add#linear"), env(&agent, &out, &table_path)).await.unwrap();
+    let fixed = csv_column(&out.join("search.csv"), "expected_cost_ratio");
+    assert!(*fixed.last().unwrap() > 1.0, "E/T with add#linear λ=0.01: {fixed:?}");
+
+    // …the multiplier grows until E[latency] is under it, and the final model meets it.
+    let out = dir.path().join("lagrange");
+    let result = search::run(constrained(tight, "lagrange"), env(&agent, &out, &table_path)).await.unwrap();
+    let ratio = csv_column(&out.join("search.csv"), "expected_cost_ratio");
+    let lambda = csv_column(&out.join("search.csv"), "lambda");
+    assert!(*ratio.last().unwrap() <= 1.0, "E/T with lagrange: {ratio:?} (λ {lambda:?})");
+    assert!(lambda.iter().skip(1).any(|l| *l > 0.0), "λ never grew: {lambda:?}");
+    assert_eq!(result.budget_met, Some(true), "{result:?}");
+    assert!(result.measured_latency_ms <= tight);
+    assert_eq!(result.lambda, lambda.last().copied());
+    assert!(!result.candidates.is_empty() && result.candidates.iter().all(|c| c.predicted <= tight));
+    assert!(result.fastest_measured.is_some_and(|ms| ms <= tight));
+    assert!(!result.hygiene.is_empty());
+    assert_run_files(&out, &result);
     assert_eq!(result.device_id, agent.agent.device_id());
 
-    // Without the latency term the search need not meet the budget, but
-    // result.json still tells the truth about the measurement.
-    let out = dir.path().join("off");
-    let off = SearchSettings { latency_loss: "off".into(), budget_ms: Some(budget), ..s };
-    let result = search::run(off, env(&agent, &out, &table_path)).await.unwrap();
-    assert_eq!(result.budget_met, result.measured_latency_ms <= budget);
+    // Under a budget every architecture meets, there is no pressure: λ stays at 0.
+    let out = dir.path().join("loose");
+    let loose = 3.0 * uniform;
+    let result = search::run(constrained(loose, "lagrange"), env(&agent, &out, &table_path)).await.unwrap();
+    let lambda = csv_column(&out.join("search.csv"), "lambda");
+    assert!(lambda.iter().all(|l| *l == 0.0), "λ under a loose budget: {lambda:?}");
+    assert_eq!(result.lambda, Some(0.0));
+    assert_eq!(result.budget_met, Some(true));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_device_slower_than_its_calibration_is_met_by_growing_the_margin() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let agent = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let table_path = build_table(&agent, dir.path()).await;
+    let (table, calibration) = calibrated(&agent, &table_path).await;
+    let (cheapest, uniform) = cheapest_and_uniform_ms(&table, &calibration);
+    let budget = cheapest + 0.3 * (uniform - cheapest);
+    // A stale calibration: the device now runs twice as slow as it says,
+    // and its networks agree with it exactly, so its margin is the least.
+    let mut stale = calibration.clone();
+    let k = calibration.scale(Stat::P50).unwrap() * 0.5;
+    stale.scale_p50 = Some(k);
+    let c = stale.overhead_ms.unwrap();
+    for sample in &mut stale.samples {
+        sample.p50_ms = c + k * sample.layer_sum_ms;
+    }
+    stale.save_for(&table_path).unwrap();
+    let first_margin = stale.margin(Stat::P50).unwrap();
+    assert!(first_margin < 0.03, "{first_margin}");
+
+    let out = dir.path().join("stale");
+    let settings = SearchSettings { max_rounds: 3, ..constrained(budget, "lagrange") };
+    let result = search::run(settings, env(&agent, &out, &table_path)).await.unwrap();
+    assert_eq!(result.budget_met, Some(true), "{result:?}");
+    assert!(result.measured_latency_ms <= budget);
+    // Candidates derived with the stale margin measured over the budget, so
+    // the margin grew (within a round, or after a final model missed).
+    let margins: std::collections::BTreeSet<u64> = result.candidates.iter().map(|c| (c.margin * 1e6) as u64).collect();
+    assert!(result.margin.unwrap() > first_margin, "the margin never grew: {result:?}");
+    assert!(margins.len() >= 2 || !result.misses.is_empty(), "{result:?}");
+    assert!(result.candidates.iter().any(|c| !c.met), "every candidate met: {:?}", result.candidates);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_impossible_budget_is_refused_with_the_fastest_archs_measurement() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let agent = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let table_path = build_table(&agent, dir.path()).await;
+    let out = dir.path().join("impossible");
+    let error = search::run(constrained(0.001, "lagrange"), env(&agent, &out, &table_path)).await.unwrap_err();
+    let message = format!("{error:#}");
+    assert!(message.contains("cannot be met on this device"), "{message}");
+    assert!(message.contains("fastest architecture of tiny") && message.contains("measured"), "{message}");
+    assert!(!out.join("result.json").exists());
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -128,7 +223,7 @@ async fn reinforce_measures_sampled_archs_once_each() {
     assert_eq!(result.device_measurements, keys.len());
     let rewards = csv_column(&out.join("search.csv"), "mean_reward");
     assert!(rewards[1..].iter().all(|r| r.is_finite() && *r > 0.0), "{rewards:?}");
-    assert_eq!(result.budget_met, result.measured_latency_ms <= 1.0);
+    assert_eq!(result.budget_met, Some(result.measured_latency_ms <= 1.0));
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -158,7 +253,7 @@ async fn energy_budget_prices_from_the_energy_table_and_judges_measured_energy()
     assert!(expected[3] < expected[0], "E[energy] did not fall: {expected:?}");
     assert!(csv_column(&out.join("search.csv"), "argmax_measured_mj").iter().all(|mj| mj.is_finite()));
     let measured = result.measured_energy_mj.expect("the final model's energy was measured");
-    assert_eq!(result.budget_met, measured <= budget, "{result:?}");
+    assert_eq!(result.budget_met, Some(measured <= budget), "{result:?}");
     assert_eq!(result.energy_budget_mj, Some(budget));
     assert_eq!(result.budget_ms, None);
     assert_eq!(result.energy_sensor.as_deref(), Some("rapl:package-0"));

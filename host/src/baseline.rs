@@ -94,9 +94,11 @@ pub async fn widest_within(
         eprintln!("baseline width {width}: {ms:.3} ms {stat} ({})", if ms <= limit_ms { "fits" } else { "over" });
         measured.push((width, ms));
     }
-    let widest = measured.iter().filter(|(_, ms)| *ms <= limit_ms).map(|(w, _)| *w).fold(None, |a: Option<f64>, w| {
-        Some(a.map_or(w, |a| a.max(w)))
-    });
+    let widest = measured
+        .iter()
+        .filter(|(_, ms)| *ms <= limit_ms)
+        .map(|(w, _)| *w)
+        .fold(None, |a: Option<f64>, w| Some(a.map_or(w, |a| a.max(w))));
     let narrowest = widths.iter().copied().fold(f64::INFINITY, f64::min);
     Ok((widest.unwrap_or(narrowest), measured))
 }
@@ -120,24 +122,24 @@ pub async fn run(
         if let Some(done) = trained.get(&key) {
             eprintln!("width {width}: the same channels ({key}) as width {}, trained once", done.width);
             rows.push(row(width, &key, done));
-            continue;
+        } else {
+            let dir = run_dir(out, width);
+            let result = match finished(&dir, settings, width)? {
+                Some(result) => {
+                    eprintln!("width {width}: already trained in {}", dir.display());
+                    result
+                }
+                None => {
+                    let arch = Arch::mobilenet_v2(&space)?;
+                    let resume = crate::search::RunDir::new(&dir).final_checkpoint().exists();
+                    let env = TrainEnv { out: dir.clone(), resume, ..env.clone() };
+                    let settings = FinalSettings { width, ..settings.clone() };
+                    train::run(&settings, &arch, None, stat, &env).await?
+                }
+            };
+            rows.push(row(width, &key, &result));
+            trained.insert(key, result);
         }
-        let dir = run_dir(out, width);
-        let result = match finished(&dir, settings, width)? {
-            Some(result) => {
-                eprintln!("width {width}: already trained in {}", dir.display());
-                result
-            }
-            None => {
-                let arch = Arch::mobilenet_v2(&space)?;
-                let resume = crate::search::RunDir::new(&dir).final_checkpoint().exists();
-                let env = TrainEnv { out: dir.clone(), resume, ..env.clone() };
-                let settings = FinalSettings { width, ..settings.clone() };
-                train::run(&settings, &arch, None, stat, &env).await?
-            }
-        };
-        rows.push(row(width, &key, &result));
-        trained.insert(key, result);
         write_csv(&out.join("baselines.csv"), &rows)?;
     }
     Ok(rows)
@@ -168,7 +170,8 @@ fn finished(dir: &Path, settings: &FinalSettings, width: f64) -> anyhow::Result<
 /// `baselines.csv`: width, channels, arch_hash, test_accuracy,
 /// measured_p50_ms, measured_p90_ms, model_kb, run.
 pub fn write_csv(path: &Path, rows: &[BaselineRow]) -> anyhow::Result<()> {
-    let mut text = String::from("width,channels,arch_hash,test_accuracy,measured_p50_ms,measured_p90_ms,model_kb,run\n");
+    let mut text =
+        String::from("width,channels,arch_hash,test_accuracy,measured_p50_ms,measured_p90_ms,model_kb,run\n");
     for r in rows {
         writeln!(
             text,

@@ -7,16 +7,16 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use edgeloop::AgentClient;
+use edgeloop::baseline::{self, Baseline};
 use edgeloop::calibrate::Calibration;
 use edgeloop::client::{DEFAULT_REQUEST_TIMEOUT, error_line};
 use edgeloop::commands::table::{self, TablePrecision};
 use edgeloop::commands::{devices, export, measure, space};
 use edgeloop::predict::{Predictor, Stat};
 use edgeloop::quantize::{self, Constraint, QuantizeEnv, QuantizeSettings};
-use edgeloop::baseline::{self, Baseline};
 use edgeloop::search::{self, FinalSettings, RewardKind, SearchEnv, SearchSettings, Strategy, TrainRecipe};
-use edgeloop::train::TrainEnv;
 use edgeloop::table::LatencyTable;
+use edgeloop::train::TrainEnv;
 use edgeloop::validate;
 use edgeloop_api::MeasureRequest;
 use edgeloop_api::cli::MeasureFlags;
@@ -158,8 +158,9 @@ struct SearchArgs {
     /// the steps): on `tiny` its loss leaves chance level after about 5 epochs.
     #[arg(long, value_name = "N", default_value_t = 20)]
     warmup_epochs: usize,
-    /// Adam learning rate of α (betas 0, 0.999).
-    #[arg(long, value_name = "LR", default_value_t = 1e-3)]
+    /// Adam learning rate of α (betas 0, 0.999). ProxylessNAS's 1e-3 is for
+    /// hundreds of epochs: at a few thousand arch steps α hardly moves.
+    #[arg(long, value_name = "LR", default_value_t = 1e-2)]
     arch_lr: f64,
     /// Weight steps per architecture update.
     #[arg(long, value_name = "N", default_value_t = 5)]
@@ -181,7 +182,8 @@ struct SearchArgs {
     /// add#linear: L = CE + λ·(E[LAT] − T)/T — the λ.
     #[arg(long, value_name = "L", default_value_t = 0.1)]
     loss_lambda: f64,
-    /// lagrange: the multiplier's step, λ ← max(0, λ + η·(E[COST]/T − 1)) after each arch step.
+    /// lagrange: the multiplier's step: λ ← λ + η·(E[COST]/T′ − 1) after each arch step
+    /// while E[COST] > T′ = T·(1 − margin), halved while under (0 below 0.001).
     #[arg(long, value_name = "ETA", default_value_t = search::DEFAULT_LAMBDA_LR)]
     lambda_lr: f64,
     /// REINFORCE: how the reward takes the budget: lagrange (acc − λ·(COST/T − 1))

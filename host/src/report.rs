@@ -76,7 +76,9 @@ fn read_archs(path: &Path) -> anyhow::Result<Vec<(f64, f64, String)>> {
         .records()
         .map(|r| {
             let r = r.with_context(|| format!("reading {}", path.display()))?;
-            let num = |i: usize| r[i].parse::<f64>().with_context(|| format!("{}: `{}` is not a number", path.display(), &r[i]));
+            let num = |i: usize| {
+                r[i].parse::<f64>().with_context(|| format!("{}: `{}` is not a number", path.display(), &r[i]))
+            };
             Ok((num(ms)?, num(acc)?, r[role].to_string()))
         })
         .collect()
@@ -240,8 +242,16 @@ pub fn markdown(runs: &[Run], baselines: &[BaselineRow], baselines_dir: Option<&
         if let RunResult::Quantize(q) = &run.result {
             writeln!(md, "\n**{}** (fp32 / uniform int8 / searched on the same device):\n\n| model | policy | accuracy | p50 | size |\n|---|---|---|---|---|", run.name).expect("string");
             for c in &q.comparison {
-                writeln!(md, "| {} | {} | {:.2}% | {:.3} ms | {:.1} kB |", c.model, c.policy, 100.0 * c.test_accuracy, c.latency_ms, c.size_kb)
-                    .expect("string");
+                writeln!(
+                    md,
+                    "| {} | {} | {:.2}% | {:.3} ms | {:.1} kB |",
+                    c.model,
+                    c.policy,
+                    100.0 * c.test_accuracy,
+                    c.latency_ms,
+                    c.size_kb
+                )
+                .expect("string");
             }
         }
     }
@@ -286,7 +296,8 @@ fn plot_error(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> anyhow::Error +
 
 /// A range around `values` with a little room, never empty.
 fn span(values: impl Iterator<Item = f64>, floor_zero: bool) -> std::ops::Range<f64> {
-    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
+    let (lo, hi) =
+        values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
     if !lo.is_finite() {
         return 0.0..1.0;
     }
@@ -357,11 +368,9 @@ pub fn write_pareto(path: &Path, runs: &[Run], baselines: &[BaselineRow]) -> any
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], gray.stroke_width(2)));
         chart.draw_series(curve.iter().map(|&p| Circle::new(p, 4, gray.filled()))).map_err(|e| err(&e))?;
         chart
-            .draw_series(
-                baselines.iter().map(|b| {
-                    Text::new(format!("×{}", b.width), (b.measured_p50_ms, 100.0 * b.test_accuracy), ("sans-serif", 12))
-                }),
-            )
+            .draw_series(baselines.iter().map(|b| {
+                Text::new(format!("×{}", b.width), (b.measured_p50_ms, 100.0 * b.test_accuracy), ("sans-serif", 12))
+            }))
             .map_err(|e| err(&e))?;
     }
     for (i, run) in runs.iter().enumerate() {
@@ -420,12 +429,16 @@ pub fn write_pareto(path: &Path, runs: &[Run], baselines: &[BaselineRow]) -> any
         let color = COLORS[i % COLORS.len()];
         let point = |a: &(f64, f64, String)| (a.0, 100.0 * a.1);
         chart
-            .draw_series(run.archs.iter().filter(|a| a.2 != "chosen").map(|a| Circle::new(point(a), 3, color.mix(0.6).filled())))
+            .draw_series(
+                run.archs.iter().filter(|a| a.2 != "chosen").map(|a| Circle::new(point(a), 3, color.mix(0.6).filled())),
+            )
             .map_err(|e| err(&e))?
             .label(format!("{} (chosen: ×)", run.name))
             .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
         chart
-            .draw_series(run.archs.iter().filter(|a| a.2 == "chosen").map(|a| Cross::new(point(a), 7, BLACK.stroke_width(2))))
+            .draw_series(
+                run.archs.iter().filter(|a| a.2 == "chosen").map(|a| Cross::new(point(a), 7, BLACK.stroke_width(2))),
+            )
             .map_err(|e| err(&e))?;
     }
     chart

@@ -15,11 +15,11 @@ use edgeloop_train::DeviceKind;
 use crate::client::AgentClient;
 use crate::predict::{Metric, Predictor, Stat};
 use crate::search::final_model::{self, FinalContext};
+use crate::search::result::{Predictors, RunKind, Timings};
 use crate::search::{
     Budget, Data, Decision, DevicePool, FinalSettings, MeasurementCache, RunDir, SearchResult, calibrated_table,
     device_table,
 };
-use crate::search::result::{Predictors, RunKind, Timings};
 
 /// Where a fixed architecture is trained and measured.
 #[derive(Clone)]
@@ -49,7 +49,10 @@ pub async fn run(
     std::fs::create_dir_all(&dir.root).with_context(|| format!("creating {}", dir.root.display()))?;
     match (dir.final_checkpoint().exists(), env.resume) {
         (true, false) => {
-            bail!("{} already holds a training; pass --resume to continue it, or choose another --out", dir.root.display())
+            bail!(
+                "{} already holds a training; pass --resume to continue it, or choose another --out",
+                dir.root.display()
+            )
         }
         (false, true) => bail!("--resume: {} holds no checkpoint to resume", dir.root.display()),
         _ => {}

@@ -11,9 +11,13 @@ use edgeloop_agent::{AgentConfig, LocalAgent};
 const TOKEN: &str = "search-cli-test-token";
 
 fn search_command(dir: &Path, url: &str, strategy: &str, resume: bool) -> Command {
+    search_under(dir, url, strategy, resume, "1.0")
+}
+
+fn search_under(dir: &Path, url: &str, strategy: &str, resume: bool, budget_ms: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeloop"));
     cmd.current_dir(dir).env_remove("EDGELOOP_TOKEN").args(["search", "--space", "tiny", "--device", url]);
-    cmd.args(["--token-file", "token", "--dataset", "synthetic:1280,128", "--budget-ms", "1.0"]);
+    cmd.args(["--token-file", "token", "--dataset", "synthetic:1280,128", "--budget-ms", budget_ms]);
     cmd.args(["--strategy", strategy, "--warmup-epochs", "1", "--epochs", "3", "--final-epochs", "1"]);
     cmd.args(["--batch-size", "32", "--arch-every", "2", "--samples", "2", "--probe-runs", "5"]);
     cmd.args(["--device-kind", "cpu", "--threads", "1", "--out", "run"]);
@@ -112,4 +116,125 @@ fn reinforce_resume_answers_from_the_measurement_cache() {
     let distinct: std::collections::HashSet<_> = keys.iter().collect();
     assert_eq!(distinct.len(), keys.len(), "an arch was measured twice");
     assert_eq!(result["device_measurements"].as_u64().unwrap() as usize, keys.len() - before);
+}
+
+fn edgeloop(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeloop"));
+    cmd.current_dir(dir).env_remove("EDGELOOP_TOKEN");
+    cmd
+}
+
+fn succeed(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?} failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The recipe of the short runs below: one epoch on a small synthetic set.
+const SHORT_RECIPE: [&str; 10] = [
+    "--dataset",
+    "synthetic:640,128",
+    "--final-epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--device-kind",
+    "cpu",
+    "--threads",
+    "1",
+];
+
+#[test]
+fn an_impossible_budget_exits_non_zero_with_the_evidence() {
+    let f = fixture();
+    let out = search_under(f.dir.path(), &f.agent.url(), "gradient", false, "0.0005").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot be met on this device") && stderr.contains("measured"), "{stderr}");
+    assert!(!f.dir.path().join("run/result.json").exists());
+}
+
+#[test]
+fn train_baseline_and_report_write_their_files() {
+    let f = fixture();
+    let dir = f.dir.path();
+    let device = ["--device", &f.agent.url(), "--token-file", "token"];
+    succeed(
+        edgeloop(dir)
+            .args(["train", "--space", "tiny", "--baseline", "mbv2", "--width", "0.5", "--budget-ms", "5"])
+            .args(device)
+            .args(SHORT_RECIPE)
+            .args(["--out", "mbv2"]),
+    );
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("mbv2/result.json")).unwrap()).unwrap();
+    assert_eq!(result["kind"], "train");
+    assert!(result["arch"]["ops"].as_array().unwrap().iter().all(|op| op == "3x3_MBConv6"), "{result}");
+    assert_eq!(result["budget_met"].as_bool(), Some(result["measured_latency_ms"].as_f64().unwrap() <= 5.0));
+    assert!(dir.join("mbv2/model.onnx").exists());
+
+    // 0.5 and 0.52 round to the same channels: trained once.
+    let stdout = succeed(
+        edgeloop(dir)
+            .args(["baseline", "--space", "tiny", "--widths", "0.35,0.5,0.52"])
+            .args(device)
+            .args(SHORT_RECIPE)
+            .args(["--out", "sweep"]),
+    );
+    let csv = std::fs::read_to_string(dir.join("sweep/baselines.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    for column in ["width", "arch_hash", "test_accuracy", "measured_p50_ms", "measured_p90_ms", "model_kb"] {
+        assert!(header.contains(&column), "{column} missing from {header:?}");
+    }
+    assert_eq!(csv.lines().count(), 1 + 3, "{csv}\n{stdout}");
+    let run_of = |width: &str| {
+        csv.lines().find(|l| l.starts_with(&format!("{width},"))).unwrap().rsplit(',').next().unwrap().to_string()
+    };
+    assert_eq!(run_of("0.52"), run_of("0.5"), "{csv}");
+    assert!(dir.join("sweep/w0.35/result.json").exists() && !dir.join("sweep/w0.52").exists());
+
+    let stdout = succeed(edgeloop(dir).args(["report", "mbv2", "--baselines", "sweep", "--out", "report"]));
+    assert!(stdout.contains("| mbv2 |"), "{stdout}");
+    let md = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
+    assert!(md.contains("mbv2"), "{md}");
+    for png in ["pareto.png", "latency.png"] {
+        let image = image::open(dir.join("report").join(png)).unwrap();
+        assert!(image.width() > 100 && image.height() > 100, "{png}");
+    }
+}
+
+#[test]
+fn the_quickstart_runs_end_to_end_at_reduced_epochs() {
+    let f = fixture();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = f.dir.path().join("quickstart");
+    let run = Command::new("bash")
+        .arg(root.join("scripts/quickstart.sh"))
+        .args(["--device-kind", "cpu", "--probe-runs", "5"])
+        .env("EDGELOOP_BIN", env!("CARGO_BIN_EXE_edgeloop"))
+        .env("AGENT_URL", f.agent.url())
+        .env("AGENT_TOKEN_FILE", f.dir.path().join("token"))
+        .env("QUICKSTART_OUT", &out)
+        .env("EPOCHS_SCALE", "0.05")
+        .env("DATASET", "synthetic:640,128")
+        .env_remove("EDGELOOP_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("the budget is"), "{stderr}");
+    assert!(stdout.contains("| run | budget |"), "no comparison table: {stdout}");
+    let latest = out.join("latest");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(latest.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["budget_met"].as_bool(), Some(true), "{result}");
+    let reports: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("report-"))
+        .collect();
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].path().join("pareto.png").exists());
 }

@@ -101,6 +101,19 @@ fn build_survives_sigkill_resumes_and_predicts() {
     let expected = format!("latency table {} has no row Conv-input:32x32x3-output:16x16x16", path.display());
     assert!(!out.status.success() && error.contains(&expected), "{error}");
 
+    // Medians need a calibration: without one the error says so.
+    let predict_stat = |stat: &str| {
+        Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+            .current_dir(dir.path())
+            .args(["table", "predict", "--space", "tiny", "--arch", "arch.json", "--json", "--stat", stat, "--table"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = predict_stat("p50");
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && error.contains("calibrat"), "{error}");
+
     // Calibrate on a few whole networks, then validate on others.
     let whole_networks = |command: &str, extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_edgeloop"))
@@ -122,6 +135,23 @@ fn build_survives_sigkill_resumes_and_predicts() {
     let fitted_on: Vec<String> =
         calibration["archs"].as_array().unwrap().iter().map(|h| h.as_str().unwrap().to_string()).collect();
     assert_eq!(fitted_on.len(), 3);
+
+    // Calibrated, the median and the tail are predicted above the fastest run.
+    let predicted = |stat: &str| {
+        let out = predict_stat(stat);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["total_ms"].as_f64().unwrap()
+    };
+    let (min, p50, p90) = (predicted("min"), predicted("p50"), predicted("p90"));
+    assert!(min > 0.0 && p50 >= min * 0.95 && p90 >= p50 * 0.95, "min {min}, p50 {p50}, p90 {p90}");
+    let out =
+        whole_networks("validate", &["--samples", "2", "--seed", "5", "--stat", "p90", "--out", "validation-p90"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = std::fs::read_to_string(dir.path().join("validation-p90/validation.csv")).unwrap();
+    assert!(
+        csv.starts_with("arch_hash,stat,") && csv.lines().skip(1).all(|l| l.split(',').nth(1) == Some("p90")),
+        "{csv}"
+    );
 
     // Same seed as the calibration: validation still leaves those archs out.
     let out = whole_networks("validate", &["--samples", "4", "--seed", "1", "--json", "--out", "validation"]);

@@ -218,12 +218,12 @@ impl GraphBuilder {
     }
 
     /// The scope a node was added in (see [`GraphBuilder::set_scope`]), from
-/// its name or a name a runtime derived from it (`stage1.block1.5x5_MBConv6/Conv_7.pad`).
-pub fn node_scope(node_name: &str) -> Option<&str> {
-    node_name.split_once('/').map(|(scope, _)| scope)
-}
+    /// its name or a name a runtime derived from it (`stage1.block1.5x5_MBConv6/Conv_7.pad`).
+    pub fn node_scope(node_name: &str) -> Option<&str> {
+        node_name.split_once('/').map(|(scope, _)| scope)
+    }
 
-/// 2-D convolution with "same" padding: `weight` is [out, in/group, k, k].
+    /// 2-D convolution with "same" padding: `weight` is [out, in/group, k, k].
     pub fn conv(
         &mut self,
         x: &str,

@@ -203,7 +203,10 @@ impl PolicyMeter {
             let reason = m.energy_unavailable_reason.unwrap_or_else(|| "no reason given".into());
             anyhow::bail!("the agent at {url} measured no energy: {reason}");
         }
-        let entry = CachedMeasurement { device_id: self.device_id.clone(), ..CachedMeasurement::new(key, vec![describe(policy)], &m) };
+        let entry = CachedMeasurement {
+            device_id: self.device_id.clone(),
+            ..CachedMeasurement::new(key, vec![describe(policy)], &m)
+        };
         self.cache.insert(entry.clone())?;
         self.measured += 1;
         Ok(entry)

@@ -86,16 +86,27 @@ impl Ord for Partial {
     }
 }
 
+/// Partial architectures a derivation expands at most: a lower bound far
+/// from where α's mass is can leave many likely architectures to skip.
+const MAX_EXPANSIONS: usize = 2_000_000;
+
 /// The `k` architectures of highest Σ log p whose predicted cost is at most
-/// `limit`, best first; fewer when fewer fit, none when nothing does.
-/// `log_probs[b][i]` and `costs.per_block[b][i]` describe candidate i of
-/// block b; costs must not be negative.
-pub fn k_best(costs: &CostModel, log_probs: &[Vec<f64>], limit: f64, k: usize) -> Vec<Derived> {
+/// `limit` (and at least `floor`), best first; fewer when fewer fit, none
+/// when nothing does. `log_probs[b][i]` and `costs.per_block[b][i]`
+/// describe candidate i of block b; costs must not be negative.
+pub fn k_best(costs: &CostModel, log_probs: &[Vec<f64>], floor: f64, limit: f64, k: usize) -> Vec<Derived> {
     assert_eq!(costs.per_block.len(), log_probs.len(), "one row of log-probabilities per block");
     let blocks = costs.per_block.len();
     let capacity = limit - costs.fixed;
     if k == 0 || !(capacity >= 0.0) {
         return Vec::new();
+    }
+    // The most the blocks from b on can add: a partial architecture that
+    // cannot reach `floor` even so is dropped (the score bound ignores the
+    // floor, so it stays optimistic and the order exact).
+    let mut most = vec![0.0; blocks + 1];
+    for b in (0..blocks).rev() {
+        most[b] = most[b + 1] + costs.per_block[b].iter().copied().fold(0.0, f64::max);
     }
     // Cost in grid cells, rounded down; costs beyond the capacity never fit.
     let cell = capacity / GRID as f64;
@@ -140,7 +151,12 @@ pub fn k_best(costs: &CostModel, log_probs: &[Vec<f64>], limit: f64, k: usize) -
     if let Some(u) = free(costs.fixed).filter(|&u| best[0][u].is_finite()) {
         queue.push(Partial { bound: best[0][u], log_prob: 0.0, cost: costs.fixed, selection: Vec::new(), seq });
     }
+    let mut expansions = 0;
     while let Some(partial) = queue.pop() {
+        expansions += 1;
+        if expansions > MAX_EXPANSIONS {
+            break;
+        }
         let b = partial.selection.len();
         if b == blocks {
             found.push(Derived { selection: partial.selection, log_prob: partial.log_prob, predicted: partial.cost });
@@ -152,6 +168,9 @@ pub fn k_best(costs: &CostModel, log_probs: &[Vec<f64>], limit: f64, k: usize) -
         for (i, (&c, &lp)) in costs.per_block[b].iter().zip(&log_probs[b]).enumerate() {
             let cost = partial.cost + c;
             let Some(u) = free(cost) else { continue };
+            if cost + most[b + 1] < floor {
+                continue;
+            }
             let bound = partial.log_prob + lp + best[b + 1][u];
             if bound.is_finite() {
                 seq += 1;
@@ -177,7 +196,7 @@ mod tests {
         })
     }
 
-    fn brute_force(costs: &CostModel, log_probs: &[Vec<f64>], limit: f64, k: usize) -> Vec<Derived> {
+    fn brute_force(costs: &CostModel, log_probs: &[Vec<f64>], floor: f64, limit: f64, k: usize) -> Vec<Derived> {
         let counts: Vec<usize> = costs.per_block.iter().map(Vec::len).collect();
         let mut all: Vec<Derived> = all_selections(&counts)
             .into_iter()
@@ -185,7 +204,7 @@ mod tests {
                 let log_prob = selection.iter().zip(log_probs).map(|(&i, lp)| lp[i]).sum::<f64>();
                 Derived { predicted: predicted_cost(costs, &selection), log_prob, selection }
             })
-            .filter(|d| d.predicted <= limit)
+            .filter(|d| floor <= d.predicted && d.predicted <= limit)
             .collect();
         all.sort_by(|a, b| b.log_prob.total_cmp(&a.log_prob));
         all.truncate(k);
@@ -212,10 +231,12 @@ mod tests {
                 .iter()
                 .map(|c| log_softmax(&c.iter().map(|_| rng.random_range(-2.0..2.0)).collect::<Vec<_>>()))
                 .collect();
-            let limit = rng.random_range(0.0..3.0);
+            let limit: f64 = rng.random_range(0.0..3.0);
+            // Half the cases with a floor too.
+            let floor = if case % 2 == 0 { 0.0 } else { rng.random_range(0.0..limit.max(1e-9)) };
             let k = rng.random_range(1..12);
-            let exact = brute_force(&costs, &log_probs, limit, k);
-            let derived = k_best(&costs, &log_probs, limit, k);
+            let exact = brute_force(&costs, &log_probs, floor, limit, k);
+            let derived = k_best(&costs, &log_probs, floor, limit, k);
             assert_eq!(derived.len(), exact.len(), "case {case}");
             for (d, e) in derived.iter().zip(&exact) {
                 assert_eq!(d.selection, e.selection, "case {case}: {derived:?} vs {exact:?}");
@@ -262,16 +283,17 @@ mod tests {
                 .map(|&n| log_softmax(&(0..n).map(|_| rng.random_range(-1.5..1.5)).collect::<Vec<_>>()))
                 .collect();
             let limit = rng.random_range(lo - 0.01..hi + 0.01);
+            let floor = if case % 2 == 0 { 0.0 } else { 0.85 * limit };
             let k = rng.random_range(1..10);
             let mut brute: Vec<(f64, &Vec<usize>, f64)> = all
                 .iter()
                 .zip(&predicted)
-                .filter(|(_, p)| **p <= limit)
+                .filter(|(_, p)| floor <= **p && **p <= limit)
                 .map(|(sel, p)| (sel.iter().zip(&log_probs).map(|(&i, lp)| lp[i]).sum::<f64>(), sel, *p))
                 .collect();
             brute.sort_by(|a, b| b.0.total_cmp(&a.0));
             brute.truncate(k);
-            let derived = k_best(&costs, &log_probs, limit, k);
+            let derived = k_best(&costs, &log_probs, floor, limit, k);
             assert_eq!(derived.len(), brute.len(), "case {case}");
             for (d, (score, sel, p)) in derived.iter().zip(&brute) {
                 assert_eq!(&d.selection, *sel, "case {case}");
@@ -284,10 +306,12 @@ mod tests {
     fn budget_below_the_fixed_cost_or_nothing_asked_gives_nothing() {
         let costs = CostModel { fixed: 1.0, per_block: vec![vec![0.0, 0.5]] };
         let lp = vec![vec![-0.1, -2.0]];
-        assert!(k_best(&costs, &lp, 0.99, 3).is_empty());
-        assert!(k_best(&costs, &lp, 2.0, 0).is_empty());
+        assert!(k_best(&costs, &lp, 0.0, 0.99, 3).is_empty());
+        assert!(k_best(&costs, &lp, 0.0, 2.0, 0).is_empty());
+        // A floor above everything the blocks can add.
+        assert!(k_best(&costs, &lp, 1.6, 2.0, 3).is_empty());
         // Exactly the fixed cost: only the free candidate fits.
-        let only = k_best(&costs, &lp, 1.0, 3);
+        let only = k_best(&costs, &lp, 0.0, 1.0, 3);
         assert_eq!(only.iter().map(|d| d.selection.clone()).collect::<Vec<_>>(), vec![vec![0]]);
         assert_eq!(cheapest(&costs), vec![0]);
     }
@@ -296,10 +320,11 @@ mod tests {
     fn uniform_probabilities_still_end_quickly() {
         // 21 blocks of 7 equally likely candidates (proxyless-mobile's shape):
         // every architecture ties, and the search must not explore them all.
-        let per_block: Vec<Vec<f64>> = (0..21).map(|b| (0..7).map(|i| 0.01 * ((b * 7 + i) % 13) as f64).collect()).collect();
+        let per_block: Vec<Vec<f64>> =
+            (0..21).map(|b| (0..7).map(|i| 0.01 * ((b * 7 + i) % 13) as f64).collect()).collect();
         let costs = CostModel { fixed: 0.1, per_block };
         let lp = vec![vec![-(7f64.ln()); 7]; 21];
-        let derived = k_best(&costs, &lp, 0.6, 5);
+        let derived = k_best(&costs, &lp, 0.0, 0.6, 5);
         assert_eq!(derived.len(), 5);
         assert!(derived.iter().all(|d| d.predicted <= 0.6));
     }

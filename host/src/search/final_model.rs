@@ -12,10 +12,10 @@ use edgeloop_data::{BatchLoader, Split};
 use edgeloop_onnx::export::layer_names;
 use edgeloop_onnx::node_scope;
 use edgeloop_space::{Arch, Space};
+use edgeloop_train::BnMode;
 use edgeloop_train::export::export_arch;
 use edgeloop_train::optim::cosine_lr;
 use edgeloop_train::trainer::{accuracy, batch_tensors, weight_step};
-use edgeloop_train::BnMode;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 use tch::nn::VarStore;
@@ -162,7 +162,12 @@ pub async fn measure(
     let (judged, predicted_judged) = match ctx.budget {
         Some(Budget { metric: Metric::Energy, .. }) => (
             m.energy.as_ref().map_or(f64::INFINITY, |e| e.mj_per_inference),
-            predictors.energy.as_ref().expect("an energy search has an energy predictor").predict(ctx.space, &arch)?.total_ms,
+            predictors
+                .energy
+                .as_ref()
+                .expect("an energy search has an energy predictor")
+                .predict(ctx.space, &arch)?
+                .total_ms,
         ),
         Some(b) => (b.stat.of(&m.latency_ms), prediction.total_ms),
         None => (m.latency_ms.p50, prediction.total_ms),

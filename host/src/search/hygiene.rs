@@ -59,7 +59,8 @@ pub fn typical_spread(table: &LatencyTable) -> f64 {
 /// median too far above the fastest run given the device's `spread`, or a
 /// fastest run far above `expected_min` (the table's prediction of it).
 pub fn contamination(m: &Measurement, spread: f64, expected_min: Option<f64>) -> Option<String> {
-    let busy = |l: &edgeloop_api::LoadStats| l.other_busy_cores > LOAD_LIMIT + LOAD_TICKS * 1000.0 / l.window_ms.max(1.0);
+    let busy =
+        |l: &edgeloop_api::LoadStats| l.other_busy_cores > LOAD_LIMIT + LOAD_TICKS * 1000.0 / l.window_ms.max(1.0);
     if let Some(load) = m.load.filter(busy) {
         return Some(format!("{:.2} cores were busy with other work while it was timed", load.other_busy_cores));
     }
@@ -109,7 +110,11 @@ pub async fn measure(
         let Some(reason) = contamination(&m, spread, expected_min) else {
             return Ok(Checked { measurement: m, remeasured: attempt, suspect: None });
         };
-        tracing::info!("measurement of {} on {} contaminated ({reason}); measuring again", &m.model[..12.min(m.model.len())], client.base_url());
+        tracing::info!(
+            "measurement of {} on {} contaminated ({reason}); measuring again",
+            &m.model[..12.min(m.model.len())],
+            client.base_url()
+        );
         if best.as_ref().is_none_or(|(b, _)| m.latency_ms.p50 < b.latency_ms.p50) {
             best = Some((m, reason));
         }

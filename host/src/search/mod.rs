@@ -227,7 +227,10 @@ impl SearchSettings {
             (Some(ms), None) => ensure!(ms > 0.0 && ms.is_finite(), "--budget-ms must be positive"),
             (None, Some(mj)) => ensure!(mj > 0.0 && mj.is_finite(), "--energy-budget-mj must be positive"),
         }
-        ensure!(self.budget_stat != Stat::Min, "--budget-stat must be p50 or p90: a budget is not judged on the fastest run");
+        ensure!(
+            self.budget_stat != Stat::Min,
+            "--budget-stat must be p50 or p90: a budget is not judged on the fastest run"
+        );
         self.recipe.check()?;
         ensure!(self.arch_every > 0, "--arch-every must be at least 1");
         ensure!(self.samples > 0, "--samples must be at least 1");
@@ -378,8 +381,7 @@ pub async fn device_table(
 ) -> anyhow::Result<PathBuf> {
     use crate::commands::table as table_cmd;
     let (client, info) = pool.primary();
-    let template =
-        MeasureRequest { runtime: runtime.to_string(), threads, energy, ..table_cmd::default_request() };
+    let template = MeasureRequest { runtime: runtime.to_string(), threads, energy, ..table_cmd::default_request() };
     let fp32 = table_cmd::TablePrecision::Fp32;
     let path = table_cmd::default_path(&info.device_id, runtime, space.name(), energy, fp32);
     let report = table_cmd::build(client, space, &template, fp32, Some(&path)).await?;
@@ -411,16 +413,11 @@ pub async fn calibrated_table(
         calibrate::DEFAULT_SAMPLES
     );
     let bar = crate::progress::bar(calibrate::DEFAULT_SAMPLES, "networks");
-    let calibration = calibrate::run(
-        client,
-        space,
-        &table,
-        &template,
-        calibrate::DEFAULT_SAMPLES,
-        calibrate::DEFAULT_SEED,
-        |_| bar.inc(1),
-    )
-    .await?;
+    let calibration =
+        calibrate::run(client, space, &table, &template, calibrate::DEFAULT_SAMPLES, calibrate::DEFAULT_SEED, |_| {
+            bar.inc(1)
+        })
+        .await?;
     bar.finish_and_clear();
     Ok((table, calibration))
 }

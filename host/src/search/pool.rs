@@ -134,9 +134,14 @@ impl DevicePool {
                     else {
                         return Ok(());
                     };
-                    let checked = hygiene::measure(client, &bytes, template, spread, expected_min).await.map_err(|source| {
-                        PoolError::Measure { arch: arch.hash()[..12].to_string(), url: client.base_url().to_string(), source }
-                    })?;
+                    let checked =
+                        hygiene::measure(client, &bytes, template, spread, expected_min).await.map_err(|source| {
+                            PoolError::Measure {
+                                arch: arch.hash()[..12].to_string(),
+                                url: client.base_url().to_string(),
+                                source,
+                            }
+                        })?;
                     let m = &checked.measurement;
                     if template.energy && m.energy.is_none() {
                         let reason = m.energy_unavailable_reason.clone().unwrap_or_default();

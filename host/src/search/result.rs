@@ -147,7 +147,11 @@ impl SearchResult {
             measured_runs: m.latency_ms.n,
             predicted_latency_ms: predictors.latency.predict(ctx.space, &outcome.arch)?.total_ms,
             measured_energy_mj: energy.as_ref().map(|e| e.mj_per_inference),
-            predicted_energy_mj: predictors.energy.map(|p| p.predict(ctx.space, &outcome.arch)).transpose()?.map(|p| p.total_ms),
+            predicted_energy_mj: predictors
+                .energy
+                .map(|p| p.predict(ctx.space, &outcome.arch))
+                .transpose()?
+                .map(|p| p.total_ms),
             energy_sensor: energy.map(|e| e.sensor),
             budget_met: budget.is_some().then(|| outcome.budget_met()),
             device_id: info.device_id.clone(),
@@ -192,7 +196,8 @@ pub fn finish(
     test_accuracy: f64,
     timings: Timings,
 ) -> anyhow::Result<SearchResult> {
-    let mut result = SearchResult::of_final(RunKind::Search, final_ctx, pool, predictors, outcome, test_accuracy, timings)?;
+    let mut result =
+        SearchResult::of_final(RunKind::Search, final_ctx, pool, predictors, outcome, test_accuracy, timings)?;
     let cached = |hash: &str| pool.cache.get(pool.device_ids(), hash, ctx.budget.metric == Metric::Energy);
     let deciding = decision.candidates.iter().filter_map(|c| {
         cached(&c.arch_hash).map(|m| MeasurementHygiene {
@@ -254,7 +259,11 @@ pub fn render_summary(r: &SearchResult, out_dir: &std::path::Path) -> String {
         rows.push(("energy", format!("{mj:.3} mJ/inference measured ({sensor}), {predicted:.3} mJ predicted")));
     }
     if let Some(margin) = r.margin {
-        let rounds = if r.misses.is_empty() { String::new() } else { format!(", after {} missed final model(s)", r.misses.len()) };
+        let rounds = if r.misses.is_empty() {
+            String::new()
+        } else {
+            format!(", after {} missed final model(s)", r.misses.len())
+        };
         rows.push(("margin", format!("{:.1}% under the budget{rounds}", margin * 100.0)));
     }
     rows.extend([

@@ -1,0 +1,19 @@
+# Sourced by scripts that need an agent on this machine (quickstart, the
+# search-quality benchmark): `start_local_agent BIN_DIR OUT_DIR` starts
+# BIN_DIR/edgeloop-agent on a random loopback port with a fresh random token
+# in OUT_DIR/token, logs to OUT_DIR/agent.log, stops it when the calling
+# script exits, and sets `agent_url` and `agent_token_file`.
+start_local_agent() {
+  local bin_dir=$1 out=$2
+  agent_token_file="$out/token"
+  ( umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$agent_token_file" )
+  rm -f "$out/agent.addr"
+  "$bin_dir/edgeloop-agent" serve --listen 127.0.0.1:0 --addr-file "$out/agent.addr" \
+    --token-file "$agent_token_file" --cache-dir "$out/agent-cache" 2>"$out/agent.log" &
+  local pid=$!
+  # shellcheck disable=SC2064 # the pid is meant to be expanded now
+  trap "kill $pid 2>/dev/null || true" EXIT
+  for _ in $(seq 100); do [[ -s "$out/agent.addr" ]] && break; sleep 0.1; done
+  [[ -s "$out/agent.addr" ]] || { echo "the agent did not start; see $out/agent.log" >&2; return 1; }
+  agent_url="http://$(cat "$out/agent.addr")"
+}
