@@ -41,9 +41,8 @@ device=(--device "$agent_url" --token-file "$agent_token_file" --runtime "$runti
 recipe=(--space tiny --dataset "$dataset" --final-epochs "$final")
 
 "$edgeloop" export --space tiny --baseline mbv2 --out "$out/mbv2.onnx" >/dev/null
-mbv2_ms=$("$edgeloop" measure --device "$agent_url" --token-file "$agent_token_file" --runtime "$runtime" \
-  "$out/mbv2.onnx" --json | $python -c 'import json, sys; print(json.load(sys.stdin)["latency_ms"]["p50"])')
-echo "MobileNetV2 (tiny, width 1.0) on $runtime: $mbv2_ms ms p50" >&2
+mbv2_ms=$(steady_p50 "$edgeloop" "$python" "$out/mbv2.onnx" --device "$agent_url" --token-file "$agent_token_file" --runtime "$runtime")
+echo "MobileNetV2 (tiny, width 1.0) on $runtime: $mbv2_ms ms p50 (the lowest of 3)" >&2
 
 for seed in ${seeds//,/ }; do
   echo "baseline sweep, seed $seed" >&2
@@ -54,9 +53,14 @@ for seed in ${seeds//,/ }; do
     run="$out/search-f$fraction-s$seed"
     [[ -f "$run/result.json" ]] && continue
     resume=(); [[ -e "$run/checkpoint" || -e "$run/final.checkpoint" ]] && resume=(--resume)
+    [[ -f "$run/infeasible.txt" ]] && continue
     echo "search under $budget ms ($fraction × MobileNetV2), seed $seed" >&2
-    "$edgeloop" search "${recipe[@]}" "${device[@]}" --seed "$seed" --budget-ms "$budget" \
-      --warmup-epochs "$warmup" --epochs "$search" --out "$run" "${resume[@]}" >/dev/null
+    # An infeasible budget is a result too: the search's evidence is kept.
+    if ! "$edgeloop" search "${recipe[@]}" "${device[@]}" --seed "$seed" --budget-ms "$budget" \
+      --warmup-epochs "$warmup" --epochs "$search" --out "$run" "${resume[@]}" >/dev/null 2>"$out/search.err"; then
+      grep -q "cannot be met" "$out/search.err" || { cat "$out/search.err" >&2; exit 1; }
+      mkdir -p "$run"; tail -n 1 "$out/search.err" > "$run/infeasible.txt"; cat "$run/infeasible.txt" >&2
+    fi
   done
 done
 
@@ -71,6 +75,11 @@ gains = []
 for f in fractions:
     found, base, lat, use, met, widths = [], [], [], [], 0, []
     budget = None
+    infeasible = [s for s in seeds if os.path.exists(os.path.join(out, f"search-f{f}-s{s}", "infeasible.txt"))]
+    if infeasible:
+        why = open(os.path.join(out, f"search-f{f}-s{infeasible[0]}", "infeasible.txt")).read().strip()
+        print(f"| {f}× | infeasible ({len(infeasible)}/{len(seeds)} seeds): {why} | | | | | | |")
+        continue
     for s in seeds:
         r = json.load(open(os.path.join(out, f"search-f{f}-s{s}", "result.json")))
         budget = r["budget_ms"]
@@ -85,5 +94,5 @@ for f in fractions:
     gains.append(gain)
     print(f"| {budget:.4f} ms ({f}×) | {ms(found)} | {ms(base)} ({','.join(widths)}) | {gain:+.2f} | {100 * errors:.0f}% | "
           f"{ms(lat, 3)} | {ms(use)} | {met}/{len(seeds)} |")
-print(f"mean Δ over budgets: {statistics.mean(gains):+.2f} points")
+print(f"mean Δ over feasible budgets: {statistics.mean(gains):+.2f} points" if gains else "no feasible budget")
 PY

@@ -17,3 +17,22 @@ start_local_agent() {
   [[ -s "$out/agent.addr" ]] || { echo "the agent did not start; see $out/agent.log" >&2; return 1; }
   agent_url="http://$(cat "$out/agent.addr")"
 }
+
+# `steady_p50 EDGELOOP PYTHON MODEL ARGS…`: the lowest p50 (ms) of three
+# measurements of MODEL through `edgeloop measure ARGS…`. A shared or
+# virtual machine has slow stretches of seconds (seen here: 0.36 ms for a
+# network that measures 0.20 ms); a budget derived from one of them would
+# be far looser than the device.
+steady_p50() {
+  local edgeloop=$1 python=$2 model=$3; shift 3
+  for _ in 1 2 3; do
+    "$edgeloop" measure "$@" "$model" --json
+  done | "$python" -c '
+import json, sys
+text, decoder, p50s = sys.stdin.read().strip(), json.JSONDecoder(), []
+while text:
+    measurement, end = decoder.raw_decode(text)
+    p50s.append(measurement["latency_ms"]["p50"])
+    text = text[end:].strip()
+print(min(p50s))'
+}

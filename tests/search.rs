@@ -53,6 +53,28 @@ async fn calibrated(agent: &TestAgent, path: &Path) -> (LatencyTable, Calibratio
     (table, calibration)
 }
 
+/// An agent, its table of `tiny` and that table's calibration.
+struct Calibrated {
+    agent: TestAgent,
+    dir: tempfile::TempDir,
+    table_path: PathBuf,
+    calibration: Calibration,
+    /// Calibrated p50 of the cheapest architecture and the mean of random ones.
+    cheapest: f64,
+    uniform: f64,
+}
+
+impl Calibrated {
+    async fn new() -> Calibrated {
+        let agent = TestAgent::start();
+        let dir = tempfile::tempdir().unwrap();
+        let table_path = build_table(&agent, dir.path()).await;
+        let (table, calibration) = calibrated(&agent, &table_path).await;
+        let (cheapest, uniform) = cheapest_and_uniform_ms(&table, &calibration);
+        Calibrated { agent, dir, table_path, calibration, cheapest, uniform }
+    }
+}
+
 /// The calibrated p50 of the space's cheapest architecture and the mean
 /// over random ones (about E[latency] under uniform α).
 fn cheapest_and_uniform_ms(table: &LatencyTable, calibration: &Calibration) -> (f64, f64) {
@@ -113,11 +135,7 @@ fn assert_run_files(out: &Path, result: &SearchResult) {
 #[tokio::test(flavor = "current_thread")]
 async fn the_multiplier_meets_a_tight_budget_a_fixed_penalty_misses_and_vanishes_under_a_loose_one() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let agent = TestAgent::start();
-    let dir = tempfile::tempdir().unwrap();
-    let table_path = build_table(&agent, dir.path()).await;
-    let (table, calibration) = calibrated(&agent, &table_path).await;
-    let (cheapest, uniform) = cheapest_and_uniform_ms(&table, &calibration);
+    let Calibrated { agent, dir, table_path, calibration: _, cheapest, uniform } = Calibrated::new().await;
     let tight = cheapest + 0.35 * (uniform - cheapest);
 
     // A weak fixed penalty leaves E[latency] above a tight budget…
@@ -155,11 +173,7 @@ async fn the_multiplier_meets_a_tight_budget_a_fixed_penalty_misses_and_vanishes
 #[tokio::test(flavor = "current_thread")]
 async fn a_device_slower_than_its_calibration_is_met_by_growing_the_margin() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let agent = TestAgent::start();
-    let dir = tempfile::tempdir().unwrap();
-    let table_path = build_table(&agent, dir.path()).await;
-    let (table, calibration) = calibrated(&agent, &table_path).await;
-    let (cheapest, uniform) = cheapest_and_uniform_ms(&table, &calibration);
+    let Calibrated { agent, dir, table_path, calibration, cheapest, uniform } = Calibrated::new().await;
     let budget = cheapest + 0.3 * (uniform - cheapest);
     // A stale calibration: the device now runs twice as slow as it says,
     // and its networks agree with it exactly, so its margin is the least.

@@ -334,24 +334,16 @@ pub fn write_pareto(path: &Path, runs: &[Run], baselines: &[BaselineRow]) -> any
     }
     let x = span(points.iter().map(|p| p.0).chain(budgets.iter().copied()), true);
     let y = span(points.iter().map(|p| p.1), false);
-    let mut chart = ChartBuilder::on(&left)
-        .caption("test accuracy against latency measured on the device", ("sans-serif", 20))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x.clone(), y.clone())
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("measured latency, p50 (ms)")
-        .y_desc("test accuracy (%)")
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(|e| err(&e))?;
+    let mut chart = latency_panel(
+        &left,
+        "test accuracy against latency measured on the device",
+        "test accuracy (%)",
+        x,
+        y.clone(),
+        &budgets,
+    )
+    .map_err(|e| err(&e))?;
     for &b in &budgets {
-        chart
-            .draw_series(LineSeries::new([(b, y.start), (b, y.end)], BLACK.mix(0.4).stroke_width(1)))
-            .map_err(|e| err(&e))?;
         chart
             .draw_series([Text::new(format!("budget {b} ms"), (b, y.end), ("sans-serif", 12))])
             .map_err(|e| err(&e))?;
@@ -392,39 +384,22 @@ pub fn write_pareto(path: &Path, runs: &[Run], baselines: &[BaselineRow]) -> any
             .draw_series(marks.iter().map(|(x, y, l)| Text::new(l.clone(), (*x, *y), ("sans-serif", 12))))
             .map_err(|e| err(&e))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(("sans-serif", 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
+    draw_legend(&mut chart).map_err(|e| err(&e))?;
 
     // Right: the archs each search measured.
     let archs: Vec<(usize, &(f64, f64, String))> =
         runs.iter().enumerate().flat_map(|(i, r)| r.archs.iter().map(move |a| (i, a))).collect();
     let x = span(archs.iter().map(|(_, a)| a.0).chain(budgets.iter().copied()), true);
     let y = span(archs.iter().map(|(_, a)| 100.0 * a.1), false);
-    let mut chart = ChartBuilder::on(&right)
-        .caption("archs measured during the searches", ("sans-serif", 20))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x, y.clone())
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("measured latency, p50 (ms)")
-        .y_desc("held-out accuracy, supernet weights (%)")
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(|e| err(&e))?;
-    for &b in &budgets {
-        chart
-            .draw_series(LineSeries::new([(b, y.start), (b, y.end)], BLACK.mix(0.4).stroke_width(1)))
-            .map_err(|e| err(&e))?;
-    }
+    let mut chart = latency_panel(
+        &right,
+        "archs measured during the searches",
+        "held-out accuracy, supernet weights (%)",
+        x,
+        y,
+        &budgets,
+    )
+    .map_err(|e| err(&e))?;
     for (i, run) in runs.iter().enumerate().filter(|(_, r)| !r.archs.is_empty()) {
         let color = COLORS[i % COLORS.len()];
         let point = |a: &(f64, f64, String)| (a.0, 100.0 * a.1);
@@ -441,6 +416,46 @@ pub fn write_pareto(path: &Path, runs: &[Run], baselines: &[BaselineRow]) -> any
             )
             .map_err(|e| err(&e))?;
     }
+    draw_legend(&mut chart).map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
+type Panel<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+type PlotResult<T> = Result<T, DrawingAreaErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>>;
+
+/// A panel of `pareto.png`: measured latency (ms) across, `y_desc` up, a
+/// vertical line at each budget.
+fn latency_panel<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    y_desc: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    budgets: &[f64],
+) -> PlotResult<Panel<'a, 'b>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y.clone())?;
+    chart
+        .configure_mesh()
+        .x_desc("measured latency, p50 (ms)")
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    for &b in budgets {
+        chart.draw_series(LineSeries::new([(b, y.start), (b, y.end)], BLACK.mix(0.4).stroke_width(1)))?;
+    }
+    Ok(chart)
+}
+
+fn draw_legend<'a, 'b: 'a>(chart: &mut Panel<'a, 'b>) -> PlotResult<()> {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
@@ -448,8 +463,6 @@ pub fn write_pareto(path: &Path, runs: &[Run], baselines: &[BaselineRow]) -> any
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))
 }
 
 /// `latency.png`: per block of each final model, the table's prediction

@@ -98,7 +98,8 @@ pub fn k_best(costs: &CostModel, log_probs: &[Vec<f64>], floor: f64, limit: f64,
     assert_eq!(costs.per_block.len(), log_probs.len(), "one row of log-probabilities per block");
     let blocks = costs.per_block.len();
     let capacity = limit - costs.fixed;
-    if k == 0 || !(capacity >= 0.0) {
+    // NaN limits fit nothing either.
+    if k == 0 || capacity.is_nan() || capacity < 0.0 {
         return Vec::new();
     }
     // The most the blocks from b on can add: a partial architecture that
