@@ -201,11 +201,11 @@ impl GraphBuilder {
     /// Adds a single-output node and returns the output's name. An empty
     /// string in `inputs` marks an omitted optional input, as ONNX specifies.
     pub fn node(&mut self, op_type: &str, inputs: &[&str], attrs: Vec<Attr>) -> String {
-        let node_name = match self.fresh(op_type) {
-            name if self.scope.is_empty() => name,
-            name => format!("{}/{name}", self.scope),
-        };
-        let output = format!("{node_name}_out");
+        let name = self.fresh(op_type);
+        // Only the node carries the scope: value names stay plain, because
+        // tract resolves outputs selected by name through them.
+        let output = format!("{name}_out");
+        let node_name = if self.scope.is_empty() { name } else { format!("{}/{name}", self.scope) };
         self.nodes.push(pb::NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: vec![output.clone()],
@@ -215,12 +215,6 @@ impl GraphBuilder {
             ..Default::default()
         });
         output
-    }
-
-    /// The scope a node was added in (see [`GraphBuilder::set_scope`]), from
-    /// its name or a name a runtime derived from it (`stage1.block1.5x5_MBConv6/Conv_7.pad`).
-    pub fn node_scope(node_name: &str) -> Option<&str> {
-        node_name.split_once('/').map(|(scope, _)| scope)
     }
 
     /// 2-D convolution with "same" padding: `weight` is [out, in/group, k, k].
