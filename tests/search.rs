@@ -198,7 +198,8 @@ async fn a_device_slower_than_its_calibration_is_met_by_growing_the_margin() {
     let margins: std::collections::BTreeSet<u64> = result.candidates.iter().map(|c| (c.margin * 1e6) as u64).collect();
     assert!(result.margin.unwrap() > first_margin, "the margin never grew: {result:?}");
     assert!(margins.len() >= 2 || !result.misses.is_empty(), "{result:?}");
-    assert!(result.candidates.iter().any(|c| !c.met), "every candidate met: {:?}", result.candidates);
+    // Something measured over the budget on the way: a candidate, or a final model.
+    assert!(result.candidates.iter().any(|c| !c.met) || !result.misses.is_empty(), "nothing missed: {result:?}");
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -99,7 +99,8 @@ async fn energy_thermal_profile_and_affinity_in_one_measurement() {
     assert!(ops.len() >= 5, "{ops:?}");
     assert!(ops.windows(2).all(|w| w[0].ms >= w[1].ms), "slowest first");
     assert!((ops.iter().map(|o| o.share).sum::<f64>() - 1.0).abs() < 1e-6);
-    assert!(ops.iter().any(|o| o.node.starts_with("Conv")), "{ops:?}");
+    // Node names carry their layer: `stage1.block2.3x3_MBConv3/Conv_40`.
+    assert!(ops.iter().any(|o| edgeloop_onnx::node_scope(&o.node).is_some() && o.node.contains("/Conv")), "{ops:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
