@@ -465,6 +465,10 @@ fn draw_legend<'a, 'b: 'a>(chart: &mut Panel<'a, 'b>) -> PlotResult<()> {
         .draw()
 }
 
+/// One series of `latency.png`: where its bar starts in a block's slot, its
+/// height, colour and legend.
+type Bar = (f64, fn(&crate::search::BlockTime) -> f64, RGBColor, &'static str);
+
 /// `latency.png`: per block of each final model, the table's prediction
 /// next to the time the device's per-op profile spent in the block's nodes.
 pub fn write_latency(path: &Path, runs: &[Run]) -> anyhow::Result<()> {
@@ -515,20 +519,19 @@ pub fn write_latency(path: &Path, runs: &[Run]) -> anyhow::Result<()> {
             .label_style(("sans-serif", 12))
             .draw()
             .map_err(|e| err(&e))?;
-        chart
-            .draw_series(blocks.iter().enumerate().map(|(i, b)| {
-                Rectangle::new([(i as f64 + 0.1, 0.0), (i as f64 + 0.48, b.predicted_ms)], predicted_color.filled())
-            }))
-            .map_err(|e| err(&e))?
-            .label("table (calibrated)")
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], predicted_color.filled()));
-        chart
-            .draw_series(blocks.iter().enumerate().map(|(i, b)| {
-                Rectangle::new([(i as f64 + 0.52, 0.0), (i as f64 + 0.9, b.profiled_ms)], profiled_color.filled())
-            }))
-            .map_err(|e| err(&e))?
-            .label("device profile (sum of the block's nodes)")
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], profiled_color.filled()));
+        let bars: [Bar; 2] = [
+            (0.1, |b| b.predicted_ms, predicted_color, "table (calibrated)"),
+            (0.52, |b| b.profiled_ms, profiled_color, "device profile (sum of the block's nodes)"),
+        ];
+        for (left, ms, color, label) in bars {
+            chart
+                .draw_series(blocks.iter().enumerate().map(|(i, b)| {
+                    Rectangle::new([(i as f64 + left, 0.0), (i as f64 + left + 0.38, ms(b))], color.filled())
+                }))
+                .map_err(|e| err(&e))?
+                .label(label)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        }
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
