@@ -33,6 +33,8 @@ pub struct Cli {
 
 pub enum Command {
     Serve(ServeArgs),
+    /// The measuring child of `serve --isolation process`; not for people.
+    Worker,
     Bench(BenchArgs),
     Info(InfoArgs),
     Compare(CompareArgs),
@@ -80,6 +82,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, Exit> {
                 let name = name.string().map_err(usage)?;
                 let command = match name.as_str() {
                     "serve" => Command::Serve(parse_command(&mut parser, &mut log)?),
+                    "worker" => Command::Worker,
                     "bench" => Command::Bench(parse_command(&mut parser, &mut log)?),
                     "info" => Command::Info(parse_command(&mut parser, &mut log)?),
                     "compare" => Command::Compare(parse_command(&mut parser, &mut log)?),
@@ -358,7 +361,42 @@ pub struct ServeArgs {
     pub max_model_mb: u64,
     pub cache_max_mb: u64,
     pub addr_file: Option<PathBuf>,
+    pub isolation: IsolationMode,
+    pub max_input_mb: u64,
+    pub max_nodes: usize,
+    /// `None`: three quarters of the device's memory.
+    pub max_worker_mb: Option<u64>,
+    pub job_timeout_s: u64,
+    pub max_queue: usize,
+    pub read_timeout_s: u64,
     pub common: CommonArgs,
+}
+
+/// `--isolation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolationMode {
+    Process,
+    Thread,
+}
+
+impl FromStr for IsolationMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "process" => Ok(IsolationMode::Process),
+            "thread" => Ok(IsolationMode::Thread),
+            _ => Err("expected process or thread".into()),
+        }
+    }
+}
+
+impl Display for IsolationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IsolationMode::Process => "process",
+            IsolationMode::Thread => "thread",
+        })
+    }
 }
 
 /// Where `--token` comes from when it is not given.
@@ -374,6 +412,13 @@ impl Default for ServeArgs {
             max_model_mb: library.max_model_bytes >> 20,
             cache_max_mb: library.cache_max_bytes >> 20,
             addr_file: None,
+            isolation: IsolationMode::Process,
+            max_input_mb: library.limits.max_input_bytes >> 20,
+            max_nodes: library.limits.max_nodes,
+            max_worker_mb: None,
+            job_timeout_s: library.worker.job_timeout.as_secs(),
+            max_queue: library.worker.max_queue,
+            read_timeout_s: library.read_timeout.as_secs(),
             common: CommonArgs::default(),
         }
     }
@@ -409,6 +454,38 @@ impl Flags for ServeArgs {
             option("cache-max-mb", "MB", "Models beyond this total size are evicted, least recently used first, in MB")
                 .default(self.cache_max_mb),
             option("addr-file", "FILE", "Write the bound address (useful with port 0) to this file once listening"),
+            option(
+                "isolation",
+                "MODE",
+                "Where measurements run: process (a supervised child process; a crash, an out-of-memory abort or a \
+                 hang costs one request) or thread (in the agent, for platforms that cannot re-execute it)",
+            )
+            .default(self.isolation),
+            option("max-input-mb", "MB", "Largest total size of a model's inputs, checked before they are made")
+                .default(self.max_input_mb),
+            option("max-nodes", "N", "Most nodes a model may have, subgraphs included").default(self.max_nodes),
+            option(
+                "max-worker-mb",
+                "MB",
+                "Address-space limit of the measuring process (setrlimit); a model that needs more is answered 422 \
+                 [default: three quarters of this device's memory]",
+            ),
+            option(
+                "job-timeout-s",
+                "S",
+                "Wall-clock cap of one measurement, load included; past it the worker is \
+                 killed and the request answered 504",
+            )
+            .default(self.job_timeout_s),
+            option("max-queue", "N", "Measurements allowed to wait; more are answered 503 busy with Retry-After")
+                .default(self.max_queue),
+            option(
+                "read-timeout-s",
+                "S",
+                "Longest wait for the next bytes of a request body (the whole body gets ten times this); slower \
+                 clients are answered 408",
+            )
+            .default(self.read_timeout_s),
         ];
         flags.extend(self.common.help());
         flags
@@ -422,6 +499,13 @@ impl Flags for ServeArgs {
             "max-model-mb" => self.max_model_mb = value(parser, name)?,
             "cache-max-mb" => self.cache_max_mb = value(parser, name)?,
             "addr-file" => self.addr_file = Some(path(parser)?),
+            "isolation" => self.isolation = value(parser, name)?,
+            "max-input-mb" => self.max_input_mb = value(parser, name)?,
+            "max-nodes" => self.max_nodes = value(parser, name)?,
+            "max-worker-mb" => self.max_worker_mb = Some(value(parser, name)?),
+            "job-timeout-s" => self.job_timeout_s = value(parser, name)?,
+            "max-queue" => self.max_queue = value(parser, name)?,
+            "read-timeout-s" => self.read_timeout_s = value(parser, name)?,
             _ => return self.common.take(name, parser),
         }
         Ok(true)
@@ -707,11 +791,17 @@ mod tests {
             "--log-level warn serve --listen=0.0.0.0:9000 --token-file t --token abc --max-model-mb 8 \
              --cache-max-mb=16 --addr-file a --cache-dir c --device-id phone --sysfs-root /tmp/sys \
              --energy-sensor jetson:VDD_IN --energy-sample-hz 50 --throttle-drop-pct 5 --ort-lib lib.so \
-             --ort-optimization basic",
+             --ort-optimization basic --isolation=thread --max-input-mb 64 --max-nodes 900 --max-worker-mb 512 \
+             --job-timeout-s 9 --max-queue 3 --read-timeout-s 2",
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(cli.log_level.is_some());
         let Command::Serve(s) = cli.command else { panic!("not serve") };
+        assert_eq!(
+            (s.isolation, s.max_input_mb, s.max_nodes, s.max_worker_mb),
+            (IsolationMode::Thread, 64, 900, Some(512))
+        );
+        assert_eq!((s.job_timeout_s, s.max_queue, s.read_timeout_s), (9, 3, 2));
         assert_eq!(s.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!((s.token_file.unwrap(), s.token.unwrap()), (PathBuf::from("t"), "abc".to_string()));
         assert_eq!((s.max_model_mb, s.cache_max_mb, s.addr_file.unwrap()), (8, 16, PathBuf::from("a")));

@@ -163,6 +163,7 @@ pub fn device_info(
         energy_sensors: energy.sensors,
         energy_unavailable_reason: energy.unavailable_reason,
         thermal_zones: thermal_zones(&roots.sys),
+        agent: None,
     }
 }
 

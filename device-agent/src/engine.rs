@@ -14,7 +14,8 @@ use edgeloop_api::{EnergyStats, LatencyStats, LoadStats, MeasureRequest, Measure
 
 use crate::affinity::{self, AffinityError};
 use crate::energy::{EnergyMeter, MeterConfig, SensorChoice};
-use crate::inputs::{InputError, random_inputs, resolve_shapes};
+use crate::inputs::random_inputs;
+use crate::limits::{InspectError, Limits};
 use crate::load::CpuSnapshot;
 use crate::runtime::{LoadOptions, Runtime, RuntimeError};
 use crate::thermal::{self, CooldownTimeout, MonitorConfig, ThermalMonitor};
@@ -25,7 +26,7 @@ pub const MIN_ENERGY_WINDOW: Duration = Duration::from_secs(1);
 
 /// Where the engine reads sensors, and how it uses them. Tests point `sys`
 /// at fixture trees.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Sensors {
     /// The sysfs root (`/sys`): thermal zones, cpufreq, power sensors.
     pub sys: PathBuf,
@@ -129,9 +130,7 @@ pub enum MeasureError {
     #[error("{0}")]
     BadRequest(String),
     #[error(transparent)]
-    Input(#[from] InputError),
-    #[error("malformed model: {0}")]
-    Malformed(#[from] edgeloop_onnx::OnnxError),
+    Inspect(#[from] InspectError),
     #[error("runtime could not load the model: {0}")]
     Load(RuntimeError),
     #[error("runtime failed while running the model: {0}")]
@@ -174,21 +173,33 @@ pub fn latency_stats(samples: &[f64]) -> LatencyStats {
     }
 }
 
-/// Measures `model` bytes with `runtime` per `req`, reading `sensors`.
-/// Runtime panics are caught here and reported as [`MeasureError::Panic`],
-/// so the caller's thread lives on.
+/// Measures `model` bytes with `runtime` per `req`, reading `sensors`,
+/// within `limits`. Panics anywhere in it, the runtime's included, are
+/// caught and reported as [`MeasureError::Panic`], so the caller's thread
+/// lives on.
 pub fn measure(
     runtime: &dyn Runtime,
     model: &[u8],
     req: &MeasureRequest,
     sensors: &Sensors,
+    limits: &Limits,
+) -> Result<Timings, MeasureError> {
+    catch_unwind(AssertUnwindSafe(|| measure_unguarded(runtime, model, req, sensors, limits)))
+        .unwrap_or_else(|payload| Err(MeasureError::Panic(panic_message(payload.as_ref()))))
+}
+
+fn measure_unguarded(
+    runtime: &dyn Runtime,
+    model: &[u8],
+    req: &MeasureRequest,
+    sensors: &Sensors,
+    limits: &Limits,
 ) -> Result<Timings, MeasureError> {
     let plan = RunPlan::from_request(req)?;
     if req.threads == 0 {
         return Err(MeasureError::BadRequest("threads must be at least 1".into()));
     }
-    let proto = edgeloop_onnx::decode(model)?;
-    let resolved = resolve_shapes(&edgeloop_onnx::declared_inputs(&proto)?, &req.inputs)?;
+    let resolved = crate::limits::inspect(model, &req.inputs, limits)?;
     let inputs = random_inputs(&resolved, req.seed);
     let options = LoadOptions { threads: req.threads };
     let cooldown_wait = match req.cooldown_c {
@@ -200,56 +211,53 @@ pub fn measure(
     let cpus = req.cpus.is_some().then(affinity::current).transpose()?;
     // Opened per measurement: a phone may have been plugged in since the last one.
     let meter = req.energy.then(|| EnergyMeter::open(&sensors.energy_sensor, &sensors.sys, sensors.meter));
-    catch_unwind(AssertUnwindSafe(|| {
-        let load_start = Instant::now();
-        let mut loaded = runtime.load(model, &inputs, options).map_err(MeasureError::Load)?;
-        let load_ms = ms(load_start.elapsed());
-        let first = Instant::now();
+    let load_start = Instant::now();
+    let mut loaded = runtime.load(model, &inputs, options).map_err(MeasureError::Load)?;
+    let load_ms = ms(load_start.elapsed());
+    let first = Instant::now();
+    loaded.run().map_err(MeasureError::Run)?;
+    let first_run_ms = ms(first.elapsed());
+    for _ in 0..plan.warmup_runs {
         loaded.run().map_err(MeasureError::Run)?;
-        let first_run_ms = ms(first.elapsed());
-        for _ in 0..plan.warmup_runs {
-            loaded.run().map_err(MeasureError::Run)?;
+    }
+    let monitor =
+        ThermalMonitor::start(&sensors.sys, req.cpus.as_deref(), sensors.monitor).map_err(MeasureError::Monitor)?;
+    let cpu_start = CpuSnapshot::take(&sensors.proc);
+    let (timed, energy) = match meter {
+        Some(Ok(mut meter)) => {
+            let (timed, reading) = meter.measure(|| time_runs(&plan, || loaded.run()));
+            (timed, Some(reading.map_err(|e| e.to_string())))
         }
-        let monitor =
-            ThermalMonitor::start(&sensors.sys, req.cpus.as_deref(), sensors.monitor).map_err(MeasureError::Monitor)?;
-        let cpu_start = CpuSnapshot::take(&sensors.proc);
-        let (timed, energy) = match meter {
-            Some(Ok(mut meter)) => {
-                let (timed, reading) = meter.measure(|| time_runs(&plan, || loaded.run()));
-                (timed, Some(reading.map_err(|e| e.to_string())))
-            }
-            Some(Err(e)) => (time_runs(&plan, || loaded.run()), Some(Err(e.to_string()))),
-            None => (time_runs(&plan, || loaded.run()), None),
-        };
-        let load = cpu_start.zip(CpuSnapshot::take(&sensors.proc)).map(|(start, end)| start.load_until(&end));
-        let thermal = ThermalStats { cooldown_wait_ms: ms(cooldown_wait), ..monitor.finish() };
-        let (samples_ms, started_at, finished_at) = timed?;
-        let (energy, energy_unavailable_reason) = match energy {
-            Some(Ok(reading)) => (reading.stats(samples_ms.len()), None),
-            Some(Err(reason)) => (None, Some(reason)),
-            None => (None, None),
-        };
-        let ops = if req.profile_ops {
-            Some(loaded.profile(profile_runs(samples_ms.len())).map_err(MeasureError::Run)?)
-        } else {
-            None
-        };
-        Ok(Timings {
-            load_ms,
-            first_run_ms,
-            stats: latency_stats(&samples_ms),
-            samples_ms,
-            started_at,
-            finished_at,
-            energy,
-            energy_unavailable_reason,
-            thermal,
-            load,
-            ops,
-            cpus,
-        })
-    }))
-    .unwrap_or_else(|payload| Err(MeasureError::Panic(panic_message(payload.as_ref()))))
+        Some(Err(e)) => (time_runs(&plan, || loaded.run()), Some(Err(e.to_string()))),
+        None => (time_runs(&plan, || loaded.run()), None),
+    };
+    let load = cpu_start.zip(CpuSnapshot::take(&sensors.proc)).map(|(start, end)| start.load_until(&end));
+    let thermal = ThermalStats { cooldown_wait_ms: ms(cooldown_wait), ..monitor.finish() };
+    let (samples_ms, started_at, finished_at) = timed?;
+    let (energy, energy_unavailable_reason) = match energy {
+        Some(Ok(reading)) => (reading.stats(samples_ms.len()), None),
+        Some(Err(reason)) => (None, Some(reason)),
+        None => (None, None),
+    };
+    let ops = if req.profile_ops {
+        Some(loaded.profile(profile_runs(samples_ms.len())).map_err(MeasureError::Run)?)
+    } else {
+        None
+    };
+    Ok(Timings {
+        load_ms,
+        first_run_ms,
+        stats: latency_stats(&samples_ms),
+        samples_ms,
+        started_at,
+        finished_at,
+        energy,
+        energy_unavailable_reason,
+        thermal,
+        load,
+        ops,
+        cpus,
+    })
 }
 
 /// Profiled runs: as many as were timed, within 5..=50 — enough for a
@@ -375,7 +383,9 @@ mod tests {
     #[test]
     fn runtime_panics_are_contained() {
         let model = edgeloop_onnx::encode(&edgeloop_onnx::samples::MbconvNet::small().to_model());
-        let err = measure(&PanickingRuntime, &model, &MeasureRequest::default(), &Sensors::default()).unwrap_err();
+        let err =
+            measure(&PanickingRuntime, &model, &MeasureRequest::default(), &Sensors::default(), &Limits::default())
+                .unwrap_err();
         assert!(matches!(&err, MeasureError::Panic(m) if m == "kernel exploded"), "{err}");
     }
 }

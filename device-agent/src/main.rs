@@ -5,12 +5,14 @@ mod logging;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cli::{BenchArgs, Cli, CommonArgs, CompareArgs, Exit, InfoArgs, ServeArgs};
+use cli::{BenchArgs, Cli, CommonArgs, CompareArgs, Exit, InfoArgs, IsolationMode, ServeArgs};
 use edgeloop_agent::device::{MachineFacts, device_info};
+use edgeloop_agent::limits::Limits;
 use edgeloop_agent::runtime::{Runtime, Runtimes};
-use edgeloop_agent::{Agent, AgentConfig, check_listen_addr, engine};
+use edgeloop_agent::{Agent, AgentConfig, Isolation, check_listen_addr, engine};
 use edgeloop_api::token::resolve_token;
 use logging::LogFilter;
 
@@ -76,6 +78,7 @@ fn main() -> Result<ExitCode> {
     init_logging(cli.log_level);
     match cli.command {
         cli::Command::Serve(args) => serve(args),
+        cli::Command::Worker => edgeloop_agent::serve_worker().map_err(anyhow::Error::msg),
         cli::Command::Bench(args) => bench(args),
         cli::Command::Info(args) => info(args),
         cli::Command::Compare(args) => compare(args),
@@ -90,6 +93,18 @@ fn serve(args: ServeArgs) -> Result<()> {
     config.token = token;
     config.max_model_bytes = args.max_model_mb << 20;
     config.cache_max_bytes = args.cache_max_mb << 20;
+    config.limits = Limits { max_input_bytes: args.max_input_mb << 20, max_nodes: args.max_nodes };
+    anyhow::ensure!(args.max_queue >= 1, "--max-queue must be at least 1");
+    anyhow::ensure!(args.job_timeout_s >= 1 && args.read_timeout_s >= 1, "timeouts must be at least 1 s");
+    config.worker.max_queue = args.max_queue;
+    config.worker.job_timeout = Duration::from_secs(args.job_timeout_s);
+    config.read_timeout = Duration::from_secs(args.read_timeout_s);
+    config.worker.isolation = match args.isolation {
+        IsolationMode::Process => Isolation::Process { program: worker_program()? },
+        IsolationMode::Thread => Isolation::Thread,
+    };
+    let memory_mb = args.max_worker_mb.unwrap_or_else(|| MachineFacts::read(&config.roots).memory_mb * 3 / 4);
+    config.worker.max_worker_bytes = (memory_mb > 0).then_some(memory_mb << 20);
     let cache_dir = config.cache_dir.clone();
     let runtimes = Runtimes::detect(&config.runtimes);
     for (name, reason) in runtimes.unavailable() {
@@ -120,6 +135,18 @@ fn serve(args: ServeArgs) -> Result<()> {
     })
 }
 
+/// This very binary, to run as measuring workers: `/proc/self/exe` where
+/// there is one, so that a binary replaced on disk while the agent runs
+/// (a new deploy) still starts workers of the agent's own version.
+fn worker_program() -> Result<PathBuf> {
+    let this = PathBuf::from("/proc/self/exe");
+    if this.exists() {
+        Ok(this)
+    } else {
+        std::env::current_exe().context("finding this binary, to run measuring workers")
+    }
+}
+
 fn bench(args: BenchArgs) -> Result<()> {
     let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
     let config = args.common.config();
@@ -128,7 +155,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     let (_, device_id) = local_device(&config)?;
     let sensors = config.sensors();
     let request = args.measure.request(edgeloop_agent::store::sha256_hex(&bytes));
-    let measurement = engine::measure(runtime, &bytes, &request, &sensors)
+    let measurement = engine::measure(runtime, &bytes, &request, &sensors, &Limits::default())
         .with_context(|| format!("measuring {}", args.model.display()))?
         .into_measurement(&request, &device_id, runtime);
     if args.output.json {

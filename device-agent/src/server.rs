@@ -3,9 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::body::{Body, to_bytes};
-use axum::extract::rejection::JsonRejection;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -13,6 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use edgeloop_api::{DeviceInfo, ErrorCode, Health, MeasureRequest, Measurement, ModelInfo};
+use futures_util::StreamExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -20,10 +25,11 @@ use crate::device::{MachineFacts, SystemRoots, device_id, device_info};
 use crate::energy::{MeterConfig, SensorChoice};
 use crate::engine::Sensors;
 use crate::error::ApiError;
+use crate::limits::Limits;
 use crate::runtime::{RuntimeSettings, Runtimes};
 use crate::store::{ModelStore, StoreError, Stored, check_hash};
 use crate::thermal::MonitorConfig;
-use crate::worker::{Measurer, Worker};
+use crate::worker::{Isolation, JobSpec, Measurer, Worker, WorkerSettings};
 
 /// How an agent is set up; `edgeloop-agent serve` fills it from flags.
 #[derive(Debug, Clone)]
@@ -40,9 +46,19 @@ pub struct AgentConfig {
     pub meter: MeterConfig,
     pub monitor: MonitorConfig,
     /// What [`Runtimes::detect`] loads (the agent itself takes the runtimes
-    /// it is given, so that tests can give others).
+    /// it is given, so that tests can give others; a worker process loads
+    /// these).
     pub runtimes: RuntimeSettings,
+    pub limits: Limits,
+    pub worker: WorkerSettings,
+    /// Longest wait for the next bytes of a request body; a whole body gets
+    /// [`BODY_DEADLINE_FACTOR`] times this.
+    pub read_timeout: Duration,
 }
+
+/// A request body must arrive within this many read timeouts in all, so
+/// that a client trickling bytes cannot hold a connection forever.
+pub const BODY_DEADLINE_FACTOR: u32 = 10;
 
 impl AgentConfig {
     pub fn new(cache_dir: PathBuf) -> Self {
@@ -57,6 +73,16 @@ impl AgentConfig {
             meter: MeterConfig::default(),
             monitor: MonitorConfig::default(),
             runtimes: RuntimeSettings::default(),
+            limits: Limits::default(),
+            // A library cannot know that its process can run as a worker:
+            // `edgeloop-agent serve` chooses process isolation itself.
+            worker: WorkerSettings {
+                isolation: Isolation::Thread,
+                max_queue: 32,
+                job_timeout: Duration::from_secs(300),
+                max_worker_bytes: None,
+            },
+            read_timeout: Duration::from_secs(30),
         }
     }
 
@@ -88,6 +114,9 @@ pub fn check_listen_addr(addr: SocketAddr, has_token: bool) -> Result<(), String
 struct AppState {
     token_digest: Option<[u8; 32]>,
     max_model_bytes: u64,
+    limits: Limits,
+    read_timeout: Duration,
+    job_timeout: Duration,
     store: Arc<ModelStore>,
     worker: Worker,
     device_id: String,
@@ -109,7 +138,7 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error("cache dir {path}: {source}")]
     CacheDir { path: PathBuf, source: std::io::Error },
-    #[error("starting the measurement thread: {0}")]
+    #[error("starting the measurement supervisor: {0}")]
     Worker(std::io::Error),
     #[error("opening a loopback listener: {0}")]
     Listen(std::io::Error),
@@ -124,13 +153,19 @@ impl Agent {
         let measurer = Measurer {
             device_id: device_id.clone(),
             runtimes: runtimes.clone(),
-            store: store.clone(),
             sensors: config.sensors(),
+            limits: config.limits,
+            // A thread cannot be given a memory limit of its own.
+            max_memory_bytes: None,
         };
-        let worker = Worker::start(measurer).map_err(AgentError::Worker)?;
+        let worker =
+            Worker::start(measurer, config.runtimes.clone(), config.worker.clone()).map_err(AgentError::Worker)?;
         let state = AppState {
             token_digest: config.token.as_deref().map(|t| Sha256::digest(t.as_bytes()).into()),
             max_model_bytes: config.max_model_bytes,
+            limits: config.limits,
+            read_timeout: config.read_timeout,
+            job_timeout: config.worker.job_timeout,
             store,
             worker,
             device_id,
@@ -147,34 +182,66 @@ impl Agent {
     }
 
     pub fn info(&self) -> DeviceInfo {
-        let s = &self.state;
-        device_info(&s.device_id, &s.facts, &s.roots, &s.runtimes, &s.energy_sensor)
+        self.state.info()
     }
 
     pub fn router(&self) -> Router {
         let authed = Router::new()
             .route("/v1/info", get(info))
-            .route(
-                "/v1/models/{sha256}",
-                // The upload handler enforces --max-model-mb itself, to answer 413 with a JSON body.
-                get(model_info).put(upload).layer(DefaultBodyLimit::disable()),
-            )
+            // These handlers read their bodies themselves, with a size limit
+            // and a read timeout, to answer 413 and 408 with a JSON body.
+            .route("/v1/models/{sha256}", get(model_info).put(upload))
             .route("/v1/measure", post(measure))
+            .layer(DefaultBodyLimit::disable())
             .route_layer(middleware::from_fn_with_state(self.state.clone(), require_token));
         Router::new()
             .route("/v1/health", get(health))
             .merge(authed)
             .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint; see DESIGN §5 or README") })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(ErrorCode::MethodNotAllowed, "this endpoint does not take that method; see DESIGN §5")
+            })
             .with_state(self.state.clone())
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Serves HTTP/1.1 until `shutdown` resolves, then waits for the
+    /// requests in flight. A client must send its request head within the
+    /// read timeout, so an idle or trickling connection cannot be held.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+        let router = self.router();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(self.state.read_timeout);
+        let connections = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    // Out of file descriptors and the like: wait rather than spin.
+                    Err(e) => {
+                        log::warn!("accepting a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            // Small JSON answers must not wait for Nagle.
+            let _ = stream.set_nodelay(true);
+            let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+            let connection = connections.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    log::debug!("connection ended: {e}");
+                }
+            });
+        }
+        connections.shutdown().await;
+        Ok(())
     }
 }
 
@@ -206,50 +273,106 @@ fn closing(mut response: Response) -> Response {
     response
 }
 
-async fn health() -> Json<Health> {
-    Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
+impl AppState {
+    fn info(&self) -> DeviceInfo {
+        let info = device_info(&self.device_id, &self.facts, &self.roots, &self.runtimes, &self.energy_sensor);
+        DeviceInfo { agent: Some(self.worker.status()), ..info }
+    }
+}
+
+/// 200 `ok`, or 503 `degraded` with the reason while no worker can start.
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let reason = state.worker.degraded();
+    let status = if reason.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let health = Health {
+        status: if reason.is_some() { "degraded" } else { "ok" }.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        reason,
+    };
+    (status, Json(health)).into_response()
 }
 
 async fn info(State(state): State<Arc<AppState>>) -> Json<DeviceInfo> {
-    Json(device_info(&state.device_id, &state.facts, &state.roots, &state.runtimes, &state.energy_sensor))
+    Json(state.info())
 }
 
 async fn model_info(
     State(state): State<Arc<AppState>>,
-    Path(sha256): Path<String>,
+    sha256: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ModelInfo>, ApiError> {
+    let sha256 = model_hash(sha256)?;
     check_hash(&sha256).map_err(|e| ApiError::bad_request(e.to_string()))?;
     state.store.info(&sha256).map(Json).ok_or_else(|| ApiError::unknown_model(&sha256))
 }
 
-fn too_large(max: u64) -> ApiError {
+/// The `{sha256}` of a models path; a path that does not decode is a bad request.
+fn model_hash(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(sha256)| sha256).map_err(|e| ApiError::bad_request(format!("model path: {}", e.body_text())))
+}
+
+fn too_large(what: &str, max: u64, flag: &str) -> ApiError {
     ApiError::new(
         ErrorCode::PayloadTooLarge,
-        format!("model is larger than this agent's limit of {} MB (--max-model-mb)", max >> 20),
+        format!("{what} is larger than this agent's limit of {max} bytes ({flag})"),
     )
 }
 
-async fn upload(State(state): State<Arc<AppState>>, Path(sha256): Path<String>, body: Body) -> Response {
-    // Answers before the body is read close the connection (see `closing`).
-    if let Err(e) = check_hash(&sha256) {
-        return closing(ApiError::bad_request(e.to_string()).into_response());
+/// Reads a request body of at most `limit` bytes. Each chunk must come
+/// within `timeout`, the whole body within [`BODY_DEADLINE_FACTOR`] times it.
+async fn read_body(body: Body, limit: u64, timeout: Duration, what: &str, flag: &str) -> Result<Bytes, ApiError> {
+    let deadline = Instant::now() + timeout * BODY_DEADLINE_FACTOR;
+    let slow = || {
+        ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "{what} arrived too slowly: no bytes for {} s, or not all within {} s",
+                timeout.as_secs_f64(),
+                (timeout * BODY_DEADLINE_FACTOR).as_secs_f64()
+            ),
+        )
+    };
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    loop {
+        let wait = timeout.min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) => return Err(slow()),
+            Ok(None) => return Ok(Bytes::from(bytes)),
+            Ok(Some(Err(e))) => return Err(ApiError::bad_request(format!("reading {what}: {e}"))),
+            Ok(Some(Ok(chunk))) => {
+                if (bytes.len() + chunk.len()) as u64 > limit {
+                    return Err(too_large(what, limit, flag));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+        }
     }
+}
+
+async fn upload(
+    State(state): State<Arc<AppState>>,
+    sha256: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Response {
+    // Answers before the body is read close the connection (see `closing`).
+    let sha256 = match model_hash(sha256)
+        .and_then(|h| check_hash(&h).map(|()| h).map_err(|e| ApiError::bad_request(e.to_string())))
+    {
+        Ok(sha256) => sha256,
+        Err(e) => return closing(e.into_response()),
+    };
     if let Some(info) = state.store.info(&sha256) {
         return closing((StatusCode::OK, Json(info)).into_response());
     }
-    let max = state.max_model_bytes;
-    let bytes = match to_bytes(body, max as usize).await {
+    let bytes = match read_body(body, state.max_model_bytes, state.read_timeout, "the model", "--max-model-mb").await {
         Ok(bytes) => bytes,
-        // Length-limit errors are wrapped; anything else is a broken upload.
-        Err(e) if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) => {
-            return closing(too_large(max).into_response());
-        }
-        Err(e) => return closing(ApiError::bad_request(format!("reading upload: {e}")).into_response()),
+        Err(e) => return closing(e.into_response()),
     };
-    let store = state.store.clone();
+    let (store, limits) = (state.store.clone(), state.limits);
     let stored = tokio::task::spawn_blocking(move || -> Result<(Stored, ModelInfo), ApiError> {
-        // Refuse what is not ONNX at all now, rather than at measure time.
-        edgeloop_onnx::decode(&bytes).map_err(|e| ApiError::malformed_model(e.to_string()))?;
+        // Refuse what is not ONNX, or asks too much, now rather than at measure time.
+        let model = edgeloop_onnx::decode(&bytes).map_err(|e| ApiError::malformed_model(e.to_string()))?;
+        crate::limits::check_model(&model, &limits)?;
         let stored = store.put(&sha256, &bytes).map_err(|e| match e {
             StoreError::BadHash(_) | StoreError::HashMismatch { .. } => ApiError::bad_request(e.to_string()),
             StoreError::Io { .. } => ApiError::internal(e),
@@ -266,11 +389,23 @@ async fn upload(State(state): State<Arc<AppState>>, Path(sha256): Path<String>, 
     }
 }
 
-async fn measure(
-    State(state): State<Arc<AppState>>,
-    request: Result<Json<MeasureRequest>, JsonRejection>,
-) -> Result<Json<Measurement>, ApiError> {
-    let Json(request) = request.map_err(|e| ApiError::bad_request(e.body_text()))?;
+/// Largest `POST /v1/measure` body: a request is a few hundred bytes.
+const MAX_REQUEST_BYTES: u64 = 64 << 10;
+
+async fn measure(State(state): State<Arc<AppState>>, body: Body) -> Result<Json<Measurement>, ApiError> {
+    let bytes = read_body(body, MAX_REQUEST_BYTES, state.read_timeout, "the request", "64 KiB").await?;
+    let request: MeasureRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request is not a MeasureRequest: {e}")))?;
     check_hash(&request.model).map_err(|e| ApiError::bad_request(format!("model: {e}")))?;
-    state.worker.measure(request).await.map(Json)
+    let asked_ms =
+        request.max_duration_ms.saturating_add(request.cooldown_c.map_or(0, |_| request.cooldown_timeout_ms));
+    if Duration::from_millis(asked_ms) >= state.job_timeout {
+        return Err(ApiError::bad_request(format!(
+            "max_duration_ms with the cool-down wait ({asked_ms} ms) must stay under this agent's cap of {} s \
+             (--job-timeout-s)",
+            state.job_timeout.as_secs_f64()
+        )));
+    }
+    let model_path = state.store.locate(&request.model).ok_or_else(|| ApiError::unknown_model(&request.model))?;
+    state.worker.measure(JobSpec { request, model_path }).await.map(Json)
 }

@@ -94,23 +94,12 @@ impl ModelStore {
         entries.get(sha256).map(|e| ModelInfo { sha256: sha256.to_string(), size_bytes: e.size })
     }
 
-    /// Reads a stored model and marks it used.
-    pub fn read(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        if self.info(sha256).is_none() {
-            return Ok(None);
-        }
-        let path = self.path_of(sha256);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            // Evicted, or removed by hand, since it was indexed.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.entries.lock().unwrap().remove(sha256);
-                return Ok(None);
-            }
-            Err(e) => return Err(io_err(&path)(e)),
-        };
+    /// Where a stored model is, marking it used. Its reader must still
+    /// expect it gone: eviction may remove it in between.
+    pub fn locate(&self, sha256: &str) -> Option<PathBuf> {
+        self.info(sha256)?;
         self.touch(sha256);
-        Ok(Some(bytes))
+        Some(self.path_of(sha256))
     }
 
     fn touch(&self, sha256: &str) {
@@ -193,7 +182,7 @@ mod tests {
         assert_eq!(store.put(&hash, &bytes).unwrap(), Stored::AlreadyPresent);
         assert!(matches!(store.put(&"0".repeat(64), &bytes), Err(StoreError::HashMismatch { .. })));
         assert!(matches!(store.put("nothex", &bytes), Err(StoreError::BadHash(_))));
-        assert_eq!(store.read(&hash).unwrap().unwrap(), bytes);
+        assert_eq!(fs::read(store.locate(&hash).unwrap()).unwrap(), bytes);
         let reopened = ModelStore::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(reopened.info(&hash).unwrap().size_bytes, bytes.len() as u64);
     }
@@ -207,7 +196,7 @@ mod tests {
         store.put(&hashes[0], &models[0]).unwrap();
         store.put(&hashes[1], &models[1]).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(5));
-        store.read(&hashes[0]).unwrap(); // 0 is now more recent than 1
+        store.locate(&hashes[0]).unwrap(); // 0 is now more recent than 1
         store.put(&hashes[2], &models[2]).unwrap();
         assert!(store.info(&hashes[0]).is_some());
         assert!(store.info(&hashes[1]).is_none(), "least recently used is evicted");

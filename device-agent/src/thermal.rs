@@ -110,7 +110,7 @@ fn mean_cpu_freq_mhz(sys: &Path, cpus: &[usize]) -> Option<f64> {
     (!khz.is_empty()).then(|| khz.iter().sum::<f64>() / khz.len() as f64 / 1000.0)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MonitorConfig {
     /// How often the monitor reads sysfs while the runs go on.
     pub poll_interval: Duration,

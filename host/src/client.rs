@@ -58,8 +58,10 @@ pub enum ClientError {
     },
 }
 
-/// Retries of requests that could not connect: `attempts` tries in all, the
-/// wait before each retry doubling from `initial_delay`.
+/// Retries of requests that could not connect, or that a busy agent asked
+/// to repeat (503 with `Retry-After`): `attempts` tries in all, the wait
+/// before each retry doubling from `initial_delay` (a busy agent's
+/// `Retry-After` instead, at most [`MAX_RETRY_AFTER`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub attempts: u32,
@@ -78,6 +80,18 @@ impl RetryPolicy {
     fn delay_after(&self, attempt: u32) -> Duration {
         self.initial_delay.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
     }
+}
+
+/// The longest a busy agent's `Retry-After` is waited.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The wait a busy agent asks for: 503 with `Retry-After: <seconds>`.
+fn retry_after(response: &Response) -> Option<Duration> {
+    if response.status() != StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    let seconds: u64 = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
 /// Whether [`AgentClient::upload`] had to send the model.
@@ -154,9 +168,14 @@ impl AgentClient {
         &self.base
     }
 
-    /// `GET /v1/health`.
+    /// `GET /v1/health`: `ok`, or `degraded` with the reason (a 503 whose
+    /// body is a `Health`).
     pub async fn health(&self) -> Result<Health, ClientError> {
-        decode(checked(self.send(Method::GET, &["health"], |r| r).await?).await?).await
+        let response = self.send(Method::GET, &["health"], |r| r).await?;
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            return decode(response).await;
+        }
+        decode(checked(response).await?).await
     }
 
     /// `GET /v1/info`.
@@ -223,8 +242,8 @@ impl AgentClient {
         url
     }
 
-    /// Sends a request with auth and timeout, retrying connection failures.
-    /// Answers of any HTTP status are returned.
+    /// Sends a request with auth and timeout, retrying connection failures
+    /// and busy answers. Answers of any other HTTP status are returned.
     async fn send(
         &self,
         method: Method,
@@ -240,7 +259,18 @@ impl AgentClient {
         loop {
             let this_try = request.try_clone().expect("request bodies are in memory, hence clonable");
             match this_try.send().await {
-                Ok(response) => return Ok(response),
+                Ok(response) => match retry_after(&response) {
+                    Some(wait) if attempt < self.retry.attempts => {
+                        tracing::warn!(
+                            "agent at {} is busy; retry {attempt} of {} in {wait:?}",
+                            self.base,
+                            self.retry.attempts - 1
+                        );
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    _ => return Ok(response),
+                },
                 Err(error) if error.is_connect() && attempt < self.retry.attempts => {
                     let delay = self.retry.delay_after(attempt);
                     tracing::warn!(
@@ -446,5 +476,48 @@ mod tests {
         assert_eq!(error.to_string(), "cannot connect to agent at http://127.0.0.1:1/");
         let line = error_line(&error);
         assert!(line.starts_with("cannot connect to agent at http://127.0.0.1:1/: Connection refused"), "{line}");
+    }
+
+    /// Answers each connection with the next of `answers` (raw HTTP).
+    async fn scripted_agent(answers: Vec<String>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            for answer in answers {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                stream.write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn answer(status: &str, headers: &str, body: &str) -> String {
+        format!("HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    }
+
+    #[tokio::test]
+    async fn a_busy_agent_is_asked_again_after_its_retry_after() {
+        let busy = serde_json::to_string(&ErrorBody::new(ErrorCode::Busy, "queue full")).unwrap();
+        let ok = r#"{"status":"ok","version":"0"}"#;
+        let url = scripted_agent(vec![
+            answer("503 Service Unavailable", "Retry-After: 1\r\n", &busy),
+            answer("200 OK", "", ok),
+        ])
+        .await;
+        let started = std::time::Instant::now();
+        let health = AgentClient::new(&url, None).unwrap().health().await.unwrap();
+        assert_eq!(health.status, "ok");
+        assert!(started.elapsed() >= Duration::from_secs(1), "waited as asked");
+    }
+
+    #[tokio::test]
+    async fn a_degraded_health_is_read_not_refused() {
+        let degraded = r#"{"status":"degraded","version":"0","reason":"no worker"}"#;
+        let url = scripted_agent(vec![answer("503 Service Unavailable", "", degraded)]).await;
+        let health = AgentClient::new(&url, None).unwrap().health().await.unwrap();
+        assert_eq!((health.status.as_str(), health.reason.as_deref()), ("degraded", Some("no worker")));
     }
 }

@@ -18,8 +18,35 @@ pub const API_PREFIX: &str = "/v1";
 /// `GET /v1/health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
+    /// `ok`, or `degraded` while no measuring worker can start.
     pub status: String,
     pub version: String,
+    /// Why the agent is degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// How a serving agent's measurements are going (`/v1/info`'s `agent`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// `process` (a supervised child measures) or `thread`.
+    pub isolation: String,
+    /// Whether a measurement is running now.
+    pub measuring: bool,
+    /// Measurements waiting for their turn, the running one excluded.
+    pub queue_depth: usize,
+    /// Beyond this many waiting, requests are answered 503 `busy`.
+    pub max_queue: usize,
+    /// Workers started again after a crash, an out-of-memory kill or a timeout.
+    pub worker_restarts: u64,
+    /// Queued measurements dropped because their client had gone away.
+    pub cancelled: u64,
+    /// Spawn-to-ready time of the newest worker process, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_start_ms: Option<f64>,
+    /// Why no worker can start, while that lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 /// One inference runtime the agent can measure with.
@@ -65,6 +92,9 @@ pub struct DeviceInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub energy_unavailable_reason: Option<String>,
     pub thermal_zones: Vec<ThermalZone>,
+    /// The serving agent's queue and workers (absent from `edgeloop-agent info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentStatus>,
 }
 
 /// `GET /v1/models/{sha256}`: a model the agent holds.
@@ -249,12 +279,24 @@ pub enum ErrorCode {
     MalformedModel,
     Unauthorized,
     NotFound,
+    MethodNotAllowed,
     PayloadTooLarge,
     UnsupportedModel,
     RuntimeUnavailable,
     RuntimeCrashed,
     /// The device stayed above the requested cool-down temperature.
     TooHot,
+    /// The model needs more than one of the agent's limits allows (input
+    /// size, graph size, worker memory).
+    LimitExceeded,
+    /// The client sent its request too slowly.
+    RequestTimeout,
+    /// The measurement queue is full; retry after the `Retry-After` seconds.
+    Busy,
+    /// No measuring worker can start on this agent.
+    WorkerUnavailable,
+    /// Load and measurement ran past the agent's wall-clock cap.
+    Timeout,
     Internal,
 }
 
@@ -266,11 +308,17 @@ impl ErrorCode {
             ErrorCode::MalformedModel => "malformed_model",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedModel => "unsupported_model",
             ErrorCode::RuntimeUnavailable => "runtime_unavailable",
             ErrorCode::RuntimeCrashed => "runtime_crashed",
             ErrorCode::TooHot => "too_hot",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::Busy => "busy",
+            ErrorCode::WorkerUnavailable => "worker_unavailable",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
         }
     }
@@ -281,10 +329,13 @@ impl ErrorCode {
             ErrorCode::BadRequest | ErrorCode::MalformedModel => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::UnsupportedModel | ErrorCode::RuntimeUnavailable => 422,
+            ErrorCode::RequestTimeout => 408,
+            ErrorCode::UnsupportedModel | ErrorCode::RuntimeUnavailable | ErrorCode::LimitExceeded => 422,
             ErrorCode::RuntimeCrashed | ErrorCode::Internal => 500,
-            ErrorCode::TooHot => 503,
+            ErrorCode::TooHot | ErrorCode::Busy | ErrorCode::WorkerUnavailable => 503,
+            ErrorCode::Timeout => 504,
         }
     }
 }

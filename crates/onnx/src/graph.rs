@@ -54,7 +54,7 @@ macro_rules! tensor_element {
     )*};
 }
 
-tensor_element!(f32 => F32, u8 => U8, i8 => I8, i32 => I32);
+tensor_element!(f32 => F32, u8 => U8, i8 => I8, i32 => I32, i64 => I64);
 
 /// One dimension of a declared input or output.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -18,6 +18,8 @@ pub enum OnnxError {
     UnsupportedInputType { name: String, code: i32 },
     #[error("input `{name}` has a dimension of unknown size (neither dim_value nor dim_param)")]
     UnknownDim { name: String },
+    #[error("input `{name}` has a negative dimension ({dim})")]
+    NegativeDim { name: String, dim: i64 },
 }
 
 /// A graph input that is not an initializer: what a runtime must be fed.
@@ -64,6 +66,7 @@ pub fn declared_inputs(model: &pb::ModelProto) -> Result<Vec<DeclaredInput>, Onn
                 .flat_map(|s| &s.dim)
                 .map(|d| match &d.value {
                     Some(dimension::Value::DimValue(v)) if *v >= 0 => Ok(Dim::Fixed(*v as usize)),
+                    Some(dimension::Value::DimValue(v)) => Err(OnnxError::NegativeDim { name: name.clone(), dim: *v }),
                     Some(dimension::Value::DimParam(p)) if !p.is_empty() => Ok(Dim::Dynamic(p.clone())),
                     _ => Err(OnnxError::UnknownDim { name: name.clone() }),
                 })

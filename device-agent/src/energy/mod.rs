@@ -101,7 +101,7 @@ fn check_readable(sensor: &mut dyn PowerSensor) -> Result<(), EnergyError> {
 }
 
 /// Which sensor the agent meters with (`--energy-sensor`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum SensorChoice {
     /// RAPL, then Jetson, then Android: the first usable.
     #[default]

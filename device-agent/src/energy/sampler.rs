@@ -17,7 +17,7 @@ use super::{EnergyError, PowerSensor, ReadingKind, SensorChoice};
 const BOUND_READ_TRIES: u32 = 5;
 const BOUND_READ_PAUSE: Duration = Duration::from_millis(1);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MeterConfig {
     /// How long to sample the idle device before the work; zero skips the
     /// baseline and reports an idle power of 0.

@@ -110,7 +110,7 @@ fn op_times(totals: Vec<NodeTotal>, runs: NonZeroUsize) -> Vec<OpTime> {
 }
 
 /// ONNX Runtime's graph optimisation level (`--ort-optimization`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OrtOptimization {
     Disable,
     Basic,
@@ -155,7 +155,7 @@ impl fmt::Display for OrtOptimization {
 }
 
 /// How the agent sets up its runtimes (flags of serve, bench, info and compare).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuntimeSettings {
     /// libonnxruntime to load (`--ort-lib`); else `ORT_DYLIB_PATH`, else
     /// the one in a project `.venv` (see [`OrtRuntime::open`]).

@@ -83,6 +83,7 @@ mod tests {
             energy_sensors: vec![],
             energy_unavailable_reason: None,
             thermal_zones: vec![],
+            agent: None,
         }
     }
 
