@@ -608,10 +608,13 @@ fn android_aarch64_static_agent_under_qemu() {
     let port = free_port();
     let port_s = port.to_string();
     // No --binary: the default, dist/edgeloop-agent-aarch64-linux-musl.
-    let out = fx.run("deploy-android.sh", &["--port", &port_s, "--wait", "90", "start"]).success();
+    // Under qemu-user the agent cannot re-execute itself as a worker
+    // process (no binfmt_misc here), so it measures on a thread.
+    let args = ["--port", &port_s, "--wait", "90", "start", "--", "--isolation", "thread"];
+    let out = fx.run("deploy-android.sh", &args).success();
     let token = PathBuf::from(field(&out.stdout, "token file:"));
     let mut expected = vec![is("adb devices")];
-    expected.extend(android_start_calls("FAKE1", &bin, &token, port, port, ""));
+    expected.extend(android_start_calls("FAKE1", &bin, &token, port, port, " --isolation thread"));
     assert_calls(&fx.take_calls(), &expected);
     let pid = read_pid(&fx.phone("FAKE1", "/data/local/tmp/edgeloop-agent.pid"));
     assert!(cmdline(pid).starts_with(qemu.to_str().unwrap()), "{}", cmdline(pid));

@@ -56,7 +56,10 @@ impl QemuAgent {
         let log = File::create(dir.path().join("agent.log")).expect("agent log");
         let child = Command::new(qemu)
             .arg(agent)
-            .args(["serve", "--listen", "127.0.0.1:0", "--addr-file"])
+            // qemu-user without binfmt_misc cannot run the worker process
+            // the agent would re-execute (the host kernel refuses an
+            // aarch64 binary): that is the platform `--isolation thread` is for.
+            .args(["serve", "--isolation", "thread", "--listen", "127.0.0.1:0", "--addr-file"])
             .arg(dir.path().join("addr"))
             .arg("--token-file")
             .arg(&token_file)

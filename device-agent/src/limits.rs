@@ -204,17 +204,7 @@ mod tests {
         let x = g.input("x", ElemType::F32, &[1.into()]);
         g.output(&x, ElemType::F32, &[1.into()]);
         let mut model = g.finish();
-        let input = &mut model.graph.as_mut().unwrap().input[0];
-        let Some(pb::type_proto::Value::TensorType(t)) = input.r#type.as_mut().and_then(|t| t.value.as_mut()) else {
-            unreachable!()
-        };
-        t.shape.as_mut().unwrap().dim = dims
-            .iter()
-            .map(|&d| pb::tensor_shape_proto::Dimension {
-                value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d)),
-                ..Default::default()
-            })
-            .collect();
+        edgeloop_onnx::samples::set_input_dims(&mut model, dims);
         edgeloop_onnx::encode(&model)
     }
 

@@ -180,18 +180,7 @@ fn graph(model: &mut pb::ModelProto) -> &mut pb::GraphProto {
 
 fn with_input_dims(dims: &[i64]) -> Vec<u8> {
     let mut model = good_model();
-    let Some(pb::type_proto::Value::TensorType(t)) =
-        graph(&mut model).input[0].r#type.as_mut().and_then(|t| t.value.as_mut())
-    else {
-        unreachable!("the sample's input is a tensor")
-    };
-    t.shape.as_mut().unwrap().dim = dims
-        .iter()
-        .map(|&d| pb::tensor_shape_proto::Dimension {
-            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d)),
-            ..Default::default()
-        })
-        .collect();
+    edgeloop_onnx::samples::set_input_dims(&mut model, dims);
     edgeloop_onnx::encode(&model)
 }
 

@@ -89,3 +89,17 @@ mod tests {
         assert_ne!(a, crate::encode(&other.to_model()));
     }
 }
+
+/// Sets the first input's declared dims to `dims` as they are — negative,
+/// zero or overflowing values included: the hostile models of the agent's
+/// tests and fuzz seeds.
+pub fn set_input_dims(model: &mut pb::ModelProto, dims: &[i64]) {
+    use pb::tensor_shape_proto::{Dimension, dimension};
+    let graph = model.graph.as_mut().expect("a model with a graph");
+    let Some(pb::type_proto::Value::TensorType(t)) = graph.input[0].r#type.as_mut().and_then(|t| t.value.as_mut())
+    else {
+        panic!("the first input is not a tensor")
+    };
+    t.shape.get_or_insert_with(Default::default).dim =
+        dims.iter().map(|&d| Dimension { value: Some(dimension::Value::DimValue(d)), ..Default::default() }).collect();
+}

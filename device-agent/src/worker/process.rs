@@ -83,7 +83,14 @@ impl ChildWorker {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+            .map_err(|e| {
+                let hint = if e.raw_os_error() == Some(libc::ENOEXEC) {
+                    " (under an emulator such as qemu-user without binfmt_misc, serve with --isolation thread)"
+                } else {
+                    ""
+                };
+                format!("cannot run {}: {e}{hint}", program.display())
+            })?;
         let (stdout, stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
         let (line, lines) = mpsc::channel();
         let pid = child.id();
