@@ -76,20 +76,6 @@ impl MbconvNet {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sample_nets_are_deterministic() {
-        let a = crate::encode(&MbconvNet::small().to_model());
-        let b = crate::encode(&MbconvNet::small().to_model());
-        assert_eq!(a, b);
-        let other = MbconvNet { seed: 9, ..MbconvNet::small() };
-        assert_ne!(a, crate::encode(&other.to_model()));
-    }
-}
-
 /// Sets the first input's declared dims to `dims` as they are — negative,
 /// zero or overflowing values included: the hostile models of the agent's
 /// tests and fuzz seeds.
@@ -102,4 +88,18 @@ pub fn set_input_dims(model: &mut pb::ModelProto, dims: &[i64]) {
     };
     t.shape.get_or_insert_with(Default::default).dim =
         dims.iter().map(|&d| Dimension { value: Some(dimension::Value::DimValue(d)), ..Default::default() }).collect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_nets_are_deterministic() {
+        let a = crate::encode(&MbconvNet::small().to_model());
+        let b = crate::encode(&MbconvNet::small().to_model());
+        assert_eq!(a, b);
+        let other = MbconvNet { seed: 9, ..MbconvNet::small() };
+        assert_ne!(a, crate::encode(&other.to_model()));
+    }
 }
