@@ -300,8 +300,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inputs::InputTensor;
-    use crate::runtime::LoadedModel;
+    use crate::runtime::ScriptedRuntime;
 
     #[test]
     fn stats_of_known_samples() {
@@ -352,40 +351,12 @@ mod tests {
         assert!(end - start < 2_000_000);
     }
 
-    struct PanickingRuntime;
-    struct PanickingModel;
-    impl LoadedModel for PanickingModel {
-        fn run(&mut self) -> Result<(), RuntimeError> {
-            panic!("kernel exploded")
-        }
-        fn profile(&mut self, _: std::num::NonZeroUsize) -> Result<Vec<edgeloop_api::OpTime>, RuntimeError> {
-            panic!("kernel exploded")
-        }
-        fn outputs(&mut self) -> Result<Vec<crate::runtime::OutputTensor>, RuntimeError> {
-            panic!("kernel exploded")
-        }
-    }
-    impl Runtime for PanickingRuntime {
-        fn name(&self) -> &'static str {
-            "panicking"
-        }
-        fn version(&self) -> String {
-            "0".into()
-        }
-        fn precisions(&self) -> Vec<String> {
-            vec![]
-        }
-        fn load(&self, _: &[u8], _: &[InputTensor], _: LoadOptions) -> Result<Box<dyn LoadedModel>, RuntimeError> {
-            Ok(Box::new(PanickingModel))
-        }
-    }
-
     #[test]
     fn runtime_panics_are_contained() {
         let model = edgeloop_onnx::encode(&edgeloop_onnx::samples::MbconvNet::small().to_model());
-        let err =
-            measure(&PanickingRuntime, &model, &MeasureRequest::default(), &Sensors::default(), &Limits::default())
-                .unwrap_err();
+        let exploding = ScriptedRuntime { run: || panic!("kernel exploded") };
+        let err = measure(&exploding, &model, &MeasureRequest::default(), &Sensors::default(), &Limits::default())
+            .unwrap_err();
         assert!(matches!(&err, MeasureError::Panic(m) if m == "kernel exploded"), "{err}");
     }
 }

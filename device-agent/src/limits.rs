@@ -179,6 +179,13 @@ pub fn check_inputs(resolved: &[(DeclaredInput, Vec<usize>)], limits: &Limits) -
     }
 }
 
+/// Bytes → a model whose graph passed [`check_model`]: what an upload checks.
+pub fn decode_checked(bytes: &[u8], limits: &Limits) -> Result<pb::ModelProto, InspectError> {
+    let model = edgeloop_onnx::decode(bytes)?;
+    check_model(&model, limits)?;
+    Ok(model)
+}
+
 /// Bytes → the shapes a runtime will be fed, every limit checked: decode,
 /// graph checks, declared inputs, the request's shapes, input bytes.
 pub fn inspect(
@@ -186,8 +193,7 @@ pub fn inspect(
     requested: &BTreeMap<String, Vec<usize>>,
     limits: &Limits,
 ) -> Result<Vec<(DeclaredInput, Vec<usize>)>, InspectError> {
-    let model = edgeloop_onnx::decode(bytes)?;
-    check_model(&model, limits)?;
+    let model = decode_checked(bytes, limits)?;
     let resolved = resolve_shapes(&edgeloop_onnx::declared_inputs(&model)?, requested)?;
     check_inputs(&resolved, limits)?;
     Ok(resolved)

@@ -116,7 +116,6 @@ struct AppState {
     max_model_bytes: u64,
     limits: Limits,
     read_timeout: Duration,
-    job_timeout: Duration,
     store: Arc<ModelStore>,
     worker: Worker,
     device_id: String,
@@ -165,7 +164,6 @@ impl Agent {
             max_model_bytes: config.max_model_bytes,
             limits: config.limits,
             read_timeout: config.read_timeout,
-            job_timeout: config.worker.job_timeout,
             store,
             worker,
             device_id,
@@ -301,13 +299,15 @@ async fn model_info(
     sha256: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ModelInfo>, ApiError> {
     let sha256 = model_hash(sha256)?;
-    check_hash(&sha256).map_err(|e| ApiError::bad_request(e.to_string()))?;
     state.store.info(&sha256).map(Json).ok_or_else(|| ApiError::unknown_model(&sha256))
 }
 
-/// The `{sha256}` of a models path; a path that does not decode is a bad request.
+/// The `{sha256}` of a models path; a path that does not decode, or is no
+/// sha256, is a bad request.
 fn model_hash(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    path.map(|Path(sha256)| sha256).map_err(|e| ApiError::bad_request(format!("model path: {}", e.body_text())))
+    let Path(sha256) = path.map_err(|e| ApiError::bad_request(format!("model path: {}", e.body_text())))?;
+    check_hash(&sha256).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(sha256)
 }
 
 fn too_large(what: &str, max: u64, flag: &str) -> ApiError {
@@ -355,9 +355,7 @@ async fn upload(
     body: Body,
 ) -> Response {
     // Answers before the body is read close the connection (see `closing`).
-    let sha256 = match model_hash(sha256)
-        .and_then(|h| check_hash(&h).map(|()| h).map_err(|e| ApiError::bad_request(e.to_string())))
-    {
+    let sha256 = match model_hash(sha256) {
         Ok(sha256) => sha256,
         Err(e) => return closing(e.into_response()),
     };
@@ -371,8 +369,7 @@ async fn upload(
     let (store, limits) = (state.store.clone(), state.limits);
     let stored = tokio::task::spawn_blocking(move || -> Result<(Stored, ModelInfo), ApiError> {
         // Refuse what is not ONNX, or asks too much, now rather than at measure time.
-        let model = edgeloop_onnx::decode(&bytes).map_err(|e| ApiError::malformed_model(e.to_string()))?;
-        crate::limits::check_model(&model, &limits)?;
+        crate::limits::decode_checked(&bytes, &limits)?;
         let stored = store.put(&sha256, &bytes).map_err(|e| match e {
             StoreError::BadHash(_) | StoreError::HashMismatch { .. } => ApiError::bad_request(e.to_string()),
             StoreError::Io { .. } => ApiError::internal(e),
@@ -397,15 +394,6 @@ async fn measure(State(state): State<Arc<AppState>>, body: Body) -> Result<Json<
     let request: MeasureRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the request is not a MeasureRequest: {e}")))?;
     check_hash(&request.model).map_err(|e| ApiError::bad_request(format!("model: {e}")))?;
-    let asked_ms =
-        request.max_duration_ms.saturating_add(request.cooldown_c.map_or(0, |_| request.cooldown_timeout_ms));
-    if Duration::from_millis(asked_ms) >= state.job_timeout {
-        return Err(ApiError::bad_request(format!(
-            "max_duration_ms with the cool-down wait ({asked_ms} ms) must stay under this agent's cap of {} s \
-             (--job-timeout-s)",
-            state.job_timeout.as_secs_f64()
-        )));
-    }
     let model_path = state.store.locate(&request.model).ok_or_else(|| ApiError::unknown_model(&request.model))?;
     state.worker.measure(JobSpec { request, model_path }).await.map(Json)
 }

@@ -11,6 +11,8 @@
 #[cfg(feature = "ort")]
 mod ort;
 mod probe;
+#[cfg(test)]
+mod scripted;
 mod tract;
 
 use std::collections::BTreeMap;
@@ -26,6 +28,8 @@ use edgeloop_api::{OpTime, RuntimeInfo};
 #[cfg(feature = "ort")]
 pub use self::ort::{LibrarySource, OrtRuntime, OrtUnavailable};
 pub use self::probe::{Precision, PrecisionSupport, Probe};
+#[cfg(test)]
+pub(crate) use self::scripted::ScriptedRuntime;
 pub use self::tract::TractRuntime;
 use crate::inputs::InputTensor;
 

@@ -152,6 +152,17 @@ impl Worker {
 
     /// Queues a measurement and waits for its turn and its result.
     pub async fn measure(&self, spec: JobSpec) -> Result<Measurement, ApiError> {
+        let request = &spec.request;
+        let asked_ms =
+            request.max_duration_ms.saturating_add(request.cooldown_c.map_or(0, |_| request.cooldown_timeout_ms));
+        let cap = self.settings.job_timeout;
+        if Duration::from_millis(asked_ms) >= cap {
+            return Err(ApiError::bad_request(format!(
+                "max_duration_ms with the cool-down wait ({asked_ms} ms) must stay under this agent's cap of {} s \
+                 (--job-timeout-s)",
+                cap.as_secs_f64()
+            )));
+        }
         let waiting = self.status.waiting.fetch_add(1, Ordering::SeqCst);
         if waiting >= self.settings.max_queue {
             self.status.waiting.fetch_sub(1, Ordering::SeqCst);

@@ -76,7 +76,7 @@ struct ChildWorker {
 }
 
 impl ChildWorker {
-    fn spawn(program: &PathBuf, setup: &WorkerSetup) -> Result<(Self, WorkerReady), String> {
+    fn spawn(program: &PathBuf, setup: &WorkerSetup) -> Result<Self, String> {
         let mut child = Command::new(program)
             .arg("worker")
             .stdin(Stdio::piped())
@@ -118,17 +118,13 @@ impl ChildWorker {
             return Err(worker.kill(&format!("cannot read the worker's output: {e}")));
         }
         worker.stdin = worker.child.stdin.take();
-        let started = Instant::now();
         let setup_line = serde_json::to_string(setup).expect("setup serializes");
         if let Err(e) = worker.send_line(&setup_line) {
             return Err(worker.died(&format!("could not be sent its setup ({e})")));
         }
         match worker.lines.recv_timeout(STARTUP_TIMEOUT) {
             Ok(l) => match serde_json::from_str::<WorkerReady>(&l) {
-                Ok(ready) => {
-                    log::info!("worker {} ready in {:.0} ms", ready.pid, started.elapsed().as_secs_f64() * 1e3);
-                    Ok((worker, ready))
-                }
+                Ok(_) => Ok(worker),
                 Err(e) => Err(worker.kill(&format!("said {l:?} instead of ready ({e})"))),
             },
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -252,16 +248,17 @@ impl Backend for ProcessBackend {
             return Ok(());
         }
         let started = Instant::now();
-        let (worker, ready) = ChildWorker::spawn(&self.program, &self.setup)?;
-        self.status.details().worker_start_ms = Some(started.elapsed().as_secs_f64() * 1e3);
-        log::debug!("measuring worker {} started", ready.pid);
+        let worker = ChildWorker::spawn(&self.program, &self.setup)?;
+        let start_ms = started.elapsed().as_secs_f64() * 1e3;
+        log::info!("worker {} ready in {start_ms:.0} ms", worker.child.id());
+        self.status.details().worker_start_ms = Some(start_ms);
         self.worker = Some(worker);
         Ok(())
     }
 
     fn run(&mut self, job: &JobSpec, timeout: Duration) -> Result<Measurement, ApiError> {
-        let mut worker = self.worker.take().expect("ready() before run()");
         let line = serde_json::to_string(job).map_err(ApiError::internal)?;
+        let mut worker = self.worker.take().expect("ready() before run()");
         if worker.send_line(&line).is_err() {
             return Err(self.lost(worker));
         }

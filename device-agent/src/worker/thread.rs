@@ -80,45 +80,12 @@ impl Backend for ThreadBackend {
 
 #[cfg(test)]
 mod tests {
-    use std::num::NonZeroUsize;
-
-    use edgeloop_api::{MeasureRequest, OpTime};
+    use edgeloop_api::MeasureRequest;
 
     use super::*;
     use crate::engine::Sensors;
-    use crate::inputs::InputTensor;
     use crate::limits::Limits;
-    use crate::runtime::{LoadOptions, LoadedModel, OutputTensor, Runtime, RuntimeError, Runtimes};
-
-    /// A runtime whose every run takes a second.
-    struct SlowRuntime;
-    struct SlowModel;
-    impl LoadedModel for SlowModel {
-        fn run(&mut self) -> Result<(), RuntimeError> {
-            std::thread::sleep(Duration::from_secs(1));
-            Ok(())
-        }
-        fn profile(&mut self, _: NonZeroUsize) -> Result<Vec<OpTime>, RuntimeError> {
-            Ok(vec![])
-        }
-        fn outputs(&mut self) -> Result<Vec<OutputTensor>, RuntimeError> {
-            Ok(vec![])
-        }
-    }
-    impl Runtime for SlowRuntime {
-        fn name(&self) -> &'static str {
-            "slow"
-        }
-        fn version(&self) -> String {
-            "0".into()
-        }
-        fn precisions(&self) -> Vec<String> {
-            vec![]
-        }
-        fn load(&self, _: &[u8], _: &[InputTensor], _: LoadOptions) -> Result<Box<dyn LoadedModel>, RuntimeError> {
-            Ok(Box::new(SlowModel))
-        }
-    }
+    use crate::runtime::{Runtimes, ScriptedRuntime};
 
     #[test]
     fn a_measurement_past_the_cap_is_answered_504_and_its_thread_replaced() {
@@ -127,7 +94,8 @@ mod tests {
         std::fs::write(&model_path, edgeloop_onnx::encode(&edgeloop_onnx::samples::MbconvNet::small().to_model()))
             .unwrap();
         let mut runtimes = Runtimes::default();
-        runtimes.add(Arc::new(SlowRuntime));
+        // Every run takes a second.
+        runtimes.add(Arc::new(ScriptedRuntime { run: || std::thread::sleep(Duration::from_secs(1)) }));
         let measurer = Measurer {
             device_id: "d".into(),
             runtimes,
@@ -137,7 +105,7 @@ mod tests {
         };
         let status = Arc::new(Status::default());
         let mut backend = ThreadBackend::new(measurer, status.clone());
-        let request = MeasureRequest { runtime: "slow".into(), warmup_runs: 0, min_runs: 1, ..Default::default() };
+        let request = MeasureRequest { runtime: "scripted".into(), warmup_runs: 0, min_runs: 1, ..Default::default() };
         let job = JobSpec { request, model_path };
         for restarts in 1..=2 {
             backend.ready().unwrap();
