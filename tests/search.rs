@@ -75,32 +75,28 @@ impl Calibrated {
     }
 }
 
+/// The space's cheapest architecture by the calibrated p50 predictor, as
+/// the search finds it (`derive::cheapest`).
+fn cheapest_arch(table: &LatencyTable, calibration: &Calibration) -> Arch {
+    let space = tiny();
+    let predictor = Predictor::calibrated(table, Some(calibration), Stat::P50).unwrap();
+    let costs = search::costs::cost_model(&predictor, &space).unwrap();
+    let selection = search::derive::cheapest(&costs);
+    Arch {
+        space: "tiny".into(),
+        width: 1.0,
+        ops: space.blocks.iter().zip(selection).map(|(b, i)| b.candidates[i]).collect(),
+    }
+}
+
 /// The calibrated p50 of the space's cheapest architecture and the mean
 /// over random ones (about E[latency] under uniform α).
 fn cheapest_and_uniform_ms(table: &LatencyTable, calibration: &Calibration) -> (f64, f64) {
     let space = tiny();
     let predictor = Predictor::calibrated(table, Some(calibration), Stat::P50).unwrap();
     let ms = |arch: &Arch| predictor.predict(&space, arch).unwrap().total_ms;
-    let cheapest = Arch {
-        space: "tiny".into(),
-        width: 1.0,
-        ops: space
-            .blocks
-            .iter()
-            .map(|b| {
-                *b.candidates
-                    .iter()
-                    .min_by(|x, y| {
-                        let cost =
-                            |op: &edgeloop_space::Op| op.layer(b).map_or(0.0, |l| predictor.layer_ms(&l, 0.0).unwrap());
-                        cost(x).total_cmp(&cost(y))
-                    })
-                    .unwrap()
-            })
-            .collect(),
-    };
     let uniform = (0..64).map(|seed| ms(&Arch::random(&space, seed))).sum::<f64>() / 64.0;
-    (ms(&cheapest), uniform)
+    (ms(&cheapest_arch(table, calibration)), uniform)
 }
 
 fn csv_column(path: &Path, column: &str) -> Vec<f64> {
@@ -214,6 +210,44 @@ async fn an_impossible_budget_is_refused_with_the_fastest_archs_measurement() {
     assert!(message.contains("cannot be met on this device"), "{message}");
     assert!(message.contains("fastest architecture of tiny") && message.contains("measured"), "{message}");
     assert!(!out.join("result.json").exists());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_cached_reading_of_the_fastest_arch_is_measured_again_before_a_refusal() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Calibrated { agent, dir, table_path, calibration, cheapest, uniform } = Calibrated::new().await;
+    let budget = cheapest + 0.3 * (uniform - cheapest);
+    // The run's cache holds a reading of the fastest arch from a slow
+    // stretch of the device, far over the budget.
+    let out = dir.path().join("slow-stretch");
+    std::fs::create_dir_all(&out).unwrap();
+    let fastest = cheapest_arch(&LatencyTable::load(&table_path).unwrap(), &calibration);
+    let slow = 1000.0 * budget;
+    let mut cache = search::MeasurementCache::open(&out.join("measurements.jsonl")).unwrap();
+    cache
+        .insert(search::CachedMeasurement {
+            device_id: agent.agent.device_id().to_string(),
+            arch_hash: fastest.hash(),
+            ops: fastest.ops.iter().map(ToString::to_string).collect(),
+            p50_ms: slow,
+            p90_ms: slow,
+            min_ms: slow,
+            mean_ms: slow,
+            energy_mj: None,
+            other_busy_cores: None,
+            remeasured: 0,
+            suspect: None,
+            measured_at: "2026-01-01T00:00:00Z".into(),
+        })
+        .unwrap();
+
+    let result = search::run(constrained(budget, "lagrange"), env(&agent, &out, &table_path)).await.unwrap();
+    let fresh = result.fastest_measured.unwrap();
+    assert!(fresh <= budget, "the verdict used the stale reading: {fresh} ms > {budget} ms");
+    assert_eq!(result.budget_met, Some(true), "{result:?}");
+    let cache = search::MeasurementCache::open(&out.join("measurements.jsonl")).unwrap();
+    let kept = cache.get(&[agent.agent.device_id().to_string()], &fastest.hash(), false).unwrap();
+    assert_eq!(kept.p50_ms, fresh, "the fresh reading replaces the stale one");
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::derive::{self, Derived};
 use super::state::SearchModel;
-use super::strategy::{Context, measure_archs};
+use super::strategy::{Context, measure_archs, remeasure_arch};
 use super::{Decision, DevicePool, holdout_accuracy};
 use crate::calibrate::MIN_MARGIN;
 
@@ -81,11 +81,24 @@ pub fn grow_margin(current: f64, observed: &[(f64, f64)]) -> f64 {
 }
 
 /// The fastest architecture of the space by the table: its measurement, or
-/// an error with the evidence when even it misses the budget.
+/// an error with the evidence when even it misses the budget. A miss is
+/// measured again first, bypassing the cache: a reading from a slow
+/// stretch of the device is no evidence that the budget cannot be met.
 async fn fastest(ctx: &Context<'_>, pool: &mut DevicePool, m: &SearchModel) -> anyhow::Result<(Arch, f64)> {
     let selection = derive::cheapest(ctx.budget_costs());
     let arch = m.model.net.arch(&selection);
-    let measured = ctx.budget.measured(&measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&arch)).await?[0]);
+    let mut measured =
+        ctx.budget.measured(&measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&arch)).await?[0]);
+    if !ctx.budget.met_by(measured) {
+        let again = ctx.budget.measured(&remeasure_arch(ctx, pool, &m.model.vs, &arch).await?);
+        eprintln!(
+            "the space's fastest architecture measured {} over the {}; measured again: {}",
+            ctx.budget.show(measured),
+            ctx.budget.describe(),
+            ctx.budget.show(again)
+        );
+        measured = again;
+    }
     if !ctx.budget.met_by(measured) {
         let ops: Vec<String> = arch.ops.iter().map(ToString::to_string).collect();
         bail!(

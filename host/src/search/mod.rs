@@ -18,7 +18,7 @@
 //! and measures energy live.
 
 mod cache;
-mod costs;
+pub mod costs;
 mod decide;
 pub mod derive;
 pub mod final_model;

@@ -130,30 +130,11 @@ impl DevicePool {
             let (queue, results) = (&queue, &results);
             async move {
                 loop {
-                    let Some(ArchModel { arch, bytes, expected_min }) = queue.lock().expect("queue lock").pop_front()
-                    else {
+                    // The guard must be gone before the await: other agents' tasks take this lock.
+                    let Some(model) = queue.lock().expect("queue lock").pop_front() else {
                         return Ok(());
                     };
-                    let checked =
-                        hygiene::measure(client, &bytes, template, spread, expected_min).await.map_err(|source| {
-                            PoolError::Measure {
-                                arch: arch.hash()[..12].to_string(),
-                                url: client.base_url().to_string(),
-                                source,
-                            }
-                        })?;
-                    let m = &checked.measurement;
-                    if template.energy && m.energy.is_none() {
-                        let reason = m.energy_unavailable_reason.clone().unwrap_or_default();
-                        return Err(PoolError::NoEnergy { url: client.base_url().to_string(), reason });
-                    }
-                    let ops = arch.ops.iter().map(ToString::to_string).collect();
-                    let entry = CachedMeasurement {
-                        device_id: info.device_id.clone(),
-                        remeasured: checked.remeasured,
-                        suspect: checked.suspect,
-                        ..CachedMeasurement::new(arch.hash(), ops, m)
-                    };
+                    let entry = measure_on(client, info, model, template, spread).await?;
                     results.lock().expect("results lock").push(entry);
                 }
             }
@@ -170,4 +151,45 @@ impl DevicePool {
             .map(|h| self.cache.get(&self.device_ids, h, template.energy).expect("measured or cached").clone())
             .collect())
     }
+
+    /// Measures `model` again on the primary agent, whatever the cache
+    /// holds, and keeps the new measurement (the cache's later line wins):
+    /// for a verdict that must not rest on a reading from a slow stretch.
+    pub async fn remeasure(
+        &mut self,
+        model: ArchModel,
+        template: &MeasureRequest,
+    ) -> Result<CachedMeasurement, PoolError> {
+        let (client, info) = &self.agents[0];
+        let entry = measure_on(client, info, model, template, self.spread).await?;
+        self.cache.insert(entry.clone())?;
+        self.measured += 1;
+        Ok(entry)
+    }
+}
+
+/// One architecture measured on one agent (re-taken while contaminated,
+/// see `hygiene`), as the cache keeps it.
+async fn measure_on(
+    client: &AgentClient,
+    info: &DeviceInfo,
+    ArchModel { arch, bytes, expected_min }: ArchModel,
+    template: &MeasureRequest,
+    spread: f64,
+) -> Result<CachedMeasurement, PoolError> {
+    let url = || client.base_url().to_string();
+    let checked = hygiene::measure(client, &bytes, template, spread, expected_min)
+        .await
+        .map_err(|source| PoolError::Measure { arch: arch.hash()[..12].to_string(), url: url(), source })?;
+    let m = &checked.measurement;
+    if template.energy && m.energy.is_none() {
+        return Err(PoolError::NoEnergy { url: url(), reason: m.energy_unavailable_reason.clone().unwrap_or_default() });
+    }
+    let ops = arch.ops.iter().map(ToString::to_string).collect();
+    Ok(CachedMeasurement {
+        device_id: info.device_id.clone(),
+        remeasured: checked.remeasured,
+        suspect: checked.suspect,
+        ..CachedMeasurement::new(arch.hash(), ops, m)
+    })
 }

@@ -263,12 +263,28 @@ pub(super) async fn measure_archs(
             // Only archs the cache lacks are worth exporting.
             let cached = pool.cache.get(pool.device_ids(), &a.hash(), request.energy).is_some();
             let bytes = if cached { Vec::new() } else { export_arch(vs, ctx.space, a)? };
-            let selection = ctx.space_selection(a);
-            let expected_min = selection.map(|s| super::derive::predicted_cost(&ctx.min_costs, &s));
-            Ok(ArchModel { arch: a.clone(), bytes, expected_min })
+            Ok(arch_model(ctx, a, bytes))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(pool.measure_archs(models, request).await?)
+}
+
+/// `arch` measured again, whatever the cache holds (see `DevicePool::remeasure`).
+pub(super) async fn remeasure_arch(
+    ctx: &Context<'_>,
+    pool: &mut DevicePool,
+    vs: &VarStore,
+    arch: &Arch,
+) -> anyhow::Result<CachedMeasurement> {
+    let model = arch_model(ctx, arch, export_arch(vs, ctx.space, arch)?);
+    Ok(pool.remeasure(model, &ctx.env.probe_request).await?)
+}
+
+/// What the pool needs to measure `arch`: its bytes and the table's
+/// prediction of its fastest run.
+fn arch_model(ctx: &Context<'_>, arch: &Arch, bytes: Vec<u8>) -> ArchModel {
+    let expected_min = ctx.space_selection(arch).map(|s| super::derive::predicted_cost(&ctx.min_costs, &s));
+    ArchModel { arch: arch.clone(), bytes, expected_min }
 }
 
 /// One REINFORCE update: M archs sampled from p, each scored on a held-out
