@@ -22,6 +22,13 @@ if [[ "$(printf '%s\n%s\n' "$need_version" "$have_version" | sort -V | head -n1)
   exit 1
 fi
 log "rustc $have_version"
+# The test command checks formatting and lints.
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    log "adding the $component component"
+    rustup component add "$component"
+  fi
+done
 
 # A venv the project owns: the ONNX checker and ONNX Runtime (tests) and
 # PyTorch, whose libtorch tch links (.cargo/config.toml points LIBTORCH at

@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Style and lints first: they fail fast, before the long builds.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # The shipped static aarch64 agent, which tests/qemu_agent.rs runs under qemu:
 # the suite then covers the ARM binary as it ships (fat LTO linking tract's
 # kernels included), not only the host build.

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use edgeloop_e2e::{check_with_onnx_runtime, run_tract, tract_input_shape, write_onnx_case};
-use edgeloop_onnx::export::{RandomWeights, arch_model, identity_model, layer_model};
+use edgeloop_export::export::{RandomWeights, arch_model, identity_model, layer_model};
 use edgeloop_onnx::{encode, pb};
 use edgeloop_space::{Arch, Space};
 

@@ -11,7 +11,7 @@ use edgeloop_agent::compare::compare;
 use edgeloop_agent::runtime::{OrtOptimization, Runtime, RuntimeSettings, Runtimes};
 use edgeloop_api::{ErrorCode, MeasureRequest, Measurement};
 use edgeloop_e2e::{TestAgent, quick_request, repo_root, small_model};
-use edgeloop_onnx::export::{RandomWeights, arch_model};
+use edgeloop_export::export::{RandomWeights, arch_model};
 use edgeloop_onnx::samples::MbconvNet;
 use edgeloop_space::{Arch, Space};
 

@@ -8,11 +8,11 @@ use std::process::Command;
 use std::sync::Arc;
 
 use edgeloop_e2e::repo_root;
-use edgeloop_onnx::encode;
-use edgeloop_onnx::export::{RandomWeights, arch_model};
-use edgeloop_onnx::quant::{
+use edgeloop_export::export::{RandomWeights, arch_model};
+use edgeloop_export::quant::{
     ActivationRanges, Precision, QuantForm, QuantPolicy, Quantization, calibrate, quantized_arch_model, random_input,
 };
+use edgeloop_onnx::encode;
 use edgeloop_space::{Arch, Shape, Space};
 use tract_onnx::prelude::*;
 

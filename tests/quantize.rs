@@ -11,7 +11,7 @@ use edgeloop::quantize::{self, Constraint, QuantizeEnv, QuantizeResult, Quantize
 use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy, TrainRecipe};
 use edgeloop_api::MeasureRequest;
 use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, run_tract, tiny_recipe, tiny_search};
-use edgeloop_onnx::quant::Precision;
+use edgeloop_export::quant::Precision;
 use edgeloop_space::Space;
 use edgeloop_train::DeviceKind;
 
@@ -111,7 +111,7 @@ async fn quantize_meets_size_and_latency_budgets_and_resumes_without_measuring_a
         let arch: edgeloop_space::Arch =
             serde_json::from_str(&std::fs::read_to_string(run.join("arch.json")).unwrap()).unwrap();
         let layers = arch.layers(&space).unwrap();
-        quantize::size_kb(&layers, &edgeloop_onnx::quant::QuantPolicy::uniform(layers.len(), Precision::Fp32))
+        quantize::size_kb(&layers, &edgeloop_export::quant::QuantPolicy::uniform(layers.len(), Precision::Fp32))
     };
     let budget_kb = 0.2 * fp32_kb;
     let out = dir.path().join("size");

@@ -240,6 +240,7 @@ async fn a_slow_cached_reading_of_the_fastest_arch_is_measured_again_before_a_re
             measured_at: "2026-01-01T00:00:00Z".into(),
         })
         .unwrap();
+    drop(cache);
 
     let result = search::run(constrained(budget, "lagrange"), env(&agent, &out, &table_path)).await.unwrap();
     let fresh = result.fastest_measured.unwrap();

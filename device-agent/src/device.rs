@@ -115,9 +115,7 @@ pub fn device_id(cache_dir: &Path, facts: &MachineFacts, explicit: Option<&str>)
     }
     let id = facts.derived_device_id();
     fs::create_dir_all(cache_dir)?;
-    let tmp = cache_dir.join(".device_id.tmp");
-    fs::write(&tmp, format!("{id}\n"))?;
-    fs::rename(&tmp, &path)?;
+    edgeloop_durable::write_atomic(&path, format!("{id}\n").as_bytes())?;
     Ok(id)
 }
 

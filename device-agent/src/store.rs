@@ -1,13 +1,11 @@
-//! Content-addressed model store: `<dir>/<sha256>.onnx`, written to a temp
-//! name and renamed, evicted least-recently-used beyond a byte budget. File
+//! Content-addressed model store: `<dir>/<sha256>.onnx`, written atomically
+//! (`edgeloop_durable::write_atomic`), evicted least-recently-used beyond a byte budget. File
 //! modification times record last use, so the LRU order survives restarts.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use edgeloop_api::ModelInfo;
@@ -57,9 +55,6 @@ pub fn check_hash(s: &str) -> Result<(), StoreError> {
 
 const SUFFIX: &str = ".onnx";
 
-/// Distinguishes concurrent uploads of the same model in their temp names.
-static UPLOAD_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 impl ModelStore {
     /// Opens (creating) `dir`, indexes the models in it and removes uploads
     /// that a crash left half-written.
@@ -70,7 +65,7 @@ impl ModelStore {
             let item = item.map_err(io_err(dir))?;
             let path = item.path();
             let name = item.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".upload-") {
+            if edgeloop_durable::is_temp_name(&name) {
                 let _ = fs::remove_file(&path);
                 continue;
             }
@@ -126,18 +121,8 @@ impl ModelStore {
         if actual != sha256 {
             return Err(StoreError::HashMismatch { claimed: sha256.to_string(), actual });
         }
-        let n = UPLOAD_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!(".upload-{sha256}-{}-{n}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, self.path_of(sha256))
-        };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(&tmp)(e));
-        }
+        let path = self.path_of(sha256);
+        edgeloop_durable::write_atomic(&path, bytes).map_err(io_err(&path))?;
         self.entries
             .lock()
             .unwrap()
@@ -207,8 +192,11 @@ mod tests {
     #[test]
     fn leftover_uploads_are_cleaned_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(".upload-abc-1"), b"half").unwrap();
-        ModelStore::open(dir.path(), 1 << 20).unwrap();
-        assert!(!dir.path().join(".upload-abc-1").exists());
+        let leftover = format!(".{}{SUFFIX}.tmp-1-0", "a".repeat(64));
+        assert!(edgeloop_durable::is_temp_name(&leftover));
+        fs::write(dir.path().join(&leftover), b"half").unwrap();
+        let store = ModelStore::open(dir.path(), 1 << 20).unwrap();
+        assert!(!dir.path().join(&leftover).exists());
+        assert!(store.info(&"a".repeat(64)).is_none());
     }
 }

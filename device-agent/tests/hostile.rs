@@ -509,7 +509,7 @@ fn the_agent_survives_two_thousand_hostile_requests() {
     let leftovers: Vec<_> = std::fs::read_dir(agent.cache.join("models"))
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(".upload-"))
+        .filter(|n| edgeloop_durable::is_temp_name(n))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     eprintln!("{} requests; agent RSS {rss} MB; {} worker restarts", run.requests, status.worker_restarts);

@@ -14,10 +14,10 @@ use anyhow::Context as _;
 use edgeloop_space::{Arch, Space};
 use serde::{Deserialize, Serialize};
 
-use crate::files::write_atomic;
 use crate::predict::Stat;
 use crate::search::{FinalSettings, SearchResult};
 use crate::train::{self, TrainEnv};
+use edgeloop_durable::write_atomic;
 
 /// A hand-designed architecture of a space's layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -82,10 +82,10 @@ pub async fn widest_within(
     for &width in widths {
         let space = Space::load(space_name, width)?;
         let arch = Arch::mobilenet_v2(&space)?;
-        let model = edgeloop_onnx::encode(&edgeloop_onnx::export::arch_model(
+        let model = edgeloop_onnx::encode(&edgeloop_export::export::arch_model(
             &space,
             &arch,
-            &mut edgeloop_onnx::export::RandomWeights::new(0),
+            &mut edgeloop_export::export::RandomWeights::new(0),
         )?);
         let checked = crate::search::hygiene::measure(&env.device, &model, &env.final_request, 1.0, None)
             .await

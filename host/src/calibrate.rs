@@ -181,7 +181,7 @@ impl Calibration {
     /// Writes next to `table` (fsynced temp file + rename).
     pub fn save_for(&self, table: &Path) -> Result<PathBuf, CalibrationError> {
         let path = path_for(table);
-        crate::files::write_json(&path, self)
+        edgeloop_durable::write_json(&path, self)
             .map_err(|e| CalibrationError::File { path: path.clone(), message: e.to_string() })?;
         Ok(path)
     }

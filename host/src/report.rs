@@ -12,10 +12,10 @@ use anyhow::{Context as _, bail};
 use plotters::prelude::*;
 
 use crate::baseline::{self, BaselineRow};
-use crate::files::write_atomic;
 use crate::predict::Stat;
 use crate::quantize::QuantizeResult;
 use crate::search::{RunDir, SearchResult};
+use edgeloop_durable::write_atomic;
 
 /// What a run directory's `result.json` is.
 pub enum RunResult {

@@ -13,12 +13,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use edgeloop_api::Measurement;
+use edgeloop_durable::{LineLog, LogError, complete_lines};
 use edgeloop_space::{Layer, LayerKind, Shape};
 use serde::{Deserialize, Serialize};
 
@@ -209,7 +210,7 @@ impl LatencyTable {
     /// killed mid-write) is ignored; the file itself is not changed.
     pub fn load(path: &Path) -> Result<LatencyTable, TableError> {
         let bytes = fs::read(path).map_err(io_error("read", path))?;
-        LatencyTable::parse(path, &bytes[..complete_len(&bytes)])
+        LatencyTable::parse(path, complete_lines(&bytes))
     }
 
     /// Parses the complete lines `text` of the file at `path`.
@@ -334,7 +335,7 @@ impl LatencyTable {
 #[derive(Debug)]
 pub struct TableWriter {
     table: LatencyTable,
-    file: File,
+    log: LineLog,
 }
 
 impl TableWriter {
@@ -344,29 +345,19 @@ impl TableWriter {
     /// by a killed writer is cut off first.
     pub fn open(path: &Path, energy: bool) -> Result<TableWriter, TableError> {
         create_with_header(path, energy)?;
-        let mut file = OpenOptions::new().read(true).append(true).open(path).map_err(io_error("open", path))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(TableError::Locked { path: path.into() }),
-            Err(TryLockError::Error(source)) => return Err(io_error("lock", path)(source)),
+        let (log, bytes) = LineLog::open(path)?;
+        if log.cut_on_open() > 0 {
+            tracing::warn!(
+                "{}: cut off an incomplete last line ({} bytes) left by an interrupted build",
+                path.display(),
+                log.cut_on_open()
+            );
         }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io_error("read", path))?;
-        let complete = complete_len(&bytes);
-        let table = LatencyTable::parse(path, &bytes[..complete])?;
+        let table = LatencyTable::parse(path, &bytes)?;
         if table.has_energy != energy {
             return Err(TableError::EnergyLayout { path: path.into(), has_energy: table.has_energy });
         }
-        if complete < bytes.len() {
-            tracing::warn!(
-                "{}: cutting off an incomplete last line ({} bytes) left by an interrupted build",
-                path.display(),
-                bytes.len() - complete
-            );
-            file.set_len(complete as u64).map_err(io_error("truncate", path))?;
-            file.sync_all().map_err(io_error("sync", path))?;
-        }
-        Ok(TableWriter { table, file })
+        Ok(TableWriter { table, log })
     }
 
     /// The rows so far, including those appended through this writer.
@@ -392,10 +383,7 @@ impl TableWriter {
         self.check_provenance(&row.provenance)?;
         let line = self.table.lines.last().map_or(2, |l| l + 1);
         self.table.admit(&row, line)?;
-        let path = &self.table.path;
-        self.file.write_all(&encode_row(&row)).map_err(io_error("append to", path))?;
-        self.file.flush().map_err(io_error("append to", path))?;
-        self.file.sync_data().map_err(io_error("sync", path))?;
+        self.log.append(&encode_row(&row))?;
         self.table.push(row, line);
         Ok(())
     }
@@ -536,58 +524,38 @@ fn encode_row(row: &Row) -> Vec<u8> {
     writer.into_inner().expect("writing to memory cannot fail")
 }
 
-/// Length of `bytes` up to and including the last newline: the complete lines.
-fn complete_len(bytes: &[u8]) -> usize {
-    bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
-}
-
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TableError {
     let path = path.to_path_buf();
     move |source| TableError::Io { action, path, source }
 }
 
-/// Creates `path` holding just the header unless it exists: written to a
-/// temp file in the same folder, fsynced, then linked into place without
-/// replacing a file another process created meanwhile.
+/// Creates `path` holding just the header unless it exists, complete when
+/// it appears and never replacing a table another process created meanwhile.
 fn create_with_header(path: &Path, energy: bool) -> Result<(), TableError> {
     if path.exists() {
         return Ok(());
     }
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir).map_err(io_error("create the folder of", path))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_error("create", path))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_error("create the folder of", path))?;
+    }
     let columns: Vec<&str> = COLUMNS.iter().chain(if energy { &ENERGY_COLUMNS[..] } else { &[] }).copied().collect();
-    tmp.write_all(format!("{}\n", columns.join(",")).as_bytes()).map_err(io_error("create", path))?;
-    // Temp files are created owner-only; a table is for everyone's tools.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(io_error("create", path))?;
-    }
-    tmp.as_file().sync_all().map_err(io_error("create", path))?;
-    match tmp.persist_noclobber(path) {
-        Ok(_) => sync_dir(dir).map_err(io_error("sync the folder of", path)),
-        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io_error("create", path)(e.error)),
-    }
+    edgeloop_durable::create_new(path, format!("{}\n", columns.join(",")).as_bytes())
+        .map(|_| ())
+        .map_err(io_error("create", path))
 }
 
-/// Makes a new directory entry durable.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
+impl From<LogError> for TableError {
+    fn from(e: LogError) -> TableError {
+        match e {
+            LogError::Locked { path } => TableError::Locked { path },
+            LogError::Io { action, path, source } => TableError::Io { action, path, source },
+        }
+    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::io::Write as _;
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use edgeloop_api::MeasureRequest;
 use edgeloop_space::{Arch, Space};
 use edgeloop_train::DeviceKind;
@@ -46,17 +46,7 @@ pub async fn run(
     arch.validate(&space).with_context(|| format!("architecture for {} at width {}", space.name(), space.width))?;
     anyhow::ensure!(stat != Stat::Min, "a budget is judged on p50 or p90, not on the fastest run");
     let dir = RunDir::new(&env.out);
-    std::fs::create_dir_all(&dir.root).with_context(|| format!("creating {}", dir.root.display()))?;
-    match (dir.final_checkpoint().exists(), env.resume) {
-        (true, false) => {
-            bail!(
-                "{} already holds a training; pass --resume to continue it, or choose another --out",
-                dir.root.display()
-            )
-        }
-        (false, true) => bail!("--resume: {} holds no checkpoint to resume", dir.root.display()),
-        _ => {}
-    }
+    let _lock = crate::run_lock::open(&dir.root, env.resume, &[dir.final_checkpoint()], "training")?;
     let device = env.device_kind.resolve()?;
     edgeloop_train::device::keep_freed_memory();
     let cache = MeasurementCache::open(&dir.measurements())?;

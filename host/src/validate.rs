@@ -3,12 +3,12 @@
 //! with the prediction. Nothing measured here feeds back into the table.
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use edgeloop_api::{LatencyStats, MeasureRequest};
+use edgeloop_export::export::{RandomWeights, arch_model};
 use edgeloop_onnx::encode;
-use edgeloop_onnx::export::{RandomWeights, arch_model};
 use edgeloop_space::{Arch, Space};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -158,26 +158,22 @@ pub fn samples(
 
 /// `validation.csv`: arch_hash, stat, predicted_ms, measured_ms, error_pct, ops.
 pub fn write_csv(path: &Path, samples: &[Sample], stat: Stat) -> Result<(), ValidateError> {
-    let write = || -> std::io::Result<()> {
-        let tmp = path.with_extension("csv.tmp");
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        writeln!(f, "arch_hash,stat,predicted_ms,measured_ms,error_pct,ops")?;
-        for s in samples {
-            let ops: Vec<String> = s.arch.ops.iter().map(ToString::to_string).collect();
-            writeln!(
-                f,
-                "{},{stat},{:.6},{:.6},{:.3},{}",
-                s.arch.hash(),
-                s.predicted_ms,
-                s.measured_ms,
-                s.error_pct(),
-                ops.join(" ")
-            )?;
-        }
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|source| ValidateError::Write { path: path.to_path_buf(), source })
+    let mut text = String::from("arch_hash,stat,predicted_ms,measured_ms,error_pct,ops\n");
+    for s in samples {
+        let ops: Vec<String> = s.arch.ops.iter().map(ToString::to_string).collect();
+        writeln!(
+            text,
+            "{},{stat},{:.6},{:.6},{:.3},{}",
+            s.arch.hash(),
+            s.predicted_ms,
+            s.measured_ms,
+            s.error_pct(),
+            ops.join(" ")
+        )
+        .expect("writing to a String");
+    }
+    edgeloop_durable::write_atomic(path, text.as_bytes())
+        .map_err(|source| ValidateError::Write { path: path.to_path_buf(), source })
 }
 
 /// Predicted-vs-measured scatter with the y = x line and the ±10% band.

@@ -141,8 +141,8 @@ fn value_info(name: &str, elem: ElemType, dims: &[Dim]) -> pb::ValueInfoProto {
 }
 
 /// Attributes of a square k×k convolution with "same" padding, shared by
-/// Conv and QLinearConv.
-pub(crate) fn conv_attrs(kernel: usize, stride: usize, group: usize) -> Vec<Attr> {
+/// Conv and QLinearConv (`edgeloop-export`'s quantized layers).
+pub fn conv_attrs(kernel: usize, stride: usize, group: usize) -> Vec<Attr> {
     let (k, pad) = (kernel as i64, (kernel / 2) as i64);
     vec![
         Attr::Ints("kernel_shape", vec![k, k]),

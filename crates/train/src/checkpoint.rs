@@ -4,7 +4,6 @@
 //! so a kill at any moment leaves the previous checkpoint or the new one.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -34,14 +33,7 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &str) -> Result
         .collect::<Result<Vec<_>, _>>()?;
     let info = HashMap::from([(META_KEY.to_string(), metadata.to_string())]);
     let bytes = safetensors::serialize(views, Some(info)).map_err(|e| err(&e))?;
-    let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| err(&e))
+    edgeloop_durable::write_atomic(path, &bytes).map_err(|e| err(&e))
 }
 
 /// The tensors (CPU, f32) and the metadata JSON of a checkpoint.

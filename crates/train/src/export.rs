@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use edgeloop_onnx::export::{BatchNorm, ConvBn, Linear, Weights, arch_model};
+use edgeloop_export::export::{BatchNorm, ConvBn, Linear, Weights, arch_model};
 use edgeloop_space::{Arch, ArchError, Space};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};

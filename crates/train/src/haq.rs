@@ -3,7 +3,7 @@
 //! constraint. Each layer of an arch takes two steps, its weights and then
 //! its activations, so an episode over `n` layers is `2n` steps.
 
-use edgeloop_onnx::quant::{Precision, QuantPolicy};
+use edgeloop_export::quant::{Precision, QuantPolicy};
 use edgeloop_space::{Layer, LayerKind};
 
 /// Fewest bits of an integer layer's weights or activations.

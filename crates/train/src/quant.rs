@@ -1,6 +1,6 @@
 //! Fake quantization in tch (DESIGN §9): a trained path of a supernet run
 //! with per-layer precisions, computing exactly what
-//! [`edgeloop_onnx::quant`]'s QDQ export computes (same quantization points,
+//! [`edgeloop_export::quant`]'s QDQ export computes (same quantization points,
 //! same weight clips, same activation ranges), with straight-through
 //! gradients so the path can be fine-tuned under its policy.
 //!
@@ -10,8 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use edgeloop_onnx::export::{INPUT, RandomWeights, input_bits, layer_names};
-use edgeloop_onnx::quant::{
+use edgeloop_export::export::{INPUT, RandomWeights, input_bits, layer_names};
+use edgeloop_export::quant::{
     ActivationQuant, ActivationRanges, Precision, QuantError, QuantForm, QuantPolicy, Quantization,
     default_weight_clip, max_abs, quantized_arch_model,
 };
@@ -95,7 +95,7 @@ pub struct FakeQuant {
 
 impl FakeQuant {
     /// The path `selection` of `net` under `policy`, activations quantized
-    /// from `ranges` (see [`edgeloop_onnx::quant::calibrate`]).
+    /// from `ranges` (see [`edgeloop_export::quant::calibrate`]).
     pub fn new(
         net: &Supernet,
         selection: &[usize],
@@ -288,7 +288,7 @@ impl FakeQuant {
 mod tests {
     use super::*;
     use crate::layers::BnMode;
-    use edgeloop_onnx::quant::{calibrate, random_input};
+    use edgeloop_export::quant::{calibrate, random_input};
 
     fn values(t: &Tensor) -> Vec<f32> {
         Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap()

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use anyhow::Context;
+use edgeloop_export::export::{RandomWeights, arch_model};
 use edgeloop_onnx::encode;
-use edgeloop_onnx::export::{RandomWeights, arch_model};
 use edgeloop_space::{Arch, Space};
 
 /// Which architecture to export.
@@ -39,6 +39,6 @@ pub fn run(space: &Space, source: ArchSource, weights_seed: u64, out: &Path) -> 
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    crate::files::write_atomic(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    edgeloop_durable::write_atomic(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
     Ok(Exported { arch, sha256: crate::client::sha256_hex(&bytes), bytes: bytes.len() })
 }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use edgeloop_api::MeasureRequest;
+use edgeloop_export::export::{RandomWeights, identity_model, layer_model};
+use edgeloop_export::quant::{Precision, quantized_layer_model};
 use edgeloop_onnx::encode;
-use edgeloop_onnx::export::{RandomWeights, identity_model, layer_model};
-use edgeloop_onnx::quant::{Precision, quantized_layer_model};
 use edgeloop_space::{Layer, Shape, Space};
 
 use crate::client::{AgentClient, ClientError};

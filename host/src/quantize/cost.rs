@@ -5,7 +5,7 @@
 
 use anyhow::Context as _;
 use edgeloop_api::MeasureRequest;
-use edgeloop_onnx::quant::{Precision, QuantPolicy};
+use edgeloop_export::quant::{Precision, QuantPolicy};
 use edgeloop_space::{Arch, Layer, Space};
 use edgeloop_train::haq::layer_params;
 use serde::{Deserialize, Serialize};

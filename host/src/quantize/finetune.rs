@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use edgeloop_data::Split;
-use edgeloop_onnx::quant::{ActivationRanges, QuantError, QuantPolicy};
+use edgeloop_export::quant::{ActivationRanges, QuantError, QuantPolicy};
 use edgeloop_space::{Arch, Space};
 use edgeloop_train::Supernet;
 use edgeloop_train::optim::{Sgd, cosine_lr};

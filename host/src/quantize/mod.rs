@@ -19,9 +19,9 @@ mod result;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use edgeloop_api::MeasureRequest;
-use edgeloop_onnx::quant::{ActivationRanges, Precision, QuantForm, QuantPolicy, calibrate};
+use edgeloop_export::quant::{ActivationRanges, Precision, QuantForm, QuantPolicy, calibrate};
 use edgeloop_space::Layer;
 use edgeloop_train::ddpg::{Ddpg, DdpgConfig, DdpgState, Transition};
 use edgeloop_train::export::TrainedWeights;
@@ -37,10 +37,10 @@ pub use result::{ComparisonRow, QuantizeResult, render_summary};
 
 use crate::client::AgentClient;
 use crate::commands::table::{self as table_cmd, TablePrecision};
-use crate::files::write_atomic;
 use crate::search::{Data, MeasurementCache, TrainedRun, load_trained};
 use crate::table::LatencyTable;
 use cost::{PolicyMeter, judged};
+use edgeloop_durable::write_atomic;
 use finetune::{FinetuneConfig, Network, accuracy, fake_quant, finetune};
 
 /// Everything that shapes the outcome; stored in the checkpoint, so a
@@ -224,12 +224,7 @@ impl Search<'_> {
 pub async fn run(settings: QuantizeSettings, mut env: QuantizeEnv) -> anyhow::Result<QuantizeResult> {
     settings.check()?;
     let out = OutDir(env.out.clone());
-    std::fs::create_dir_all(&out.0).with_context(|| format!("creating {}", out.0.display()))?;
-    match (out.checkpoint().exists(), env.resume) {
-        (true, false) => bail!("{} already holds a quantization search; pass --resume to continue it", out.0.display()),
-        (false, true) => bail!("--resume: {} holds no checkpoint to resume", out.0.display()),
-        _ => {}
-    }
+    let _lock = crate::run_lock::open(&out.0, env.resume, &[out.checkpoint()], "quantization search")?;
     let device = env.device_kind.resolve()?;
     let started = Instant::now();
     let trained = load_trained(&env.run, device)?;

@@ -1,13 +1,13 @@
 //! Measurements of whole architectures, cached on disk by (device, arch
 //! hash): a resumed search never measures the same arch on the same device
-//! twice. One JSON object per line, each appended in one write and fsynced;
-//! a torn last line (a kill mid-write) is ignored on load.
+//! twice. One JSON object per line, appended through a
+//! [`LineLog`] (one write each, fsynced; a torn last line cut off on open).
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use edgeloop_api::Measurement;
+use edgeloop_durable::{LineLog, LogError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,33 +65,25 @@ impl CachedMeasurement {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("measurement cache {}: {source}", path.display())]
-pub struct CacheError {
-    path: PathBuf,
-    source: std::io::Error,
-}
+#[error("measurement cache: {0}")]
+pub struct CacheError(#[from] LogError);
 
 #[derive(Debug)]
 pub struct MeasurementCache {
-    path: PathBuf,
+    log: LineLog,
     entries: HashMap<(String, String), CachedMeasurement>,
 }
 
 impl MeasurementCache {
-    /// Opens (or starts) the cache at `path`.
+    /// Opens (or starts) the cache at `path`, for this process alone.
     pub fn open(path: &Path) -> Result<MeasurementCache, CacheError> {
-        let err = |source| CacheError { path: path.to_path_buf(), source };
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(err(e)),
-        };
-        let entries = text
+        let (log, bytes) = LineLog::open(path)?;
+        let entries = String::from_utf8_lossy(&bytes)
             .lines()
             .filter_map(|line| serde_json::from_str::<CachedMeasurement>(line).ok())
             .map(|m| ((m.device_id.clone(), m.arch_hash.clone()), m))
             .collect();
-        Ok(MeasurementCache { path: path.to_path_buf(), entries })
+        Ok(MeasurementCache { log, entries })
     }
 
     /// A measurement of `arch_hash` on any of `device_ids` (devices of one
@@ -104,15 +96,7 @@ impl MeasurementCache {
     }
 
     pub fn insert(&mut self, m: CachedMeasurement) -> Result<(), CacheError> {
-        let err = |source| CacheError { path: self.path.clone(), source };
-        let mut line = serde_json::to_string(&m).expect("measurement serialises");
-        line.push('\n');
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(err)?;
-        // A torn line from an earlier kill must not swallow this one.
-        if file.metadata().map_err(err)?.len() > 0 && !ends_with_newline(&self.path).map_err(err)? {
-            line.insert(0, '\n');
-        }
-        file.write_all(line.as_bytes()).and_then(|()| file.sync_data()).map_err(err)?;
+        self.log.append(serde_json::to_string(&m).expect("measurement serialises").as_bytes())?;
         self.entries.insert((m.device_id.clone(), m.arch_hash.clone()), m);
         Ok(())
     }
@@ -129,15 +113,6 @@ impl MeasurementCache {
     pub fn on_devices<'a>(&'a self, device_ids: &'a [String]) -> impl Iterator<Item = &'a CachedMeasurement> + 'a {
         self.entries.values().filter(move |m| device_ids.contains(&m.device_id))
     }
-}
-
-fn ends_with_newline(path: &Path) -> std::io::Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(path)?;
-    file.seek(SeekFrom::End(-1))?;
-    let mut last = [0u8];
-    file.read_exact(&mut last)?;
-    Ok(last[0] == b'\n')
 }
 
 #[cfg(test)]
@@ -167,11 +142,13 @@ mod tests {
         let path = dir.path().join("m.jsonl");
         let mut cache = MeasurementCache::open(&path).unwrap();
         cache.insert(entry("a", 1.0)).unwrap();
+        drop(cache);
         let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"{\"device_id\":\"dev\",\"arch").unwrap();
+        std::io::Write::write_all(&mut f, b"{\"device_id\":\"dev\",\"arch").unwrap();
         let mut cache = MeasurementCache::open(&path).unwrap();
         assert_eq!(cache.len(), 1);
         cache.insert(entry("b", 2.0)).unwrap();
+        drop(cache);
         let cache = MeasurementCache::open(&path).unwrap();
         let ids = vec!["dev".to_string()];
         assert_eq!(cache.get(&ids, "b", false).unwrap().p50_ms, 2.0);
@@ -188,6 +165,7 @@ mod tests {
         let ids = vec!["dev".to_string()];
         assert!(cache.get(&ids, "a", true).is_none());
         cache.insert(CachedMeasurement { energy_mj: Some(0.5), ..entry("a", 1.1) }).unwrap();
+        drop(cache);
         let cache = MeasurementCache::open(&path).unwrap();
         assert_eq!(cache.get(&ids, "a", true).unwrap().energy_mj, Some(0.5));
         assert_eq!(cache.get(&ids, "a", false).unwrap().p50_ms, 1.1, "the later line wins");

@@ -300,7 +300,7 @@ fn write_archs_csv(
         )
         .expect("writing to a String");
     }
-    crate::files::write_atomic(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    edgeloop_durable::write_atomic(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use edgeloop_api::{MeasureRequest, Measurement};
 use edgeloop_data::{BatchLoader, Split};
-use edgeloop_onnx::export::layer_names;
+use edgeloop_export::export::layer_names;
 use edgeloop_onnx::node_scope;
 use edgeloop_space::{Arch, Space};
 use edgeloop_train::BnMode;
@@ -23,8 +23,8 @@ use tch::nn::VarStore;
 use super::result::Predictors;
 use super::state::{self, Trainable};
 use super::{Budget, Data, Decision, DevicePool, FinalSettings, RunDir, hygiene};
-use crate::files::{write_atomic, write_json};
 use crate::predict::Metric;
+use edgeloop_durable::{write_atomic, write_json};
 
 /// What the final stage needs.
 pub struct FinalContext<'a> {

@@ -431,14 +431,7 @@ pub async fn run(settings: SearchSettings, mut env: SearchEnv) -> anyhow::Result
     env.probe_request.energy = with_energy;
     env.final_request.energy = with_energy;
     let dir = RunDir::new(&env.out);
-    std::fs::create_dir_all(&dir.root).with_context(|| format!("creating {}", dir.root.display()))?;
-    let resuming = dir.checkpoint().exists() || dir.final_checkpoint().exists();
-    if resuming && !env.resume {
-        bail!("{} already holds a search; pass --resume to continue it, or choose another --out", dir.root.display());
-    }
-    if env.resume && !resuming {
-        bail!("--resume: {} holds no checkpoint to resume", dir.root.display());
-    }
+    let _lock = crate::run_lock::open(&dir.root, env.resume, &[dir.checkpoint(), dir.final_checkpoint()], "search")?;
     let space = Space::load(&settings.space, settings.width)?;
     let device = env.device_kind.resolve()?;
     edgeloop_train::device::keep_freed_memory();

@@ -183,7 +183,10 @@ async fn measure_on(
         .map_err(|source| PoolError::Measure { arch: arch.hash()[..12].to_string(), url: url(), source })?;
     let m = &checked.measurement;
     if template.energy && m.energy.is_none() {
-        return Err(PoolError::NoEnergy { url: url(), reason: m.energy_unavailable_reason.clone().unwrap_or_default() });
+        return Err(PoolError::NoEnergy {
+            url: url(),
+            reason: m.energy_unavailable_reason.clone().unwrap_or_default(),
+        });
     }
     let ops = arch.ops.iter().map(ToString::to_string).collect();
     Ok(CachedMeasurement {

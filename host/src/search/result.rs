@@ -13,8 +13,8 @@ use super::final_model::{FinalContext, Outcome};
 use super::hygiene::MeasurementHygiene;
 use super::strategy::Context;
 use super::{Decision, DevicePool, Strategy};
-use crate::files::write_json;
 use crate::predict::{Metric, Predictor, Stat};
+use edgeloop_durable::write_json;
 
 /// The table's predictors of a run: latency (of the judged statistic)
 /// always, energy in an energy search.

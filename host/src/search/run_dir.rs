@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::files::write_atomic;
+use edgeloop_durable::write_atomic;
 
 pub struct RunDir {
     pub root: PathBuf,

@@ -31,6 +31,7 @@ mod math;
 
 use std::collections::BTreeMap;
 
+use edgeloop_onnx::{Attr, ElemType, conv_attrs, pb};
 use edgeloop_space::{Arch, ArchError, Layer, Space};
 use serde::{Deserialize, Serialize};
 
@@ -40,8 +41,6 @@ pub use math::{
 };
 
 use crate::export::{Activation, ConvSpec, Emitter, Linear, RandomWeights, emit, graph_name, layer_names};
-use crate::graph::conv_attrs;
-use crate::{Attr, ElemType, pb};
 
 /// The metadata_props key of the quantization description.
 pub const METADATA_KEY: &str = "edgeloop.quant";
@@ -376,7 +375,7 @@ struct IntParams {
 mod tests {
     use super::*;
     use crate::export::{RandomWeights, arch_model};
-    use crate::{decode, encode};
+    use edgeloop_onnx::{decode, encode};
     use tract_onnx::prelude::*;
 
     struct Case {
