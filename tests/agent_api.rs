@@ -63,7 +63,8 @@ async fn upload_is_idempotent() {
     assert_eq!(client.upload(&model).await.unwrap().status, UploadStatus::AlreadyPresent);
     // A raw PUT of a stored model answers 200, not 201, and stores nothing new.
     let path = agent.cache.path().join("models").join(format!("{}.onnx", sha256_hex(&model)));
-    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    // A rewrite (temp file + rename) would give the path another inode.
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
     let resp = raw_http()
         .put(format!("{}/v1/models/{}", agent.url(), sha256_hex(&model)))
         .bearer_auth(TOKEN)
@@ -73,7 +74,7 @@ async fn upload_is_idempotent() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(std::fs::read(&path).unwrap(), model);
-    assert!(std::fs::metadata(&path).unwrap().modified().unwrap() >= mtime);
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap()), inode, "rewritten");
 }
 
 #[tokio::test(flavor = "multi_thread")]

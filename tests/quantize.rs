@@ -6,14 +6,15 @@
 
 use std::path::{Path, PathBuf};
 
-use edgeloop::commands::table::{self, TablePrecision};
+use edgeloop::events::Discard;
 use edgeloop::quantize::{self, Constraint, QuantizeEnv, QuantizeResult, QuantizeSettings};
 use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy, TrainRecipe};
+use edgeloop::table::build::{self, TablePrecision};
 use edgeloop_api::MeasureRequest;
 use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, run_tract, tiny_recipe, tiny_search};
 use edgeloop_export::quant::Precision;
 use edgeloop_space::Space;
-use edgeloop_train::DeviceKind;
+use edgeloop_train::{CostLossKind, DeviceKind};
 
 fn probe(runs: usize) -> MeasureRequest {
     MeasureRequest { min_runs: runs, ..quick_request("") }
@@ -28,10 +29,10 @@ async fn trained_run(agent: &TestAgent, dir: &Path) -> PathBuf {
     let table_path = dir.join("tiny.csv");
     let template = MeasureRequest { min_duration_ms: 30, ..quick_request("") };
     let space = Space::load("tiny", 1.0).unwrap();
-    table::build(&agent.client(), &space, &template, TablePrecision::Fp32, Some(&table_path)).await.unwrap();
+    build::build(&agent.client(), &space, &template, TablePrecision::Fp32, Some(&table_path), &Discard).await.unwrap();
     let settings = SearchSettings {
         epochs: 1,
-        latency_loss: "mul#log".into(),
+        latency_loss: CostLossKind::MulLog,
         recipe: TrainRecipe { final_epochs: 2, seed: 3, ..tiny_recipe() },
         ..tiny_search(Strategy::Gradient, 100.0)
     };
@@ -44,6 +45,7 @@ async fn trained_run(agent: &TestAgent, dir: &Path) -> PathBuf {
         device_kind: DeviceKind::Cpu,
         probe_request: probe(10),
         final_request: final_request(),
+        events: std::sync::Arc::new(Discard),
     };
     search::run(settings, env).await.unwrap();
     out
@@ -78,6 +80,7 @@ fn env(agent: &TestAgent, run: &Path, out: &Path, (dir, tables): (&Path, &str), 
         device_kind: DeviceKind::Cpu,
         probe_request: probe(10),
         final_request: final_request(),
+        events: std::sync::Arc::new(Discard),
     }
 }
 

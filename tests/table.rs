@@ -3,9 +3,10 @@
 
 use std::collections::HashSet;
 
-use edgeloop::commands::table::{self, BuildReport, TablePrecision};
+use edgeloop::events::{Discard, Event, Recorder};
 use edgeloop::predict::Predictor;
 use edgeloop::table::LatencyTable;
+use edgeloop::table::build::{self, BuildReport, TablePrecision};
 use edgeloop_e2e::{TestAgent, quick_request};
 use edgeloop_space::{Arch, Space};
 
@@ -18,9 +19,22 @@ async fn tiny_table_builds_resumes_and_predicts() {
     let path = dir.path().join("tables/tiny.csv");
     let template = quick_request("");
 
-    let report = table::build(&client, &space, &template, TablePrecision::Fp32, Some(&path)).await.unwrap();
-    let targets = table::targets(&space);
+    let events = Recorder::default();
+    let report = build::build(&client, &space, &template, TablePrecision::Fp32, Some(&path), &events).await.unwrap();
+    let targets = build::targets(&space);
     assert_eq!(report, BuildReport { path: path.clone(), total: targets.len(), skipped: 0, measured: targets.len() });
+    // One unit of work per row, each named by its key, then the end of the work.
+    let events = events.events();
+    assert_eq!(events[0], Event::WorkStarted { unit: "rows", total: targets.len() as u64, done: 0 });
+    let advanced: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::WorkAdvanced { status } => status.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(advanced, targets.iter().map(|t| t.key()).collect::<Vec<_>>());
+    assert_eq!(events.last(), Some(&Event::WorkFinished));
 
     // Every key exactly once (loading refuses duplicates), the overhead row included.
     let built = LatencyTable::load(&path).unwrap();
@@ -35,14 +49,16 @@ async fn tiny_table_builds_resumes_and_predicts() {
 
     // A second build finds nothing to do and leaves the file as it was.
     let before = std::fs::read(&path).unwrap();
-    let again = table::build(&client, &space, &template, TablePrecision::Fp32, Some(&path)).await.unwrap();
+    let again = build::build(&client, &space, &template, TablePrecision::Fp32, Some(&path), &Discard).await.unwrap();
     assert_eq!((again.skipped, again.measured), (targets.len(), 0));
     assert_eq!(std::fs::read(&path).unwrap(), before);
 
     // Another thread count is another table.
     let two_threads = edgeloop_api::MeasureRequest { threads: 2, ..template.clone() };
-    let error =
-        table::build(&client, &space, &two_threads, TablePrecision::Fp32, Some(&path)).await.unwrap_err().to_string();
+    let error = build::build(&client, &space, &two_threads, TablePrecision::Fp32, Some(&path), &Discard)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("1 thread(s), not with") && error.contains("2 thread(s)"), "{error}");
 
     let arch = Arch::random(&space, 7);

@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use edgeloop_space::{Arch, Space};
 use serde::{Deserialize, Serialize};
 
+use crate::events::Event;
 use crate::predict::Stat;
 use crate::search::{FinalSettings, SearchResult};
 use crate::train::{self, TrainEnv};
@@ -91,7 +92,7 @@ pub async fn widest_within(
             .await
             .with_context(|| format!("measuring the width-{width} baseline on {}", env.device.base_url()))?;
         let ms = stat.of(&checked.measurement.latency_ms);
-        eprintln!("baseline width {width}: {ms:.3} ms {stat} ({})", if ms <= limit_ms { "fits" } else { "over" });
+        env.events.emit(Event::BaselineMeasured { width, ms, stat, fits: ms <= limit_ms });
         measured.push((width, ms));
     }
     let widest = measured
@@ -120,13 +121,13 @@ pub async fn run(
         let space = Space::load(&settings.space, width)?;
         let key = channels(&space);
         if let Some(done) = trained.get(&key) {
-            eprintln!("width {width}: the same channels ({key}) as width {}, trained once", done.width);
+            env.events.emit(Event::BaselineSameChannels { width, channels: key.clone(), as_width: done.width });
             rows.push(row(width, &key, done));
         } else {
             let dir = run_dir(out, width);
             let result = match finished(&dir, settings, width)? {
                 Some(result) => {
-                    eprintln!("width {width}: already trained in {}", dir.display());
+                    env.events.emit(Event::BaselineAlreadyTrained { width, dir: dir.clone() });
                     result
                 }
                 None => {

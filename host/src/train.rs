@@ -13,6 +13,7 @@ use edgeloop_space::{Arch, Space};
 use edgeloop_train::DeviceKind;
 
 use crate::client::AgentClient;
+use crate::events::{Event, Events};
 use crate::predict::{Metric, Predictor, Stat};
 use crate::search::final_model::{self, FinalContext};
 use crate::search::result::{Predictors, RunKind, Timings};
@@ -31,6 +32,8 @@ pub struct TrainEnv {
     pub table: Option<PathBuf>,
     pub device_kind: DeviceKind,
     pub final_request: MeasureRequest,
+    /// Where the training reports its progress.
+    pub events: Events,
 }
 
 /// Trains `arch` per `settings`, measures it, judges it against
@@ -49,13 +52,14 @@ pub async fn run(
     let _lock = crate::run_lock::open(&dir.root, env.resume, &[dir.final_checkpoint()], "training")?;
     let device = env.device_kind.resolve()?;
     edgeloop_train::device::keep_freed_memory();
+    let events = env.events.as_ref();
     let cache = MeasurementCache::open(&dir.measurements())?;
     let mut pool = DevicePool::connect(vec![env.device.clone()], cache).await?;
     let table_path = match &env.table {
         Some(path) => path.clone(),
-        None => device_table(&pool, &space, &settings.runtime, settings.measure_threads, false).await?,
+        None => device_table(&pool, &space, &settings.runtime, settings.measure_threads, false, events).await?,
     };
-    let (table, calibration) = calibrated_table(&pool, &space, &table_path, stat, &env.final_request).await?;
+    let (table, calibration) = calibrated_table(&pool, &space, &table_path, stat, &env.final_request, events).await?;
     pool.set_spread(crate::search::hygiene::typical_spread(&table));
     let predictors = Predictors {
         latency: Predictor::calibrated(&table, Some(&calibration), stat)?,
@@ -84,16 +88,16 @@ pub async fn run(
         dir: &dir,
         budget,
         final_request: &env.final_request,
+        events,
     };
-    eprintln!(
-        "training {} [{}] of {} at width {} for {} epochs on {}",
-        &arch.hash()[..12],
-        arch.ops.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-        space.name(),
-        space.width,
-        settings.recipe.final_epochs,
-        edgeloop_train::device::describe(device)
-    );
+    events.emit(Event::TrainingArch {
+        hash: arch.hash(),
+        ops: arch.ops.iter().map(ToString::to_string).collect(),
+        space: space.name().to_string(),
+        width: space.width,
+        epochs: settings.recipe.final_epochs,
+        device: edgeloop_train::device::describe(device),
+    });
     let started = Instant::now();
     let (vs, test_accuracy) = final_model::train(&ctx, &decision)?;
     let final_seconds = started.elapsed().as_secs_f64();

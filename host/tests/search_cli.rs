@@ -85,8 +85,12 @@ fn gradient_search_resumes_after_sigkill() {
     let csv = std::fs::read_to_string(run.join("search.csv")).unwrap();
     let epochs: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
     assert_eq!(epochs, ["1", "2", "3", "4"], "{csv}");
-    assert!(result["test_accuracy"].as_f64().unwrap() >= 0.0);
-    assert_eq!(result["budget_met"].as_bool().unwrap(), result["measured_latency_ms"].as_f64().unwrap() <= 1.0);
+    let accuracy = result["test_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.0 && accuracy <= 1.0, "{result}");
+    let model = std::fs::read(run.join("model.onnx")).unwrap();
+    assert_eq!(result["model_sha256"].as_str().unwrap(), edgeloop::client::sha256_hex(&model), "{result}");
+    // tiny runs in ~0.1–0.3 ms here: 1 ms is met by every architecture.
+    assert_eq!(result["budget_met"].as_bool(), Some(true), "{result}");
 }
 
 #[test]

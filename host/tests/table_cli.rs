@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edgeloop::commands::table::{TablePrecision, default_path, targets};
 use edgeloop::table::LatencyTable;
+use edgeloop::table::build::{TablePrecision, default_path, targets};
 use edgeloop_agent::runtime::Runtimes;
 use edgeloop_agent::{AgentConfig, LocalAgent};
 use edgeloop_space::{Arch, Space};

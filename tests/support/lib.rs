@@ -10,6 +10,7 @@ use edgeloop_agent::{AgentConfig, LocalAgent};
 use edgeloop_api::MeasureRequest;
 use edgeloop_onnx::samples::MbconvNet;
 use edgeloop_onnx::{Attr, Dim, ElemType, GraphBuilder, encode};
+use edgeloop_train::{CostLossKind, GateMode};
 use tempfile::TempDir;
 
 pub const TOKEN: &str = "test-token-0123456789";
@@ -167,8 +168,8 @@ pub fn tiny_search(strategy: edgeloop::search::Strategy, budget_ms: f64) -> edge
         epochs: 3,
         arch_lr: 1e-2,
         arch_every: 1,
-        gate_mode: "two".into(),
-        latency_loss: "add#linear".into(),
+        gate_mode: GateMode::Two,
+        latency_loss: CostLossKind::AddLinear,
         loss_a: 0.2,
         loss_b: 0.3,
         loss_lambda: 5.0,

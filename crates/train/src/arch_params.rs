@@ -6,10 +6,12 @@
 use std::str::FromStr;
 
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-/// How many paths an arch step involves per block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How many paths an arch step involves per block (stored in settings as `two`, `full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GateMode {
     /// Two sampled paths, probabilities renormalised over them; afterwards
     /// the two α are shifted so the unsampled paths' probabilities stay put.

@@ -5,6 +5,7 @@
 
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,13 +20,18 @@ pub enum CostLoss {
     Off,
 }
 
-/// Which loss, without its parameters (the `--latency-loss` flag).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which loss, without its parameters (the `--latency-loss` flag; stored
+/// in settings by the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CostLossKind {
     /// The constraint E ≤ T with a multiplier λ ≥ 0 moved by dual ascent.
+    #[serde(rename = "lagrange")]
     Lagrange,
+    #[serde(rename = "mul#log")]
     MulLog,
+    #[serde(rename = "add#linear")]
     AddLinear,
+    #[serde(rename = "off", alias = "none")]
     Off,
 }
 
@@ -55,5 +61,29 @@ impl CostLoss {
             }
         };
         ce * factor.to_device(ce.device()).to_kind(Kind::Float)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GateMode;
+
+    #[test]
+    fn settings_store_the_flag_names_and_read_old_ones() {
+        for (kind, name) in [
+            (CostLossKind::Lagrange, "lagrange"),
+            (CostLossKind::MulLog, "mul#log"),
+            (CostLossKind::AddLinear, "add#linear"),
+            (CostLossKind::Off, "off"),
+        ] {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{name}\""));
+            assert_eq!(name.parse::<CostLossKind>().unwrap(), kind);
+        }
+        // Checkpoints wrote the flag as given, and `none` was accepted.
+        assert_eq!(serde_json::from_str::<CostLossKind>("\"none\"").unwrap(), CostLossKind::Off);
+        assert!(serde_json::from_str::<CostLossKind>("\"mul\"").is_err());
+        assert_eq!(serde_json::to_string(&GateMode::Two).unwrap(), "\"two\"");
+        assert_eq!(serde_json::from_str::<GateMode>("\"full\"").unwrap(), GateMode::Full);
     }
 }

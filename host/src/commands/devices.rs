@@ -7,7 +7,10 @@ use edgeloop_api::display::device_table;
 use futures_util::future::join_all;
 use serde::Serialize;
 
+use super::flags::Auth;
 use crate::client::{AgentClient, ClientError, error_line};
+use anyhow::Context as _;
+use clap::Args;
 
 /// What one agent answered.
 #[derive(Debug)]
@@ -62,6 +65,43 @@ pub fn render_json(reports: &[DeviceReport]) -> serde_json::Result<String> {
         })
         .collect();
     Ok(serde_json::to_string_pretty(&entries)? + "\n")
+}
+
+#[derive(Args)]
+pub struct DevicesArgs {
+    /// Base URL of an agent, e.g. http://192.168.1.20:7878; repeat for several.
+    #[arg(long = "device", value_name = "URL", required = true)]
+    devices: Vec<String>,
+
+    #[command(flatten)]
+    auth: Auth,
+
+    /// Seconds to wait for each agent's answer.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    timeout_secs: u64,
+
+    /// Print a JSON array of {"url", "info"} or {"url", "error"} objects instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn execute(args: DevicesArgs) -> anyhow::Result<()> {
+    let token = args.auth.token()?;
+    let reports = query(&args.devices, token.as_deref(), Duration::from_secs(args.timeout_secs)).await;
+    let output = if args.json {
+        render_json(&reports).context("cannot encode the device list")?
+    } else {
+        render_human(&reports)
+    };
+    print!("{output}");
+    let failed = reports.iter().filter(|r| r.info.is_err()).count();
+    anyhow::ensure!(failed == 0, "{failed} of {} agents could not be queried", reports.len());
+    Ok(())
 }
 
 #[cfg(test)]

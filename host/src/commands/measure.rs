@@ -1,12 +1,17 @@
 //! `edgeloop measure`: measure one ONNX file on one agent.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use edgeloop_api::display::measurement_table;
 use edgeloop_api::{MeasureRequest, Measurement};
 
+use super::flags::Auth;
+use crate::client::DEFAULT_REQUEST_TIMEOUT;
 use crate::client::{AgentClient, UploadStatus};
+use clap::Args;
+use edgeloop_api::cli::MeasureFlags;
 
 /// Uploads the model at `model` unless the agent has it, measures it with the
 /// settings of `template`, and renders the result with [`render`].
@@ -30,6 +35,45 @@ pub fn render(upload: UploadStatus, measurement: &Measurement, json: bool) -> se
         UploadStatus::AlreadyPresent => "model already on the agent, upload skipped",
     };
     Ok(format!("{upload}\n{}", measurement_table(measurement)))
+}
+
+#[derive(Args)]
+pub struct MeasureArgs {
+    /// Base URL of the agent, e.g. http://192.168.1.20:7878
+    #[arg(long, value_name = "URL")]
+    device: String,
+
+    #[command(flatten)]
+    auth: Auth,
+
+    /// ONNX model to measure.
+    #[arg(value_name = "MODEL.onnx")]
+    model: PathBuf,
+
+    #[command(flatten)]
+    measure: MeasureFlags,
+
+    /// Seconds to wait for the result. The agent measures one model at a time,
+    /// so this includes waiting behind other hosts' measurements.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = DEFAULT_REQUEST_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    timeout_secs: u64,
+
+    /// Print the agent's measurement as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn execute(args: MeasureArgs) -> anyhow::Result<()> {
+    let client = AgentClient::new(&args.device, args.auth.token()?)?
+        .with_request_timeout(Duration::from_secs(args.timeout_secs));
+    let template = args.measure.request(String::new());
+    print!("{}", run(&client, &args.model, &template, args.json).await?);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use clap::{Args, Subcommand};
 use edgeloop_space::{Layer, Op, Space};
 
 fn hwc(s: edgeloop_space::Shape) -> String {
@@ -48,6 +49,29 @@ pub fn render(space: &Space) -> String {
     fixed_lines(&mut out, "fixed", &space.suffix_layers());
     let _ = writeln!(out, "{} distinct latency-table keys", space.all_layers().len());
     out
+}
+
+#[derive(Subcommand)]
+pub enum SpaceCommand {
+    /// Print a space's blocks, candidate ops and number of architectures.
+    Show(ShowArgs),
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    /// Preset (proxyless-mobile, proxyless-cifar, tiny) or path to a space TOML file.
+    #[arg(value_name = "NAME|FILE")]
+    space: String,
+    /// Width multiplier applied to every channel count (rounded to multiples of 8).
+    #[arg(long, value_name = "W", default_value_t = 1.0)]
+    width: f64,
+}
+
+/// `edgeloop space …`.
+pub fn execute(command: SpaceCommand) -> anyhow::Result<()> {
+    let SpaceCommand::Show(args) = command;
+    print!("{}", render(&Space::load(&args.space, args.width)?));
+    Ok(())
 }
 
 #[cfg(test)]

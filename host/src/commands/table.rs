@@ -1,213 +1,314 @@
-//! `edgeloop table build` and `edgeloop table predict` (DESIGN §7).
+//! `edgeloop table build|predict|calibrate|validate`: flags, and the
+//! rendering of what the library measured.
 
-use std::fmt::Write;
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::fmt::Write as _;
+use std::path::PathBuf;
 
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
 use edgeloop_api::MeasureRequest;
-use edgeloop_export::export::{RandomWeights, identity_model, layer_model};
-use edgeloop_export::quant::{Precision, quantized_layer_model};
-use edgeloop_onnx::encode;
-use edgeloop_space::{Layer, Shape, Space};
+use edgeloop_space::Arch;
 
-use crate::client::{AgentClient, ClientError};
-use crate::predict::Prediction;
-use crate::table::{Provenance, Row, TableError, TableWriter, Target};
+use super::flags::{Auth, SpaceArgs};
+use super::progress::Terminal;
+use crate::AgentClient;
+use crate::calibrate::Calibration;
+use crate::predict::{Prediction, Predictor, Stat};
+use crate::table::LatencyTable;
+use crate::table::build::{self, TablePrecision};
+use crate::validate;
 
-/// Folder of the default table paths, relative to the current directory.
-pub const TABLES_DIR: &str = "latency-tables";
-
-/// Measurement settings of a table row unless overridden: shorter than a
-/// whole-model measurement (there are many rows), long enough for a stable median.
-pub fn default_request() -> MeasureRequest {
-    MeasureRequest { warmup_runs: 10, min_runs: 30, min_duration_ms: 300, ..MeasureRequest::default() }
+#[derive(Subcommand)]
+pub enum TableCommand {
+    /// Measure every layer of a space on an agent into a latency table.
+    /// Resumable: rows already in the file are skipped.
+    Build(TableBuildArgs),
+    /// Predict the latency of an architecture from a latency table.
+    Predict(TablePredictArgs),
+    /// Measure random whole networks on the device and report how well the table predicts them.
+    Validate(TableValidateArgs),
+    /// Fit the predictor's correction factor on a few whole networks (held out from validation).
+    Calibrate(TableCalibrateArgs),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("cannot ask the agent at {url} what device it is")]
-    Info {
-        url: String,
-        #[source]
-        source: ClientError,
-    },
-
-    #[error("the agent at {url} has no runtime `{runtime}` (it has: {available})")]
-    NoRuntime { url: String, runtime: String, available: String },
-
-    #[error(
-        "runtime `{runtime}` of the agent at {url} does not run {precision} natively (it runs: {native}); \
-         its {precision} layers would cost what it falls back to"
-    )]
-    NotNative { url: String, runtime: String, precision: TablePrecision, native: String },
-
-    #[error("the agent at {url} measured no energy for {key}: {reason}")]
-    NoEnergy { url: String, key: String, reason: String },
-
-    #[error("cannot measure {key}")]
-    Measure {
-        key: String,
-        #[source]
-        source: ClientError,
-    },
-
-    #[error(transparent)]
-    Table(#[from] TableError),
-}
-
-/// What [`build`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildReport {
-    pub path: PathBuf,
-    /// Rows the space needs: every distinct layer plus the overhead row.
-    pub total: usize,
-    /// Rows that were in the file already.
-    pub skipped: usize,
-    /// Rows measured and appended now.
-    pub measured: usize,
-}
-
-/// The arithmetic of a table's layer rows: the precisions a runtime
-/// executes natively (sub-8-bit integer layers run on the int8 kernels).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum TablePrecision {
-    /// Float layers, as exported by `edgeloop export`.
-    Fp32,
-    /// Integer layers (QLinearConv / MatMulInteger, uint8 activations, int8 weights).
-    Int8,
-}
-
-impl TablePrecision {
-    /// The table a layer at `precision` is priced from.
-    pub fn of(precision: Precision) -> TablePrecision {
-        match precision {
-            Precision::Fp32 => TablePrecision::Fp32,
-            Precision::Int { .. } => TablePrecision::Int8,
-        }
-    }
-
-    /// As `/v1/info` lists it.
-    pub fn name(self) -> &'static str {
-        match self {
-            TablePrecision::Fp32 => "fp32",
-            TablePrecision::Int8 => "int8",
-        }
+/// `edgeloop table …`.
+pub async fn execute(command: TableCommand) -> anyhow::Result<()> {
+    match command {
+        TableCommand::Build(args) => run_build(args).await,
+        TableCommand::Predict(args) => run_predict(args),
+        TableCommand::Validate(args) => run_validate(args).await,
+        TableCommand::Calibrate(args) => run_calibrate(args).await,
     }
 }
 
-impl std::fmt::Display for TablePrecision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+#[derive(Args)]
+pub struct TableBuildArgs {
+    /// Base URL of the agent, e.g. http://192.168.1.20:7878
+    #[arg(long, value_name = "URL")]
+    device: String,
 
-/// `latency-tables/<device_id>--<runtime>--<space>.csv` (`…--int8.csv` for
-/// integer layers, `…--energy.csv` for a table with energy columns), with
-/// characters that do not belong in a file name replaced by `_`.
-pub fn default_path(device_id: &str, runtime: &str, space: &str, energy: bool, precision: TablePrecision) -> PathBuf {
-    let part = |s: &str| s.replace(|c: char| !(c.is_ascii_alphanumeric() || "._-".contains(c)), "_");
-    let int8 = if precision == TablePrecision::Int8 { "--int8" } else { "" };
-    let energy = if energy { "--energy" } else { "" };
-    let name = format!("{}--{}--{}{int8}{energy}.csv", part(device_id), part(runtime), part(space));
-    Path::new(TABLES_DIR).join(name)
-}
+    #[command(flatten)]
+    auth: Auth,
 
-/// Every row `space` needs: the overhead row first, then each distinct layer.
-pub fn targets(space: &Space) -> Vec<Target> {
-    with_overhead(Shape::input(&space.spec.input), space.all_layers())
-}
+    #[command(flatten)]
+    space: SpaceArgs,
 
-/// The overhead row of `input`, then a row per layer.
-fn with_overhead(input: Shape, layers: impl IntoIterator<Item = Layer>) -> Vec<Target> {
-    std::iter::once(Target::Overhead(input)).chain(layers.into_iter().map(Target::Layer)).collect()
-}
+    /// Inference runtime on the device.
+    #[arg(long, value_name = "NAME", default_value_t = build::default_request().runtime)]
+    runtime: String,
 
-/// The single-model ONNX of a row. Weights are seeded per model, so a row
-/// does not depend on which rows were built before it. The overhead row is
-/// the same in every precision: an int8 layer's row includes the
-/// quantization of its input and the dequantization of its output.
-fn target_model(target: &Target, precision: TablePrecision) -> Vec<u8> {
-    match (target, precision) {
-        (Target::Layer(layer), TablePrecision::Fp32) => encode(&layer_model(layer, &mut RandomWeights::new(0))),
-        (Target::Layer(layer), TablePrecision::Int8) => encode(
-            &quantized_layer_model(layer, Precision::INT8, 0).expect("a layer model reads only its own calibration"),
-        ),
-        (Target::Overhead(input), _) => encode(&identity_model(*input)),
-    }
-}
+    /// Threads the runtime may use.
+    #[arg(long, value_name = "N", default_value_t = build::default_request().threads)]
+    threads: usize,
 
-/// The rows of a network of `layers`: the overhead row of its input first.
-pub fn layer_targets(layers: &[Layer]) -> Vec<Target> {
-    with_overhead(layers[0].input, layers.iter().copied())
-}
+    /// Untimed runs before each row's timing starts.
+    #[arg(long, value_name = "N", default_value_t = build::default_request().warmup_runs)]
+    warmup: usize,
 
-/// Measures every row of `space` missing from the table at `out` (default:
-/// [`default_path`] for the agent's device) on the agent behind `client`,
-/// appending each row as soon as it is measured, with a progress bar on
-/// stderr. `template` gives the runtime, threads and run counts, and with
-/// `energy` set builds a table with energy columns; `precision` the
-/// arithmetic of the layer models.
-pub async fn build(
-    client: &AgentClient,
-    space: &Space,
-    template: &MeasureRequest,
+    /// Minimum number of timed runs per row.
+    #[arg(long, value_name = "N", default_value_t = build::default_request().min_runs)]
+    runs: usize,
+
+    /// Keep running each row until its timed runs took at least this long.
+    #[arg(long, value_name = "MS", default_value_t = build::default_request().min_duration_ms)]
+    min_duration_ms: u64,
+
+    /// Stop a row after this long even when fewer than --runs runs were done.
+    #[arg(long, value_name = "MS", default_value_t = build::default_request().max_duration_ms)]
+    max_duration_ms: u64,
+
+    /// Also measure each row's energy per inference (agent's power sensor)
+    /// into the columns energy_mj and energy_sensor. Each row then runs at least 1 s.
+    #[arg(long)]
+    energy: bool,
+
+    /// Arithmetic of the layer models: fp32, or int8 (QLinearConv / MatMulInteger;
+    /// the runtime must run int8 natively, per /v1/info), for `edgeloop quantize`.
+    #[arg(long, value_enum, default_value_t = TablePrecision::Fp32)]
     precision: TablePrecision,
-    out: Option<&Path>,
-) -> Result<BuildReport, BuildError> {
-    build_targets(client, space.name(), targets(space), template, precision, out).await
+
+    /// Table file to create or complete [default: latency-tables/<device_id>--<runtime>--<space>.csv,
+    /// with --int8 before .csv for int8 and --energy with --energy].
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
 }
 
-/// [`build`] for the rows `targets` only (of a space named `space`).
-pub async fn build_targets(
-    client: &AgentClient,
-    space: &str,
-    targets: Vec<Target>,
-    template: &MeasureRequest,
-    precision: TablePrecision,
-    out: Option<&Path>,
-) -> Result<BuildReport, BuildError> {
-    let url = client.base_url().to_string();
-    let info = client.info().await.map_err(|source| BuildError::Info { url: url.clone(), source })?;
-    let Some(runtime) = info.runtimes.iter().find(|r| r.name == template.runtime) else {
-        let available = info.runtimes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ");
-        return Err(BuildError::NoRuntime { url, runtime: template.runtime.clone(), available });
+#[derive(Args)]
+pub struct TablePredictArgs {
+    /// Latency table (CSV) of the device.
+    #[arg(long, value_name = "FILE")]
+    table: PathBuf,
+
+    #[command(flatten)]
+    space: SpaceArgs,
+
+    /// Architecture JSON ({"space", "width", "ops": [...]}).
+    #[arg(long, value_name = "A.json")]
+    arch: PathBuf,
+
+    /// Statistic of the runs to predict: min (the table's own), p50 or p90
+    /// (these need `table calibrate`).
+    #[arg(long, value_enum, default_value_t = Stat::Min)]
+    stat: Stat,
+
+    /// Print the prediction as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Measuring random whole networks against a table.
+#[derive(Args)]
+pub struct WholeNetworkArgs {
+    /// Latency table (CSV) of the device; its device, runtime and threads are used.
+    #[arg(long, value_name = "FILE")]
+    table: PathBuf,
+    /// Base URL of the agent on the table's device.
+    #[arg(long, value_name = "URL")]
+    device: String,
+    #[command(flatten)]
+    auth: Auth,
+    #[command(flatten)]
+    space: SpaceArgs,
+    /// Untimed runs per network.
+    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().warmup_runs)]
+    warmup: usize,
+    /// Timed runs per network, at least [default: as a final model's measurement].
+    #[arg(long, value_name = "N", default_value_t = MeasureRequest::default().min_runs)]
+    runs: usize,
+    /// Timed duration per network, at least, in ms.
+    #[arg(long, value_name = "MS", default_value_t = MeasureRequest::default().min_duration_ms)]
+    min_duration_ms: u64,
+}
+
+#[derive(Args)]
+pub struct TableCalibrateArgs {
+    #[command(flatten)]
+    net: WholeNetworkArgs,
+    /// Whole networks to fit on.
+    #[arg(long, value_name = "N", default_value_t = crate::calibrate::DEFAULT_SAMPLES)]
+    samples: usize,
+    /// Seed of the architecture sampler (keep it apart from validation seeds).
+    #[arg(long, value_name = "S", default_value_t = crate::calibrate::DEFAULT_SEED)]
+    seed: u64,
+}
+
+#[derive(Args)]
+pub struct TableValidateArgs {
+    #[command(flatten)]
+    net: WholeNetworkArgs,
+    /// Random architectures to measure.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    samples: usize,
+    /// Statistic of each network's runs to predict and compare: min (the
+    /// table's own), p50 or p90 (these need a calibration).
+    #[arg(long, value_enum, default_value_t = Stat::Min)]
+    stat: Stat,
+    /// Seed of the architecture sampler.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// Where validation.csv and validation.png go [default: next to the table, <table>.validation/].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the metrics as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn run_build(args: TableBuildArgs) -> anyhow::Result<()> {
+    let space = args.space.load()?;
+    let client = AgentClient::new(&args.device, args.auth.token()?)?;
+    let template = MeasureRequest {
+        runtime: args.runtime,
+        threads: args.threads,
+        warmup_runs: args.warmup,
+        min_runs: args.runs,
+        min_duration_ms: args.min_duration_ms,
+        max_duration_ms: args.max_duration_ms,
+        energy: args.energy,
+        ..build::default_request()
     };
-    if !runtime.precisions.iter().any(|p| p == precision.name()) {
-        let (runtime, native) = (runtime.name.clone(), runtime.precisions.join(", "));
-        return Err(BuildError::NotNative { url, runtime, precision, native });
-    }
-    let provenance = Provenance {
-        device_id: info.device_id.clone(),
-        runtime: runtime.name.clone(),
-        runtime_version: runtime.version.clone(),
-        threads: template.threads,
-    };
-    let path = out.map_or_else(
-        || default_path(&info.device_id, &runtime.name, space, template.energy, precision),
-        Path::to_path_buf,
+    let events = Terminal::default();
+    let report = build::build(&client, &space, &template, args.precision, args.out.as_deref(), &events).await?;
+    println!(
+        "{}: {} rows measured, {} already there, {} in all",
+        report.path.display(),
+        report.measured,
+        report.skipped,
+        report.total
     );
-    let mut writer = TableWriter::open(&path, template.energy)?;
-    writer.check_provenance(&provenance)?;
+    Ok(())
+}
 
-    let todo: Vec<Target> = targets.iter().filter(|t| !writer.table().contains(&t.key())).copied().collect();
-    let bar = crate::progress::bar(todo.len(), "rows");
-    for target in &todo {
-        let key = target.key();
-        bar.set_message(key.clone());
-        let (_, measurement) = client
-            .upload_and_measure(&target_model(target, precision), template)
-            .await
-            .map_err(|source| BuildError::Measure { key: key.clone(), source })?;
-        if template.energy && measurement.energy.is_none() {
-            let reason = measurement.energy_unavailable_reason.unwrap_or_else(|| "no reason given".into());
-            return Err(BuildError::NoEnergy { url, key, reason });
-        }
-        writer.append(Row::from_measurement(*target, &measurement, SystemTime::now()))?;
-        bar.inc(1);
+fn run_predict(args: TablePredictArgs) -> anyhow::Result<()> {
+    let space = args.space.load()?;
+    let latency = LatencyTable::load(&args.table)?;
+    let text = std::fs::read_to_string(&args.arch).with_context(|| format!("cannot read {}", args.arch.display()))?;
+    let arch = Arch::from_json(&text).with_context(|| format!("cannot read {}", args.arch.display()))?;
+    let calibration = Calibration::load_for(&args.table)?;
+    let prediction = Predictor::calibrated(&latency, calibration.as_ref(), args.stat)?.predict(&space, &arch)?;
+    print!("{}", render_prediction(&prediction, args.json)?);
+    Ok(())
+}
+
+/// What measuring whole networks against a table needs.
+struct WholeNetworkRun {
+    space: edgeloop_space::Space,
+    latency: LatencyTable,
+    client: AgentClient,
+    template: MeasureRequest,
+}
+
+impl WholeNetworkArgs {
+    /// Loads the table and checks that the agent is the table's device.
+    async fn open(&self) -> anyhow::Result<WholeNetworkRun> {
+        let space = self.space.load()?;
+        let latency = LatencyTable::load(&self.table)?;
+        let provenance =
+            latency.provenance().with_context(|| format!("latency table {} has no rows", self.table.display()))?;
+        let client = AgentClient::new(&self.device, self.auth.token()?)?;
+        let device_id = client.info().await?.device_id;
+        anyhow::ensure!(
+            device_id == provenance.device_id,
+            "the agent at {} is device {device_id}, but {} was measured on {}",
+            self.device,
+            self.table.display(),
+            provenance.device_id
+        );
+        let template = MeasureRequest {
+            runtime: provenance.runtime.clone(),
+            threads: provenance.threads,
+            warmup_runs: self.warmup,
+            min_runs: self.runs,
+            min_duration_ms: self.min_duration_ms,
+            ..MeasureRequest::default()
+        };
+        Ok(WholeNetworkRun { space, latency, client, template })
     }
-    bar.finish_and_clear();
-    Ok(BuildReport { path, total: targets.len(), skipped: targets.len() - todo.len(), measured: todo.len() })
+}
+
+impl WholeNetworkRun {
+    /// Measures `archs` as whole networks, with a progress bar.
+    async fn measure(&self, archs: &[edgeloop_space::Arch]) -> anyhow::Result<Vec<validate::NetworkMeasurement>> {
+        let bar = super::progress::bar(archs.len(), "archs");
+        let measured = validate::measure_networks(&self.client, &self.space, archs, &self.template, |m| {
+            bar.set_message(format!("last: p50 {:.3} ms, fastest {:.3} ms", m.stats.p50, m.stats.min));
+            bar.inc(1);
+        })
+        .await?;
+        bar.finish_and_clear();
+        Ok(measured)
+    }
+}
+
+async fn run_calibrate(args: TableCalibrateArgs) -> anyhow::Result<()> {
+    let run = args.net.open().await?;
+    let archs = validate::sample_archs(&run.space, args.samples, args.seed, &[]);
+    let measured = run.measure(&archs).await?;
+    let calibration = Calibration::fit(&measured, &Predictor::new(&run.latency), &run.space)?;
+    let path = calibration.save_for(&args.net.table)?;
+    let scales: Vec<String> = [Stat::Min, Stat::P50, Stat::P90]
+        .iter()
+        .map(|&stat| {
+            let margin = calibration.margin(stat).map_or(String::new(), |m| format!(", margin {:.1}%", m * 100.0));
+            format!("{stat} {:.4}{margin}", calibration.scale(stat).unwrap_or(f64::NAN))
+        })
+        .collect();
+    println!("scale {} fitted on {} archs; wrote {}", scales.join("; "), measured.len(), path.display());
+    Ok(())
+}
+
+async fn run_validate(args: TableValidateArgs) -> anyhow::Result<()> {
+    let run = args.net.open().await?;
+    let calibration = Calibration::load_for(&args.net.table)?;
+    let held_out = calibration.as_ref().map_or(&[][..], |c| &c.archs[..]);
+    let predictor = Predictor::calibrated(&run.latency, calibration.as_ref(), args.stat)?;
+    let archs = validate::sample_archs(&run.space, args.samples, args.seed, held_out);
+    let measured = run.measure(&archs).await?;
+    let samples = validate::samples(&predictor, &run.space, &measured, args.stat)?;
+    let metrics = validate::metrics(&samples);
+    let out = args.out.unwrap_or_else(|| args.net.table.with_extension("validation"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    validate::write_csv(&out.join("validation.csv"), &samples, args.stat)?;
+    validate::write_plot(&out.join("validation.png"), &samples, &metrics, run.space.name(), args.stat)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&metrics)?);
+    } else {
+        let correction = match calibration.as_ref().and_then(|c| c.scale(args.stat)) {
+            Some(scale) => format!("calibrated, scale {scale:.4}"),
+            None => "no calibration".to_string(),
+        };
+        println!(
+            "{} archs, {} ({correction}): {:.1}% within ±10%, MAPE {:.2}%, RMSE {:.4} ms, Kendall τ {:.3}\nwrote {}/validation.csv and validation.png",
+            metrics.samples,
+            args.stat,
+            metrics.within_10pct * 100.0,
+            metrics.mape,
+            metrics.rmse_ms,
+            metrics.kendall_tau,
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 /// The prediction as pretty JSON, or a table of blocks ending with the
@@ -234,49 +335,6 @@ pub fn render_prediction(prediction: &Prediction, json: bool) -> serde_json::Res
 mod tests {
     use super::*;
     use crate::predict::LayerCost;
-
-    #[test]
-    fn default_paths_are_safe_file_names() {
-        assert_eq!(
-            default_path("x86_64-intel-core-i7-1a2b3c4d", "tract", "tiny", false, TablePrecision::Fp32),
-            Path::new("latency-tables/x86_64-intel-core-i7-1a2b3c4d--tract--tiny.csv")
-        );
-        assert_eq!(
-            default_path("my phone/1", "tract", "../x", false, TablePrecision::Fp32),
-            Path::new("latency-tables/my_phone_1--tract--.._x.csv")
-        );
-        assert_eq!(
-            default_path("pi4", "tract", "tiny", true, TablePrecision::Fp32),
-            Path::new("latency-tables/pi4--tract--tiny--energy.csv")
-        );
-        assert_eq!(
-            default_path("pi4", "ort", "tiny", true, TablePrecision::Int8),
-            Path::new("latency-tables/pi4--ort--tiny--int8--energy.csv")
-        );
-    }
-
-    #[test]
-    fn targets_are_the_overhead_then_every_layer() {
-        let space = Space::load("tiny", 1.0).unwrap();
-        let targets = targets(&space);
-        assert_eq!(targets[0].key(), "Overhead-input:32x32x3");
-        assert_eq!(targets.len(), space.all_layers().len() + 1);
-        // Each row's model takes that row's input.
-        for (t, precision) in [targets[0], targets[1]]
-            .into_iter()
-            .flat_map(|t| [TablePrecision::Fp32, TablePrecision::Int8].map(|p| (t, p)))
-        {
-            let input = match t {
-                Target::Layer(layer) => layer.input,
-                Target::Overhead(input) => input,
-            };
-            let model = edgeloop_onnx::decode(&target_model(&t, precision)).unwrap();
-            let dims = &edgeloop_onnx::declared_inputs(&model).unwrap()[0].dims;
-            let expected: Vec<edgeloop_onnx::Dim> =
-                [1, input.channels, input.height, input.width].into_iter().map(Into::into).collect();
-            assert_eq!(dims, &expected, "{} {precision}", t.key());
-        }
-    }
 
     #[test]
     fn prediction_renders_blocks_then_overhead_and_total() {

@@ -11,10 +11,10 @@ use edgeloop_train::haq::layer_params;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{AgentClient, sha256_hex};
-use crate::commands::table::TablePrecision;
 use crate::predict::Predictor;
 use crate::search::{CachedMeasurement, MeasurementCache};
 use crate::table::LatencyTable;
+use crate::table::build::TablePrecision;
 
 /// The budget of a quantization search.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -36,9 +36,10 @@ pub use cost::{Constraint, PolicyCosts, TableCheck, describe, size_kb};
 pub use result::{ComparisonRow, QuantizeResult, render_summary};
 
 use crate::client::AgentClient;
-use crate::commands::table::{self as table_cmd, TablePrecision};
+use crate::events::{Event, EventSink, Events, Work};
 use crate::search::{Data, MeasurementCache, TrainedRun, load_trained};
 use crate::table::LatencyTable;
+use crate::table::build::{self as table_build, TablePrecision};
 use cost::{PolicyMeter, judged};
 use edgeloop_durable::write_atomic;
 use finetune::{FinetuneConfig, Network, accuracy, fake_quant, finetune};
@@ -95,6 +96,8 @@ pub struct QuantizeEnv {
     pub probe_request: MeasureRequest,
     /// Measurement of the final models (the ones the budget is judged on).
     pub final_request: MeasureRequest,
+    /// Where the search reports its progress.
+    pub events: Events,
 }
 
 /// One episode of the search.
@@ -154,6 +157,7 @@ struct Search<'a> {
     ranges: ActivationRanges,
     device: Device,
     finetune: FinetuneConfig,
+    events: &'a dyn EventSink,
 }
 
 impl Search<'_> {
@@ -238,15 +242,24 @@ pub async fn run(settings: QuantizeSettings, mut env: QuantizeEnv) -> anyhow::Re
         weight_decay: s.weight_decay,
         device,
     };
-    eprintln!("calibrating activation ranges on {} training images", settings.calibration_images);
+    let events = env.events.clone();
+    events.emit(Event::CalibratingRanges { images: settings.calibration_images });
     let ranges = calibrate(
         &trained.space,
         &trained.arch,
         &mut TrainedWeights::new(&trained.model.vs),
         &calibration_images(&data, settings.calibration_images),
     )?;
-    let search =
-        Search { settings: &settings, trained: &trained, layers, data, ranges, device, finetune: finetune_config };
+    let search = Search {
+        settings: &settings,
+        trained: &trained,
+        layers,
+        data,
+        ranges,
+        device,
+        finetune: finetune_config,
+        events: events.as_ref(),
+    };
 
     let with_energy = matches!(settings.constraint, Constraint::EnergyMj(_));
     env.probe_request.energy = with_energy;
@@ -292,7 +305,7 @@ fn load_or_new(out: &OutDir, settings: &QuantizeSettings, search: &Search) -> an
         let fq = fp32.fake_quant(QuantPolicy::uniform(search.layers.len(), Precision::Fp32), &search.ranges)?;
         let fp32_accuracy =
             accuracy(&fp32, &fq, &search.data, &search.data.holdout, settings.eval_images, search.device);
-        eprintln!("fp32 accuracy on {} held-out images: {:.2}%", settings.eval_images, 100.0 * fp32_accuracy);
+        search.events.emit(Event::Fp32Accuracy { images: settings.eval_images, accuracy: fp32_accuracy });
         let ddpg_state = ddpg.checkpoint_state();
         let state = QuantizeState {
             settings: settings.clone(),
@@ -313,7 +326,7 @@ fn load_or_new(out: &OutDir, settings: &QuantizeSettings, search: &Search) -> an
         serde_json::to_string(&state.settings)?
     );
     ddpg.restore(&tensors, state.ddpg.clone()).with_context(|| format!("checkpoint {}", path.display()))?;
-    eprintln!("resuming after episode {} of {}", state.episodes.len(), settings.episodes);
+    search.events.emit(Event::QuantizeResumed { after_episode: state.episodes.len(), of: settings.episodes });
     Ok((state, ddpg))
 }
 
@@ -338,19 +351,31 @@ async fn device_costs(
         runtime: search.settings.runtime.clone(),
         threads: search.settings.measure_threads,
         energy,
-        ..table_cmd::default_request()
+        ..table_build::default_request()
     };
     let mut tables = Vec::new();
     for (precision, given) in [(TablePrecision::Fp32, &env.fp32_table), (TablePrecision::Int8, &env.int8_table)] {
         let path = given.clone().unwrap_or_else(|| {
-            table_cmd::default_path(&meter.device_id, &search.settings.runtime, space.name(), energy, precision)
+            table_build::default_path(&meter.device_id, &search.settings.runtime, space.name(), energy, precision)
         });
-        let targets = table_cmd::layer_targets(&search.layers);
-        let report = table_cmd::build_targets(&env.device, space.name(), targets, &template, precision, Some(&path))
-            .await
-            .with_context(|| format!("building the {precision} table {}", path.display()))?;
+        let targets = table_build::layer_targets(&search.layers);
+        let report = table_build::build_targets(
+            &env.device,
+            space.name(),
+            targets,
+            &template,
+            precision,
+            Some(&path),
+            search.events,
+        )
+        .await
+        .with_context(|| format!("building the {precision} table {}", path.display()))?;
         if report.measured > 0 {
-            eprintln!("{precision} table {}: measured {} missing rows", path.display(), report.measured);
+            search.events.emit(Event::TableCompleted {
+                path: path.clone(),
+                precision: Some(precision.to_string()),
+                measured: report.measured,
+            });
         }
         tables.push(LatencyTable::load(&path)?);
     }
@@ -381,9 +406,10 @@ async fn device_costs(
     costs.fit(&state.table_checks);
     let unit = search.settings.constraint.unit();
     for c in &state.table_checks {
-        eprintln!("table check [{}]: tables {:.4} {unit}, measured {:.4} {unit}", c.policy, c.table_sum, c.measured);
+        let (policy, tables, measured) = (c.policy.clone(), c.table_sum, c.measured);
+        search.events.emit(Event::TableCheck { policy, tables, measured, unit });
     }
-    eprintln!("the tables' layer sums are corrected by a factor {:.3} fitted on those", costs.scale());
+    search.events.emit(Event::TableScale { factor: costs.scale() });
     Ok(costs)
 }
 
@@ -396,8 +422,7 @@ async fn run_episodes(
 ) -> anyhow::Result<()> {
     let settings = search.settings;
     let states = StepStates::new(&search.layers);
-    let bar = crate::progress::bar(settings.episodes, "episodes");
-    bar.set_position(state.episodes.len() as u64);
+    let work = Work::start(search.events, "episodes", settings.episodes as u64, state.episodes.len() as u64);
     for episode in state.episodes.len()..settings.episodes {
         let started = Instant::now();
         let (mut observed, mut actions, mut prev) = (Vec::new(), Vec::new(), 0.0);
@@ -434,23 +459,20 @@ async fn run_episodes(
             reward,
             seconds: started.elapsed().as_secs_f64(),
         };
-        bar.set_message(format!("acc {:.1}% reward {:+.4} [{}]", 100.0 * acc, reward, describe(&e.policy)));
-        bar.suspend(|| {
-            eprintln!(
-                "episode {}: {} {}, accuracy {:.2}%, reward {:+.4}",
-                episode + 1,
-                if budget_met { "fits" } else { "OVER budget" },
-                describe(&e.policy),
-                100.0 * acc,
-                reward
-            )
+        let policy = describe(&e.policy);
+        search.events.emit(Event::Episode {
+            episode: episode + 1,
+            fits: budget_met,
+            policy: policy.clone(),
+            accuracy: acc,
+            reward,
         });
         state.episodes.push(e);
         save(out, state, ddpg)?;
         write_episodes(&out.episodes(), &state.episodes, settings.constraint)?;
-        bar.inc(1);
+        work.advance(Some(format!("acc {:.1}% reward {:+.4} [{policy}]", 100.0 * acc, reward)));
     }
-    bar.finish_and_clear();
+    drop(work);
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use super::cost::{Constraint, PolicyMeter, TableCheck, describe, size_kb};
 use super::finetune::accuracy;
 use super::{QuantizeEnv, QuantizeState, Search, chosen};
 use crate::client::sha256_hex;
+use crate::events::Event;
 use edgeloop_durable::{write_atomic, write_json};
 
 /// One model of the comparison, measured on the device.
@@ -101,7 +102,7 @@ pub(super) async fn finish(
         ("int8", QuantPolicy::uniform(n, Precision::INT8)),
         ("searched", best.policy.clone()),
     ] {
-        eprintln!("final model `{name}` [{}]: fine-tuning, testing, measuring", describe(&policy));
+        search.events.emit(Event::QuantizedFinalModel { name: name.to_string(), policy: describe(&policy) });
         let (network, fq) =
             search.tuned(&policy, &search.data.full_train, settings.final_steps, settings.seed ^ 0xF1A1)?;
         let test_accuracy = accuracy(&network, &fq, &search.data, &search.data.test, usize::MAX, search.device);

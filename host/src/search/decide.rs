@@ -20,6 +20,7 @@ use super::state::SearchModel;
 use super::strategy::{Context, measure_archs, remeasure_arch};
 use super::{Decision, DevicePool, holdout_accuracy};
 use crate::calibrate::MIN_MARGIN;
+use crate::events::Event;
 
 /// Derivations per round at most: each one measures its candidates and,
 /// when none meets the budget, grows the margin.
@@ -91,12 +92,11 @@ async fn fastest(ctx: &Context<'_>, pool: &mut DevicePool, m: &SearchModel) -> a
         ctx.budget.measured(&measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&arch)).await?[0]);
     if !ctx.budget.met_by(measured) {
         let again = ctx.budget.measured(&remeasure_arch(ctx, pool, &m.model.vs, &arch).await?);
-        eprintln!(
-            "the space's fastest architecture measured {} over the {}; measured again: {}",
-            ctx.budget.show(measured),
-            ctx.budget.describe(),
-            ctx.budget.show(again)
-        );
+        ctx.events().emit(Event::FastestRemeasured {
+            first: ctx.budget.show(measured),
+            budget: ctx.budget.describe(),
+            again: ctx.budget.show(again),
+        });
         measured = again;
     }
     if !ctx.budget.met_by(measured) {
@@ -119,11 +119,7 @@ async fn fastest(ctx: &Context<'_>, pool: &mut DevicePool, m: &SearchModel) -> a
 /// architecture misses on the device.
 pub async fn check_feasible(ctx: &Context<'_>, pool: &mut DevicePool, m: &SearchModel) -> anyhow::Result<()> {
     let (_, measured) = fastest(ctx, pool, m).await?;
-    eprintln!(
-        "the space's fastest architecture by the table measured {}: the {} is feasible",
-        ctx.budget.show(measured),
-        ctx.budget.describe()
-    );
+    ctx.events().emit(Event::Feasible { measured: ctx.budget.show(measured), budget: ctx.budget.describe() });
     Ok(())
 }
 
@@ -224,20 +220,19 @@ pub async fn decide(
                 budget.show(chosen.predicted),
                 budget.show(chosen.measured)
             );
-            eprintln!("{reason}");
+            ctx.events().emit(Event::Decided { reason: reason.clone() });
             let arch = arch.clone();
             write_archs_csv(ctx, pool, m, &candidates, &arch)?;
             return Ok(decision(arch, reason, margin, candidates));
         }
         let observed: Vec<(f64, f64)> = round.iter().map(|c| (c.predicted, c.measured)).collect();
         let grown = grow_margin(margin, &observed);
-        eprintln!(
-            "none of {} derived candidates measured within the {} (margin {:.1}%); deriving again with {:.1}%",
-            round.len(),
-            budget.describe(),
-            margin * 100.0,
-            grown * 100.0
-        );
+        ctx.events().emit(Event::Rederiving {
+            candidates: round.len(),
+            budget: budget.describe(),
+            margin,
+            next_margin: grown,
+        });
         margin = grown;
     }
     let reason = format!(
@@ -247,7 +242,7 @@ pub async fn decide(
         margin * 100.0,
         budget.show(fastest_measured)
     );
-    eprintln!("{reason}");
+    ctx.events().emit(Event::Decided { reason: reason.clone() });
     write_archs_csv(ctx, pool, m, &candidates, &fastest_arch)?;
     Ok(decision(fastest_arch, reason, margin, candidates))
 }

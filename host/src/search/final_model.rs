@@ -23,6 +23,7 @@ use tch::nn::VarStore;
 use super::result::Predictors;
 use super::state::{self, Trainable};
 use super::{Budget, Data, Decision, DevicePool, FinalSettings, RunDir, hygiene};
+use crate::events::{Event, EventSink, Work};
 use crate::predict::Metric;
 use edgeloop_durable::{write_atomic, write_json};
 
@@ -36,6 +37,7 @@ pub struct FinalContext<'a> {
     /// The budget the model is judged on, if there is one.
     pub budget: Option<Budget>,
     pub final_request: &'a MeasureRequest,
+    pub events: &'a dyn EventSink,
 }
 
 /// Mean of what was added.
@@ -68,7 +70,7 @@ pub fn train(ctx: &FinalContext<'_>, decision: &Decision) -> anyhow::Result<(Var
     for epoch in st.epochs_done..recipe.final_epochs {
         let shuffle = Some(recipe.seed.wrapping_add(1_000 + epoch as u64));
         let loader = ctx.data.loader(split, recipe.batch_size, shuffle, true);
-        let bar = crate::progress::bar(batches as usize, "steps");
+        let work = Work::start(ctx.events, "steps", batches, 0);
         let mut loss = Mean::default();
         for batch in loader {
             let (x, y) = batch_tensors(&batch, ctx.data.shape, ctx.device);
@@ -77,13 +79,12 @@ pub fn train(ctx: &FinalContext<'_>, decision: &Decision) -> anyhow::Result<(Var
             anyhow::ensure!(l.is_finite(), "final training diverged (loss {l}); lower --lr");
             loss.add(l);
             st.weight_steps += 1;
-            bar.set_message(format!("final epoch {}: loss {:.3}", epoch + 1, loss.get()));
-            bar.inc(1);
+            work.advance(Some(format!("final epoch {}: loss {:.3}", epoch + 1, loss.get())));
         }
-        bar.finish_and_clear();
+        drop(work);
         st.epochs_done = epoch + 1;
         state::save_final(&path, &model, &st)?;
-        eprintln!("final epoch {}/{}: loss {:.3}", epoch + 1, recipe.final_epochs, loss.get());
+        ctx.events.emit(Event::FinalEpoch { epoch: epoch + 1, of: recipe.final_epochs, loss: loss.get() });
     }
     let Trainable { vs, net, .. } = model;
     let acc =
@@ -143,7 +144,7 @@ pub async fn measure(
     let bytes = export_arch(vs, ctx.space, &arch)?;
     write_atomic(&dir.model(), &bytes).with_context(|| format!("writing {}", dir.model().display()))?;
     let (client, _) = pool.primary();
-    eprintln!("measuring {} on {}", dir.model().display(), client.base_url());
+    ctx.events.emit(Event::MeasuringModel { model: dir.model(), url: client.base_url().to_string() });
     // The profile's runs come after the timed ones: the latency figures are as without it.
     let request = MeasureRequest { profile_ops: true, ..ctx.final_request.clone() };
     let expected_min = predictors.fastest.predict(ctx.space, &arch)?.total_ms;

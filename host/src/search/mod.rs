@@ -53,6 +53,7 @@ pub use state::{Trainable, TrainedRun, load_trained};
 
 use crate::calibrate::{self, Calibration};
 use crate::client::AgentClient;
+use crate::events::{Event, EventSink, Events, Work};
 use crate::predict::{Metric, Predictor, Stat};
 use crate::table::LatencyTable;
 
@@ -124,8 +125,8 @@ pub struct SearchSettings {
     pub epochs: usize,
     pub arch_lr: f64,
     pub arch_every: usize,
-    pub gate_mode: String,
-    pub latency_loss: String,
+    pub gate_mode: GateMode,
+    pub latency_loss: CostLossKind,
     pub loss_a: f64,
     pub loss_b: f64,
     pub loss_lambda: f64,
@@ -173,31 +174,23 @@ pub const DEFAULT_ROUNDS: usize = 3;
 pub const ENERGY_MARGIN: f64 = 0.05;
 
 impl SearchSettings {
-    pub fn cost_loss_kind(&self) -> anyhow::Result<CostLossKind> {
-        self.latency_loss.parse().map_err(anyhow::Error::msg)
-    }
-
     /// The cost term of a gradient arch step with multiplier `lambda`
     /// (used by `lagrange` only).
-    pub fn cost_loss(&self, lambda: f64) -> anyhow::Result<CostLoss> {
-        Ok(match self.cost_loss_kind()? {
+    pub fn cost_loss(&self, lambda: f64) -> CostLoss {
+        match self.latency_loss {
             CostLossKind::Lagrange => CostLoss::AddLinear { lambda },
             CostLossKind::MulLog => CostLoss::MulLog { a: self.loss_a, b: self.loss_b },
             CostLossKind::AddLinear => CostLoss::AddLinear { lambda: self.loss_lambda },
             CostLossKind::Off => CostLoss::Off,
-        })
+        }
     }
 
     /// Whether the budget is a constraint with a multiplier in this search.
     pub fn uses_multiplier(&self) -> bool {
         match self.strategy {
-            Strategy::Gradient => matches!(self.cost_loss_kind(), Ok(CostLossKind::Lagrange)),
+            Strategy::Gradient => self.latency_loss == CostLossKind::Lagrange,
             Strategy::Reinforce => self.reward == RewardKind::Lagrange,
         }
-    }
-
-    pub fn gate_mode(&self) -> anyhow::Result<GateMode> {
-        self.gate_mode.parse().map_err(anyhow::Error::msg)
     }
 
     /// The constraint; [`SearchSettings::check`] makes sure there is exactly one.
@@ -238,8 +231,6 @@ impl SearchSettings {
         ensure!(self.max_rounds > 0, "--max-rounds must be at least 1");
         ensure!(self.lambda_lr >= 0.0 && self.lambda_lr.is_finite(), "--lambda-lr must be 0 or more");
         ensure!((0.0..1.0).contains(&self.baseline_decay), "--baseline-decay must be in [0, 1)");
-        self.cost_loss_kind()?;
-        self.gate_mode()?;
         Ok(())
     }
 }
@@ -311,6 +302,8 @@ pub struct SearchEnv {
     pub probe_request: MeasureRequest,
     /// Measurement of the final model (the one the budget is judged on).
     pub final_request: MeasureRequest,
+    /// Where the search reports its progress.
+    pub events: Events,
 }
 
 /// What training needs of the data: splits on the CPU, normalisation, shape.
@@ -378,15 +371,16 @@ pub async fn device_table(
     runtime: &str,
     threads: usize,
     energy: bool,
+    events: &dyn EventSink,
 ) -> anyhow::Result<PathBuf> {
-    use crate::commands::table as table_cmd;
+    use crate::table::build as table_build;
     let (client, info) = pool.primary();
-    let template = MeasureRequest { runtime: runtime.to_string(), threads, energy, ..table_cmd::default_request() };
-    let fp32 = table_cmd::TablePrecision::Fp32;
-    let path = table_cmd::default_path(&info.device_id, runtime, space.name(), energy, fp32);
-    let report = table_cmd::build(client, space, &template, fp32, Some(&path)).await?;
+    let template = MeasureRequest { runtime: runtime.to_string(), threads, energy, ..table_build::default_request() };
+    let fp32 = table_build::TablePrecision::Fp32;
+    let path = table_build::default_path(&info.device_id, runtime, space.name(), energy, fp32);
+    let report = table_build::build(client, space, &template, fp32, Some(&path), events).await?;
     if report.measured > 0 {
-        eprintln!("latency table {}: measured {} missing rows", path.display(), report.measured);
+        events.emit(Event::TableCompleted { path: path.clone(), precision: None, measured: report.measured });
     }
     Ok(path)
 }
@@ -400,6 +394,7 @@ pub async fn calibrated_table(
     path: &std::path::Path,
     stat: Stat,
     judged: &MeasureRequest,
+    events: &dyn EventSink,
 ) -> anyhow::Result<(LatencyTable, Calibration)> {
     let table = LatencyTable::load(path)?;
     if let Some(calibration) = Calibration::load_for(path)?.filter(|c| c.covers(stat)) {
@@ -407,18 +402,13 @@ pub async fn calibrated_table(
     }
     let (client, _) = pool.primary();
     let template = calibrate::network_request(&table, judged)?;
-    eprintln!(
-        "latency table {} has no calibration for {stat}: measuring {} whole networks to fit one",
-        path.display(),
-        calibrate::DEFAULT_SAMPLES
-    );
-    let bar = crate::progress::bar(calibrate::DEFAULT_SAMPLES, "networks");
+    let networks = calibrate::DEFAULT_SAMPLES;
+    events.emit(Event::Calibrating { table: path.to_path_buf(), stat, networks });
+    let work = Work::start(events, "networks", networks as u64, 0);
     let calibration =
-        calibrate::run(client, space, &table, &template, calibrate::DEFAULT_SAMPLES, calibrate::DEFAULT_SEED, |_| {
-            bar.inc(1)
-        })
-        .await?;
-    bar.finish_and_clear();
+        calibrate::run(client, space, &table, &template, networks, calibrate::DEFAULT_SEED, |_| work.advance(None))
+            .await?;
+    drop(work);
     Ok((table, calibration))
 }
 
@@ -435,17 +425,19 @@ pub async fn run(settings: SearchSettings, mut env: SearchEnv) -> anyhow::Result
     let space = Space::load(&settings.space, settings.width)?;
     let device = env.device_kind.resolve()?;
     edgeloop_train::device::keep_freed_memory();
-    eprintln!("training on {}", edgeloop_train::device::describe(device));
+    let events = env.events.as_ref();
+    events.emit(Event::TrainingOn { device: edgeloop_train::device::describe(device) });
 
     let cache = MeasurementCache::open(&dir.measurements())?;
     let mut pool = DevicePool::connect(env.devices.clone(), cache).await?;
     let table_path = match &env.table {
         Some(path) => path.clone(),
-        None => device_table(&pool, &space, &settings.runtime, settings.measure_threads, with_energy).await?,
+        None => device_table(&pool, &space, &settings.runtime, settings.measure_threads, with_energy, events).await?,
     };
     // Energy tables carry latency too; their latency is calibrated like any.
     let judged_stat = if with_energy { Stat::P50 } else { budget.stat };
-    let (table, calibration) = calibrated_table(&pool, &space, &table_path, judged_stat, &env.final_request).await?;
+    let (table, calibration) =
+        calibrated_table(&pool, &space, &table_path, judged_stat, &env.final_request, events).await?;
     pool.set_spread(hygiene::typical_spread(&table));
     let latency = Predictor::calibrated(&table, Some(&calibration), judged_stat)?;
     let energy = with_energy.then(|| Predictor::energy(&table)).transpose()?;
@@ -461,13 +453,12 @@ pub async fn run(settings: SearchSettings, mut env: SearchEnv) -> anyhow::Result
     };
 
     let data = Data::load(&settings.recipe, &space)?;
-    eprintln!(
-        "dataset {}: {} train, {} held out for the architecture, {} test",
-        settings.recipe.dataset,
-        data.train.len(),
-        data.holdout.len(),
-        data.test.len()
-    );
+    events.emit(Event::Dataset {
+        spec: settings.recipe.dataset.clone(),
+        train: data.train.len(),
+        holdout: data.holdout.len(),
+        test: data.test.len(),
+    });
 
     let ctx = strategy::Context {
         settings: &settings,
@@ -498,6 +489,7 @@ pub async fn run(settings: SearchSettings, mut env: SearchEnv) -> anyhow::Result
             dir: &dir,
             budget: Some(budget),
             final_request: &env.final_request,
+            events,
         };
         let started = Instant::now();
         let (vs, test_accuracy) = final_model::train(&final_ctx, &decision)?;
@@ -515,13 +507,12 @@ pub async fn run(settings: SearchSettings, mut env: SearchEnv) -> anyhow::Result
             measured: outcome.judged,
             margin: decision.margin,
         };
-        eprintln!(
-            "round {}: the final model measured {} against a predicted {}, over the {}; deriving again with a larger margin",
-            decision.round + 1,
-            budget.show(miss.measured),
-            budget.show(miss.predicted),
-            budget.describe()
-        );
+        events.emit(Event::RoundMissed {
+            round: decision.round + 1,
+            measured: budget.show(miss.measured),
+            predicted: budget.show(miss.predicted),
+            budget: budget.describe(),
+        });
         misses.push(miss);
     }
 }

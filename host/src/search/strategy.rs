@@ -22,6 +22,7 @@ use super::state::{self, SearchModel, SearchState};
 use super::{
     Budget, CachedMeasurement, Data, Decision, DevicePool, RewardKind, SearchEnv, SearchSettings, Strategy, epoch_rng,
 };
+use crate::events::{Event, EventSink, Work};
 use crate::predict::Metric;
 
 pub struct Context<'a> {
@@ -50,6 +51,11 @@ impl Context<'_> {
             (Metric::Energy, Some(costs)) => costs,
             _ => &self.latency_costs,
         }
+    }
+
+    /// Where the search reports its progress.
+    pub fn events(&self) -> &dyn EventSink {
+        self.env.events.as_ref()
     }
 
     /// The candidate index of each block of `arch`, if it is of this space.
@@ -123,28 +129,17 @@ pub async fn search(ctx: &Context<'_>, pool: &mut DevicePool, misses: &[Miss]) -
         .with_context(|| format!("opening {}", ctx.dir.search_csv().display()))?;
     let total_epochs = s.warmup_epochs + s.epochs;
     if st.epochs_done > 0 && st.epochs_done < total_epochs {
-        eprintln!("resuming the search after epoch {} of {total_epochs}", st.epochs_done);
+        ctx.events().emit(Event::SearchResumed { after_epoch: st.epochs_done, of: total_epochs });
     }
     for epoch in st.epochs_done..total_epochs {
         let row = epoch_of_search(ctx, pool, &mut model, &mut st, epoch).await?;
-        let energy = if ctx.energy_costs.is_some() {
-            format!(", E[energy] {:.3} mJ, measured {:.3} mJ", row.expected_energy_mj, row.argmax_measured_mj)
-        } else {
-            String::new()
-        };
-        let lambda = if s.uses_multiplier() { format!(", λ {:.3}", row.lambda) } else { String::new() };
-        eprintln!(
-            "epoch {}/{total_epochs} ({}): loss {:.3}, valid acc {:.3}, E[lat] {:.3} ms (E/T {:.2}{lambda}), argmax {} measured {:.3} ms{energy}",
-            epoch + 1,
-            row.phase,
-            row.train_loss,
-            row.valid_acc,
-            row.expected_latency_ms,
-            row.expected_cost_ratio,
-            &row.argmax_arch[..12],
-            row.argmax_measured_ms
-        );
         append_row(&mut csv, &row).with_context(|| format!("writing {}", ctx.dir.search_csv().display()))?;
+        ctx.events().emit(Event::SearchEpoch {
+            row,
+            of: total_epochs,
+            energy: ctx.energy_costs.is_some(),
+            multiplier: s.uses_multiplier(),
+        });
         st.epochs_done = epoch + 1;
         model.save(&ctx.dir.checkpoint(), &mut st)?;
     }
@@ -174,10 +169,10 @@ async fn epoch_of_search(
     let batches_per_epoch = BatchLoader::batches(ctx.data.train.len(), s.recipe.batch_size, false) as u64;
     let total_steps = batches_per_epoch * (s.warmup_epochs + s.epochs) as u64;
     let multiplier = s.uses_multiplier();
-    let gate_mode = s.gate_mode()?;
+    let gate_mode = s.gate_mode;
     let loader =
         ctx.data.loader(&ctx.data.train, s.recipe.batch_size, Some(s.recipe.seed.wrapping_add(epoch as u64)), true);
-    let bar = crate::progress::bar(batches_per_epoch as usize, "steps");
+    let work = Work::start(ctx.events(), "steps", batches_per_epoch, 0);
     let (mut train_loss, mut arch_ce, mut arch_loss, mut reward) =
         (Means::default(), Means::default(), Means::default(), Means::default());
     let mut lr = s.recipe.lr;
@@ -202,7 +197,7 @@ async fn epoch_of_search(
                     // The constraint aims under the margin; the penalties take T as ProxylessNAS does.
                     let target = if multiplier { ctx.target() } else { ctx.budget.limit };
                     let objective =
-                        CostObjective { costs: ctx.budget_costs().clone(), loss: s.cost_loss(st.lambda)?, target };
+                        CostObjective { costs: ctx.budget_costs().clone(), loss: s.cost_loss(st.lambda), target };
                     let (grads, step) = arch_gradient(&m.model.net, &m.alpha, &gates, &hx, &hy, Some(&objective));
                     update_alpha(&m.alpha, &mut m.adam, &grads, Some((&gates, gate_mode)));
                     if multiplier {
@@ -217,10 +212,9 @@ async fn epoch_of_search(
                 }
             }
         }
-        bar.set_message(format!("epoch {}: loss {:.3}", epoch + 1, train_loss.mean()));
-        bar.inc(1);
+        work.advance(Some(format!("epoch {}: loss {:.3}", epoch + 1, train_loss.mean())));
     }
-    bar.finish_and_clear();
+    drop(work);
     let argmax = m.alpha.argmax();
     let arch = m.model.net.arch(&argmax);
     let measured = measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&arch)).await?.remove(0);

@@ -23,6 +23,8 @@ use edgeloop_durable::{LineLog, LogError, complete_lines};
 use edgeloop_space::{Layer, LayerKind, Shape};
 use serde::{Deserialize, Serialize};
 
+pub mod build;
+
 /// The CSV header, in order.
 pub const COLUMNS: [&str; 20] = [
     "key",
