@@ -226,9 +226,9 @@ async fn a_slow_cached_reading_of_the_fastest_arch_is_measured_again_before_a_re
     std::fs::create_dir_all(&out).unwrap();
     let fastest = cheapest_arch(&LatencyTable::load(&table_path).unwrap(), &calibration);
     let slow = 1000.0 * budget;
-    let mut cache = search::MeasurementCache::open(&out.join("measurements.jsonl")).unwrap();
+    let mut cache = edgeloop::cache::MeasurementCache::open(&out.join("measurements.jsonl")).unwrap();
     cache
-        .insert(search::CachedMeasurement {
+        .insert(edgeloop::cache::CachedMeasurement {
             device_id: agent.agent.device_id().to_string(),
             arch_hash: fastest.hash(),
             ops: fastest.ops.iter().map(ToString::to_string).collect(),
@@ -254,7 +254,7 @@ async fn a_slow_cached_reading_of_the_fastest_arch_is_measured_again_before_a_re
     assert_eq!(remeasured.len(), 1, "{remeasured:?}");
     assert!(fresh <= budget, "the verdict used the stale reading: {fresh} ms > {budget} ms");
     assert_eq!(result.budget_met, Some(true), "{result:?}");
-    let cache = search::MeasurementCache::open(&out.join("measurements.jsonl")).unwrap();
+    let cache = edgeloop::cache::MeasurementCache::open(&out.join("measurements.jsonl")).unwrap();
     let kept = cache.get(&[agent.agent.device_id().to_string()], &fastest.hash(), false).unwrap();
     assert_eq!(kept.p50_ms, fresh, "the fresh reading replaces the stale one");
 }

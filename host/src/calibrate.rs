@@ -93,8 +93,9 @@ pub fn path_for(table: &Path) -> PathBuf {
     table.with_extension("calibration.json")
 }
 
-/// Least squares through the origin: the k minimising Σ (y − k·x)².
-fn fit_through_origin(points: impl Iterator<Item = (f64, f64)>) -> Option<f64> {
+/// Least squares through the origin: the k minimising Σ (y − k·x)²
+/// (none without a point off x = 0).
+pub fn fit_through_origin(points: impl Iterator<Item = (f64, f64)>) -> Option<f64> {
     let (xy, xx) = points.fold((0.0, 0.0), |(xy, xx), (x, y)| (xy + x * y, xx + x * x));
     (xx > 0.0).then(|| xy / xx)
 }

@@ -56,6 +56,10 @@ pub enum ClientError {
         #[source]
         source: serde_json::Error,
     },
+
+    /// A measurement asked for energy came back without it.
+    #[error("the agent at {url} measured no energy: {reason}")]
+    NoEnergy { url: String, reason: String },
 }
 
 /// Retries of requests that could not connect, or that a busy agent asked
@@ -216,6 +220,17 @@ impl AgentClient {
     pub async fn measure(&self, request: &MeasureRequest) -> Result<Measurement, ClientError> {
         let response = self.send(Method::POST, &["measure"], |r| r.json(request)).await?;
         decode(checked(response).await?).await
+    }
+
+    /// Fails with [`ClientError::NoEnergy`] (naming the agent's reason) when
+    /// `request` asked for energy and `measurement` has none: a job whose
+    /// budget or table is energy must not go on with latency alone.
+    pub fn require_energy(&self, request: &MeasureRequest, measurement: &Measurement) -> Result<(), ClientError> {
+        if request.energy && measurement.energy.is_none() {
+            let reason = measurement.energy_unavailable_reason.clone().unwrap_or_else(|| "no reason given".into());
+            return Err(ClientError::NoEnergy { url: self.base.to_string(), reason });
+        }
+        Ok(())
     }
 
     /// Uploads `model` if needed, then measures it with the settings of

@@ -2,15 +2,17 @@
 //! measurements. The `edgeloop` binary is a thin command line over this crate.
 
 pub mod baseline;
+pub mod cache;
 pub mod calibrate;
 pub mod client;
 pub mod commands;
+pub mod dataset;
 pub mod events;
 pub mod plot;
 pub mod predict;
 pub mod quantize;
 pub mod report;
-pub mod run_lock;
+pub mod resume;
 pub mod search;
 pub mod table;
 pub mod train;

@@ -12,14 +12,14 @@ use edgeloop_api::MeasureRequest;
 use edgeloop_space::{Arch, Space};
 use edgeloop_train::DeviceKind;
 
+use crate::cache::MeasurementCache;
 use crate::client::AgentClient;
 use crate::events::{Event, Events};
 use crate::predict::{Metric, Predictor, Stat};
 use crate::search::final_model::{self, FinalContext};
 use crate::search::result::{Predictors, RunKind, Timings};
 use crate::search::{
-    Budget, Data, Decision, DevicePool, FinalSettings, MeasurementCache, RunDir, SearchResult, calibrated_table,
-    device_table,
+    Budget, Decision, DevicePool, FinalSettings, RunDir, SearchResult, calibrated_table, device_table,
 };
 
 /// Where a fixed architecture is trained and measured.
@@ -49,7 +49,7 @@ pub async fn run(
     arch.validate(&space).with_context(|| format!("architecture for {} at width {}", space.name(), space.width))?;
     anyhow::ensure!(stat != Stat::Min, "a budget is judged on p50 or p90, not on the fastest run");
     let dir = RunDir::new(&env.out);
-    let _lock = crate::run_lock::open(&dir.root, env.resume, &[dir.final_checkpoint()], "training")?;
+    let _lock = crate::resume::open_run_dir(&dir.root, env.resume, &[dir.final_checkpoint()], "training")?;
     let device = env.device_kind.resolve()?;
     edgeloop_train::device::keep_freed_memory();
     let events = env.events.as_ref();
@@ -66,7 +66,7 @@ pub async fn run(
         energy: None,
         fastest: Predictor::calibrated(&table, Some(&calibration), Stat::Min)?,
     };
-    let data = Data::load(&settings.recipe, &space)?;
+    let data = settings.recipe.data(&space)?;
     let budget = budget_ms.map(|limit| Budget { metric: Metric::Latency, limit, stat });
     let decision = Decision {
         derived: arch.clone(),

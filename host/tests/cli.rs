@@ -1,40 +1,38 @@
 //! The `edgeloop` binary against a real agent on a loopback port.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use edgeloop_agent::runtime::Runtimes;
-use edgeloop_agent::{AgentConfig, LocalAgent};
 use edgeloop_api::{DeviceInfo, Measurement};
 use edgeloop_onnx::samples::MbconvNet;
 
-const TOKEN: &str = "cli-test-token";
+use crate::support::AgentDir;
 
-struct Setup {
-    agent: LocalAgent,
-    dir: tempfile::TempDir,
-}
+/// An agent, its token file and a model (`model.onnx`) in one folder.
+struct Setup(AgentDir);
 
 impl Setup {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = AgentConfig::new(dir.path().join("cache"));
-        config.token = Some(TOKEN.into());
-        let runtimes = Runtimes::detect(&config.runtimes);
-        let agent = LocalAgent::start(config, runtimes).unwrap();
-        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
-        std::fs::write(dir.path().join("model.onnx"), edgeloop_onnx::encode(&MbconvNet::small().to_model())).unwrap();
-        Setup { agent, dir }
+        let s = AgentDir::start();
+        std::fs::write(s.dir.path().join("model.onnx"), edgeloop_onnx::encode(&MbconvNet::small().to_model())).unwrap();
+        Setup(s)
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.0.dir.path().join(name)
+    }
+}
+
+impl std::ops::Deref for Setup {
+    type Target = AgentDir;
+    fn deref(&self) -> &AgentDir {
+        &self.0
     }
 }
 
 fn edgeloop(args: &[&str], token_file: Option<&Path>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeloop"));
-    cmd.args(args).env_remove("EDGELOOP_TOKEN");
+    let mut cmd = crate::support::edgeloop();
+    cmd.args(args);
     if let Some(f) = token_file {
         cmd.arg("--token-file").arg(f);
     }

@@ -10,9 +10,10 @@ use edgeloop_space::{Arch, Layer, Space};
 use edgeloop_train::haq::layer_params;
 use serde::{Deserialize, Serialize};
 
+use crate::cache::{CachedMeasurement, MeasurementCache};
 use crate::client::{AgentClient, sha256_hex};
-use crate::predict::Predictor;
-use crate::search::{CachedMeasurement, MeasurementCache};
+use crate::predict::{Metric, Predictor, Stat};
+use crate::search::Budget;
 use crate::table::LatencyTable;
 use crate::table::build::TablePrecision;
 
@@ -52,9 +53,25 @@ impl Constraint {
         }
     }
 
+    /// The budget a device measurement is judged against (p50 latency, or
+    /// energy); none for a size budget, which is computed from the policy.
+    pub fn device_budget(self) -> Option<Budget> {
+        let budget = |metric, limit| Budget { metric, limit, stat: Stat::P50 };
+        match self {
+            Constraint::LatencyMs(limit) => Some(budget(Metric::Latency, limit)),
+            Constraint::EnergyMj(limit) => Some(budget(Metric::Energy, limit)),
+            Constraint::SizeKb(_) => None,
+        }
+    }
+
     /// Judged on a device measurement (not computed from the policy).
     pub fn on_device(self) -> bool {
-        !matches!(self, Constraint::SizeKb(_))
+        self.device_budget().is_some()
+    }
+
+    /// The figure of a device measurement this constraint judges.
+    pub fn measured(self, m: &CachedMeasurement) -> f64 {
+        self.device_budget().map_or(f64::NAN, |b| b.measured(m))
     }
 }
 
@@ -133,12 +150,9 @@ impl PolicyCosts {
     /// Fits k by least squares through the origin on `checks` (layer sum
     /// against measured − overhead); unchanged without usable checks.
     pub fn fit(&mut self, checks: &[TableCheck]) {
-        let (xy, xx) = checks.iter().fold((0.0, 0.0), |(xy, xx), c| {
-            let (x, y) = (c.table_sum - self.overhead, c.measured - self.overhead);
-            (xy + x * y, xx + x * x)
-        });
-        if xx > 0.0 && xy > 0.0 {
-            self.scale = xy / xx;
+        let points = checks.iter().map(|c| (c.table_sum - self.overhead, c.measured - self.overhead));
+        if let Some(k) = crate::calibrate::fit_through_origin(points).filter(|k| *k > 0.0) {
+            self.scale = k;
         }
     }
 }
@@ -199,10 +213,7 @@ impl PolicyMeter {
             .upload_and_measure(&model()?, &self.request)
             .await
             .with_context(|| format!("measuring policy [{}] on {url}", describe(policy)))?;
-        if self.request.energy && m.energy.is_none() {
-            let reason = m.energy_unavailable_reason.unwrap_or_else(|| "no reason given".into());
-            anyhow::bail!("the agent at {url} measured no energy: {reason}");
-        }
+        self.client.require_energy(&self.request, &m)?;
         let entry = CachedMeasurement {
             device_id: self.device_id.clone(),
             ..CachedMeasurement::new(key, vec![describe(policy)], &m)
@@ -210,14 +221,6 @@ impl PolicyMeter {
         self.cache.insert(entry.clone())?;
         self.measured += 1;
         Ok(entry)
-    }
-}
-
-/// The figure of a measurement a constraint judges.
-pub fn judged(constraint: Constraint, m: &CachedMeasurement) -> f64 {
-    match constraint {
-        Constraint::EnergyMj(_) => m.energy_mj.unwrap_or(f64::INFINITY),
-        _ => m.p50_ms,
     }
 }
 

@@ -14,7 +14,7 @@ use edgeloop_train::trainer::batch_tensors;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-use crate::search::Data;
+use crate::dataset::Data;
 
 /// A copy of the trained network that a fine-tune may change.
 pub struct Network {

@@ -35,12 +35,14 @@ use tch::Device;
 pub use cost::{Constraint, PolicyCosts, TableCheck, describe, size_kb};
 pub use result::{ComparisonRow, QuantizeResult, render_summary};
 
+use crate::cache::MeasurementCache;
 use crate::client::AgentClient;
+use crate::dataset::Data;
 use crate::events::{Event, EventSink, Events, Work};
-use crate::search::{Data, MeasurementCache, TrainedRun, load_trained};
+use crate::search::{TrainedRun, load_trained};
 use crate::table::LatencyTable;
 use crate::table::build::{self as table_build, TablePrecision};
-use cost::{PolicyMeter, judged};
+use cost::PolicyMeter;
 use edgeloop_durable::write_atomic;
 use finetune::{FinetuneConfig, Network, accuracy, fake_quant, finetune};
 
@@ -211,7 +213,7 @@ impl Search<'_> {
                 for attempt in 0.. {
                     let e = enforce_budget(policy.clone(), target, |p| costs.predict(p));
                     let m = pricing.meter.measure(&e.policy, || self.model_bytes(&e.policy)).await?;
-                    let measured = judged(self.settings.constraint, &m);
+                    let measured = self.settings.constraint.measured(&m);
                     if measured <= limit || !e.met || attempt == 3 {
                         return Ok((e.policy, e.cost, Some(measured), measured <= limit));
                     }
@@ -228,12 +230,12 @@ impl Search<'_> {
 pub async fn run(settings: QuantizeSettings, mut env: QuantizeEnv) -> anyhow::Result<QuantizeResult> {
     settings.check()?;
     let out = OutDir(env.out.clone());
-    let _lock = crate::run_lock::open(&out.0, env.resume, &[out.checkpoint()], "quantization search")?;
+    let _lock = crate::resume::open_run_dir(&out.0, env.resume, &[out.checkpoint()], "quantization search")?;
     let device = env.device_kind.resolve()?;
     let started = Instant::now();
     let trained = load_trained(&env.run, device)?;
     let layers = trained.arch.layers(&trained.space)?;
-    let data = Data::load(&trained.settings.recipe, &trained.space)?;
+    let data = trained.settings.recipe.data(&trained.space)?;
     let s = &trained.settings.recipe;
     let finetune_config = FinetuneConfig {
         batch_size: s.batch_size,
@@ -319,12 +321,7 @@ fn load_or_new(out: &OutDir, settings: &QuantizeSettings, search: &Search) -> an
     let (tensors, meta) = checkpoint::load(&path)?;
     let state: QuantizeState =
         serde_json::from_str(&meta).with_context(|| format!("checkpoint {}: unreadable state", path.display()))?;
-    ensure!(
-        &state.settings == settings,
-        "{} was made with other settings ({}); resume with the same flags",
-        path.display(),
-        serde_json::to_string(&state.settings)?
-    );
+    crate::resume::check_settings(&state.settings, settings, &path)?;
     ddpg.restore(&tensors, state.ddpg.clone()).with_context(|| format!("checkpoint {}", path.display()))?;
     search.events.emit(Event::QuantizeResumed { after_episode: state.episodes.len(), of: settings.episodes });
     Ok((state, ddpg))
@@ -395,7 +392,7 @@ async fn device_costs(
         ];
         for policy in policies {
             let m = meter.measure(&policy, || search.model_bytes(&policy)).await?;
-            let measured = judged(search.settings.constraint, &m);
+            let measured = search.settings.constraint.measured(&m);
             state.table_checks.push(TableCheck {
                 policy: describe(&policy),
                 table_sum: costs.table_sum(&policy),

@@ -22,7 +22,8 @@ use tch::nn::VarStore;
 
 use super::result::Predictors;
 use super::state::{self, Trainable};
-use super::{Budget, Data, Decision, DevicePool, FinalSettings, RunDir, hygiene};
+use super::{Budget, Decision, DevicePool, FinalSettings, Mean, RunDir, hygiene};
+use crate::dataset::Data;
 use crate::events::{Event, EventSink, Work};
 use crate::predict::Metric;
 use edgeloop_durable::{write_atomic, write_json};
@@ -38,23 +39,6 @@ pub struct FinalContext<'a> {
     pub budget: Option<Budget>,
     pub final_request: &'a MeasureRequest,
     pub events: &'a dyn EventSink,
-}
-
-/// Mean of what was added.
-#[derive(Default)]
-struct Mean {
-    sum: f64,
-    n: usize,
-}
-
-impl Mean {
-    fn add(&mut self, v: f64) {
-        self.sum += v;
-        self.n += 1;
-    }
-    fn get(&self) -> f64 {
-        if self.n == 0 { f64::NAN } else { self.sum / self.n as f64 }
-    }
 }
 
 /// Trains `decision.chosen` from scratch on the whole training split
@@ -79,12 +63,12 @@ pub fn train(ctx: &FinalContext<'_>, decision: &Decision) -> anyhow::Result<(Var
             anyhow::ensure!(l.is_finite(), "final training diverged (loss {l}); lower --lr");
             loss.add(l);
             st.weight_steps += 1;
-            work.advance(Some(format!("final epoch {}: loss {:.3}", epoch + 1, loss.get())));
+            work.advance(Some(format!("final epoch {}: loss {:.3}", epoch + 1, loss.mean())));
         }
         drop(work);
         st.epochs_done = epoch + 1;
         state::save_final(&path, &model, &st)?;
-        ctx.events.emit(Event::FinalEpoch { epoch: epoch + 1, of: recipe.final_epochs, loss: loss.get() });
+        ctx.events.emit(Event::FinalEpoch { epoch: epoch + 1, of: recipe.final_epochs, loss: loss.mean() });
     }
     let Trainable { vs, net, .. } = model;
     let acc =
@@ -152,13 +136,7 @@ pub async fn measure(
         .await
         .with_context(|| format!("measuring the final model on {}", client.base_url()))?;
     let m = &checked.measurement;
-    if request.energy && m.energy.is_none() {
-        anyhow::bail!(
-            "the agent at {} measured no energy for the final model: {}",
-            client.base_url(),
-            m.energy_unavailable_reason.as_deref().unwrap_or("no reason given")
-        );
-    }
+    client.require_energy(&request, m).context("measuring the final model")?;
     let prediction = predictors.latency.predict(ctx.space, &arch)?;
     let (judged, predicted_judged) = match ctx.budget {
         Some(Budget { metric: Metric::Energy, .. }) => (

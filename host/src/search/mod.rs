@@ -17,7 +17,6 @@
 //! search prices candidates from the energy columns of the device's table
 //! and measures energy live.
 
-mod cache;
 pub mod costs;
 mod decide;
 pub mod derive;
@@ -30,12 +29,11 @@ mod state;
 mod strategy;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 use edgeloop_api::MeasureRequest;
-use edgeloop_data::{BatchLoader, DatasetSpec, ImageShape, LoaderConfig, Normalization, Split};
+use edgeloop_data::DatasetSpec;
 use edgeloop_space::{Arch, Space};
 use edgeloop_train::trainer::accuracy;
 use edgeloop_train::{BnMode, CostLoss, CostLossKind, DeviceKind, GateMode, Supernet};
@@ -44,15 +42,16 @@ use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-pub use cache::{CachedMeasurement, MeasurementCache};
 pub use decide::{CandidateRecord, Miss, grow_margin};
 pub use pool::DevicePool;
 pub use result::{BlockTime, SearchResult, render_summary};
 pub use run_dir::{EpochRow, RunDir};
 pub use state::{Trainable, TrainedRun, load_trained};
 
+use crate::cache::{CachedMeasurement, MeasurementCache};
 use crate::calibrate::{self, Calibration};
 use crate::client::AgentClient;
+use crate::dataset::Data;
 use crate::events::{Event, EventSink, Events, Work};
 use crate::predict::{Metric, Predictor, Stat};
 use crate::table::LatencyTable;
@@ -96,6 +95,11 @@ pub struct TrainRecipe {
 }
 
 impl TrainRecipe {
+    /// The recipe's dataset for `space`, split as the recipe says.
+    pub fn data(&self, space: &Space) -> anyhow::Result<Data> {
+        Data::load(&self.dataset, self.holdout, self.seed, space)
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         ensure!(self.batch_size > 0, "--batch-size must be at least 1");
         ensure!(self.lr > 0.0 && self.lr.is_finite(), "--lr must be positive");
@@ -306,54 +310,22 @@ pub struct SearchEnv {
     pub events: Events,
 }
 
-/// What training needs of the data: splits on the CPU, normalisation, shape.
-pub struct Data {
-    pub shape: ImageShape,
-    /// Train minus the held-out part: weight steps.
-    pub train: Arc<Split>,
-    /// Held out from train: arch steps, rewards, candidate accuracy.
-    pub holdout: Arc<Split>,
-    /// Train and held-out together: the final network's training.
-    pub full_train: Arc<Split>,
-    pub test: Arc<Split>,
-    pub norm: Normalization,
+/// The mean of the figures added so far (NaN before the first): a
+/// training epoch's loss and the like.
+#[derive(Default)]
+struct Mean {
+    sum: f64,
+    n: usize,
 }
 
-impl Data {
-    pub fn load(recipe: &TrainRecipe, space: &Space) -> anyhow::Result<Data> {
-        let spec: DatasetSpec = recipe.dataset.parse()?;
-        let input = &space.spec.input;
-        let shape = ImageShape { channels: input.channels, height: input.height, width: input.width };
-        let dataset = spec.load(shape, recipe.seed).with_context(|| format!("loading dataset {spec}"))?;
-        ensure!(
-            dataset.classes == space.spec.classes,
-            "dataset {spec} has {} classes but space {} classifies {}",
-            dataset.classes,
-            space.name(),
-            space.spec.classes
-        );
-        let holdout = if recipe.holdout > 0 { recipe.holdout } else { dataset.train.len() / 10 };
-        ensure!(holdout < dataset.train.len(), "--holdout {holdout} leaves no training images");
-        let full_train = Arc::new(dataset.train.clone());
-        let (train, held) = dataset.train.split_off(holdout, recipe.seed);
-        let norm = train.normalization();
-        Ok(Data {
-            shape,
-            train: Arc::new(train),
-            holdout: Arc::new(held),
-            full_train,
-            test: Arc::new(dataset.test),
-            norm,
-        })
+impl Mean {
+    fn add(&mut self, v: f64) {
+        self.sum += v;
+        self.n += 1;
     }
 
-    pub fn loader(&self, split: &Arc<Split>, batch_size: usize, shuffle: Option<u64>, augment: bool) -> BatchLoader {
-        let config = LoaderConfig { batch_size, shuffle_seed: shuffle, augment, drop_last: false, prefetch: 4 };
-        BatchLoader::new(split.clone(), self.norm.clone(), config)
-    }
-
-    pub fn eval_loader(&self, split: &Arc<Split>) -> BatchLoader {
-        self.loader(split, 256, None, false)
+    fn mean(&self) -> f64 {
+        if self.n == 0 { f64::NAN } else { self.sum / self.n as f64 }
     }
 }
 
@@ -421,7 +393,8 @@ pub async fn run(settings: SearchSettings, mut env: SearchEnv) -> anyhow::Result
     env.probe_request.energy = with_energy;
     env.final_request.energy = with_energy;
     let dir = RunDir::new(&env.out);
-    let _lock = crate::run_lock::open(&dir.root, env.resume, &[dir.checkpoint(), dir.final_checkpoint()], "search")?;
+    let _lock =
+        crate::resume::open_run_dir(&dir.root, env.resume, &[dir.checkpoint(), dir.final_checkpoint()], "search")?;
     let space = Space::load(&settings.space, settings.width)?;
     let device = env.device_kind.resolve()?;
     edgeloop_train::device::keep_freed_memory();
@@ -452,7 +425,7 @@ pub async fn run(settings: SearchSettings, mut env: SearchEnv) -> anyhow::Result
         calibration.margin(budget.stat).expect("a covering calibration has a margin")
     };
 
-    let data = Data::load(&settings.recipe, &space)?;
+    let data = settings.recipe.data(&space)?;
     events.emit(Event::Dataset {
         spec: settings.recipe.dataset.clone(),
         train: data.train.len(),

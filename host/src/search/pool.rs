@@ -8,8 +8,8 @@ use edgeloop_api::{DeviceInfo, MeasureRequest};
 use edgeloop_space::Arch;
 use futures_util::future::join_all;
 
+use crate::cache::{CacheError, CachedMeasurement, MeasurementCache};
 use crate::client::{AgentClient, ClientError};
-use crate::search::cache::{CacheError, CachedMeasurement, MeasurementCache};
 use crate::search::hygiene;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +32,6 @@ pub enum PoolError {
         #[source]
         source: ClientError,
     },
-    #[error("the agent at {url} measured no energy: {reason}")]
-    NoEnergy { url: String, reason: String },
     #[error(transparent)]
     Cache(#[from] CacheError),
 }
@@ -182,12 +180,11 @@ async fn measure_on(
         .await
         .map_err(|source| PoolError::Measure { arch: arch.hash()[..12].to_string(), url: url(), source })?;
     let m = &checked.measurement;
-    if template.energy && m.energy.is_none() {
-        return Err(PoolError::NoEnergy {
-            url: url(),
-            reason: m.energy_unavailable_reason.clone().unwrap_or_default(),
-        });
-    }
+    client.require_energy(template, m).map_err(|source| PoolError::Measure {
+        arch: arch.hash()[..12].to_string(),
+        url: url(),
+        source,
+    })?;
     let ops = arch.ops.iter().map(ToString::to_string).collect();
     Ok(CachedMeasurement {
         device_id: info.device_id.clone(),

@@ -108,21 +108,6 @@ impl Trainable {
     }
 }
 
-fn check_settings<S: Serialize + PartialEq>(saved: &S, now: &S, path: &Path) -> anyhow::Result<()> {
-    if saved == now {
-        return Ok(());
-    }
-    let (a, b) = (serde_json::to_value(saved)?, serde_json::to_value(now)?);
-    let differ: Vec<String> = a
-        .as_object()
-        .expect("settings are an object")
-        .iter()
-        .filter(|(k, v)| b.get(k.as_str()) != Some(v))
-        .map(|(k, v)| format!("{k} (checkpoint {v}, now {})", b[k.as_str()]))
-        .collect();
-    anyhow::bail!("{} was made with other settings: {}; resume with the same flags", path.display(), differ.join(", "))
-}
-
 impl SearchModel {
     /// A new search (α ~ N(0, 1e-3), seeded), or the one saved at `path`.
     pub fn load_or_new(
@@ -150,7 +135,7 @@ impl SearchModel {
         let (saved, meta) = checkpoint::load(path)?;
         let state: SearchState =
             serde_json::from_str(&meta).with_context(|| format!("checkpoint {}: unreadable state", path.display()))?;
-        check_settings(&state.settings, settings, path)?;
+        crate::resume::check_settings(&state.settings, settings, path)?;
         model.restore(&saved, path)?;
         let alpha = ArchParams::from_values(state.alpha.clone());
         let mut adam = Adam::new(alpha.tensors(), settings.arch_lr, (0.0, 0.999), 1e-8);
@@ -185,7 +170,7 @@ pub fn load_or_new_final(
     let (saved, meta) = checkpoint::load(path)?;
     let state: FinalState =
         serde_json::from_str(&meta).with_context(|| format!("checkpoint {}: unreadable state", path.display()))?;
-    check_settings(&state.settings, settings, path)?;
+    crate::resume::check_settings(&state.settings, settings, path)?;
     if state.decision.round != decision.round || state.decision.chosen != decision.chosen {
         return Ok((model, fresh));
     }

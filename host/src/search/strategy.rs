@@ -19,9 +19,9 @@ use super::decide::{self, Miss};
 use super::pool::ArchModel;
 use super::run_dir::{EpochRow, RunDir, append_row, open_search_csv};
 use super::state::{self, SearchModel, SearchState};
-use super::{
-    Budget, CachedMeasurement, Data, Decision, DevicePool, RewardKind, SearchEnv, SearchSettings, Strategy, epoch_rng,
-};
+use super::{Budget, Decision, DevicePool, Mean, RewardKind, SearchEnv, SearchSettings, Strategy, epoch_rng};
+use crate::cache::CachedMeasurement;
+use crate::dataset::Data;
 use crate::events::{Event, EventSink, Work};
 use crate::predict::Metric;
 
@@ -92,23 +92,6 @@ impl HoldoutBatches<'_> {
     }
 }
 
-/// Accumulates an epoch's figures.
-#[derive(Default)]
-struct Means {
-    sum: f64,
-    n: usize,
-}
-
-impl Means {
-    fn add(&mut self, v: f64) {
-        self.sum += v;
-        self.n += 1;
-    }
-    fn mean(&self) -> f64 {
-        if self.n == 0 { f64::NAN } else { self.sum / self.n as f64 }
-    }
-}
-
 /// Runs the search epochs left (or none, when the final training already
 /// started) and returns the architecture to retrain: derived for the round
 /// after `misses`, or the one a final checkpoint holds for that round or a
@@ -174,7 +157,7 @@ async fn epoch_of_search(
         ctx.data.loader(&ctx.data.train, s.recipe.batch_size, Some(s.recipe.seed.wrapping_add(epoch as u64)), true);
     let work = Work::start(ctx.events(), "steps", batches_per_epoch, 0);
     let (mut train_loss, mut arch_ce, mut arch_loss, mut reward) =
-        (Means::default(), Means::default(), Means::default(), Means::default());
+        (Mean::default(), Mean::default(), Mean::default(), Mean::default());
     let mut lr = s.recipe.lr;
     for (i, batch) in loader.enumerate() {
         let (x, y) = batch_tensors(&batch, ctx.data.shape, ctx.device);

@@ -41,9 +41,6 @@ pub enum BuildError {
     )]
     NotNative { url: String, runtime: String, precision: TablePrecision, native: String },
 
-    #[error("the agent at {url} measured no energy for {key}: {reason}")]
-    NoEnergy { url: String, key: String, reason: String },
-
     #[error("cannot measure {key}")]
     Measure {
         key: String,
@@ -200,10 +197,9 @@ pub async fn build_targets(
             .upload_and_measure(&target_model(target, precision), template)
             .await
             .map_err(|source| BuildError::Measure { key: key.clone(), source })?;
-        if template.energy && measurement.energy.is_none() {
-            let reason = measurement.energy_unavailable_reason.unwrap_or_else(|| "no reason given".into());
-            return Err(BuildError::NoEnergy { url, key, reason });
-        }
+        client
+            .require_energy(template, &measurement)
+            .map_err(|source| BuildError::Measure { key: key.clone(), source })?;
         writer.append(Row::from_measurement(*target, &measurement, SystemTime::now()))?;
         work.advance(Some(key));
     }

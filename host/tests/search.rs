@@ -2,21 +2,18 @@
 //! resumed with `--resume`, against a real agent on a loopback port.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use edgeloop_agent::runtime::Runtimes;
-use edgeloop_agent::{AgentConfig, LocalAgent};
-
-const TOKEN: &str = "search-cli-test-token";
+use crate::support::{AgentDir, kill_when, lines};
 
 fn search_command(dir: &Path, url: &str, strategy: &str, resume: bool) -> Command {
     search_under(dir, url, strategy, resume, "1.0")
 }
 
 fn search_under(dir: &Path, url: &str, strategy: &str, resume: bool, budget_ms: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeloop"));
-    cmd.current_dir(dir).env_remove("EDGELOOP_TOKEN").args(["search", "--space", "tiny", "--device", url]);
+    let mut cmd = crate::support::edgeloop();
+    cmd.current_dir(dir).args(["search", "--space", "tiny", "--device", url]);
     cmd.args(["--token-file", "token", "--dataset", "synthetic:1280,128", "--budget-ms", budget_ms]);
     cmd.args(["--strategy", strategy, "--warmup-epochs", "1", "--epochs", "3", "--final-epochs", "1"]);
     cmd.args(["--batch-size", "32", "--arch-every", "2", "--samples", "2", "--probe-runs", "5"]);
@@ -27,38 +24,14 @@ fn search_under(dir: &Path, url: &str, strategy: &str, resume: bool, budget_ms: 
     cmd
 }
 
-fn lines(path: &Path) -> usize {
-    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+/// How long a search may take to reach the point where it is killed.
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn fixture() -> AgentDir {
+    AgentDir::start()
 }
 
-/// Waits for `ready`, failing if `child` ends first; then SIGKILLs it.
-fn kill_when(mut child: Child, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !ready() {
-        assert!(Instant::now() < deadline, "not ready after 300 s");
-        assert!(child.try_wait().unwrap().is_none(), "the search ended before it could be killed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    agent: LocalAgent,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = AgentConfig::new(dir.path().join("cache"));
-    config.token = Some(TOKEN.into());
-    let runtimes = Runtimes::detect(&config.runtimes);
-    let agent = LocalAgent::start(config, runtimes).unwrap();
-    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
-    Fixture { dir, agent }
-}
-
-fn resume_to_the_end(f: &Fixture, strategy: &str) -> (serde_json::Value, String) {
+fn resume_to_the_end(f: &AgentDir, strategy: &str) -> (serde_json::Value, String) {
     let out = search_command(f.dir.path(), &f.agent.url(), strategy, true).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{stderr}");
@@ -73,7 +46,7 @@ fn gradient_search_resumes_after_sigkill() {
     let run = f.dir.path().join("run");
     let child = search_command(f.dir.path(), &f.agent.url(), "gradient", false).stderr(Stdio::null()).spawn().unwrap();
     // Killed once the first epoch's checkpoint is there, inside the second.
-    kill_when(child, || lines(&run.join("search.csv")) >= 2 && run.join("checkpoint").exists());
+    kill_when(child, LIMIT, || lines(&run.join("search.csv")) >= 2 && run.join("checkpoint").exists());
     assert!(!run.join("result.json").exists());
 
     let again = search_command(f.dir.path(), &f.agent.url(), "gradient", false).output().unwrap();
@@ -101,7 +74,7 @@ fn reinforce_resume_answers_from_the_measurement_cache() {
     let child = search_command(f.dir.path(), &f.agent.url(), "reinforce", false).stderr(Stdio::null()).spawn().unwrap();
     // Killed in the middle of a search epoch, after it measured archs the
     // checkpoint does not know about: the resumed epoch samples them again.
-    kill_when(child, || {
+    kill_when(child, LIMIT, || {
         let done = lines(&run.join("search.csv"));
         done >= 2 && run.join("checkpoint").exists() && lines(&cache) >= done + 3
     });
@@ -123,8 +96,8 @@ fn reinforce_resume_answers_from_the_measurement_cache() {
 }
 
 fn edgeloop(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeloop"));
-    cmd.current_dir(dir).env_remove("EDGELOOP_TOKEN");
+    let mut cmd = crate::support::edgeloop();
+    cmd.current_dir(dir);
     cmd
 }
 

@@ -3,48 +3,30 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgeloop::table::LatencyTable;
 use edgeloop::table::build::{TablePrecision, default_path, targets};
-use edgeloop_agent::runtime::Runtimes;
-use edgeloop_agent::{AgentConfig, LocalAgent};
 use edgeloop_space::{Arch, Space};
 
-const TOKEN: &str = "table-cli-test-token";
+use crate::support::{AgentDir, edgeloop, kill_when, lines};
 
 fn build_command(dir: &Path, url: &str, min_duration_ms: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeloop"));
-    cmd.current_dir(dir).env_remove("EDGELOOP_TOKEN").args(["table", "build", "--device", url, "--space", "tiny"]);
+    let mut cmd = edgeloop();
+    cmd.current_dir(dir).args(["table", "build", "--device", url, "--space", "tiny"]);
     cmd.args(["--token-file", "token", "--warmup", "1", "--runs", "5", "--min-duration-ms", min_duration_ms]);
     cmd
 }
 
-fn line_count(path: &Path) -> usize {
-    std::fs::read(path).map_or(0, |bytes| bytes.iter().filter(|&&b| b == b'\n').count())
-}
-
 #[test]
 fn build_survives_sigkill_resumes_and_predicts() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = AgentConfig::new(dir.path().join("cache"));
-    config.token = Some(TOKEN.into());
-    let runtimes = Runtimes::detect(&config.runtimes);
-    let agent = LocalAgent::start(config, runtimes).unwrap();
-    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let AgentDir { dir, agent } = AgentDir::start();
     let space = Space::load("tiny", 1.0).unwrap();
     let path = dir.path().join(default_path(agent.device_id(), "tract", "tiny", false, TablePrecision::Fp32));
 
     // Slow rows (100 ms each) so that the kill lands mid-build.
-    let mut child = build_command(dir.path(), &agent.url(), "100").stdout(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while line_count(&path) < 4 {
-        assert!(Instant::now() < deadline, "no rows after 120 s");
-        assert!(child.try_wait().unwrap().is_none(), "the build ended before it could be killed");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let child = build_command(dir.path(), &agent.url(), "100").stdout(Stdio::null()).spawn().unwrap();
+    kill_when(child, Duration::from_secs(120), || lines(&path) >= 4);
     let kept = LatencyTable::load(&path).unwrap();
     assert!(kept.len() >= 3 && kept.len() < targets(&space).len(), "{} rows", kept.len());
     // What a kill in the middle of a write leaves: a line without its end.
@@ -74,7 +56,7 @@ fn build_survives_sigkill_resumes_and_predicts() {
     // Predict a random arch through the CLI.
     std::fs::write(dir.path().join("arch.json"), Arch::random(&space, 3).to_json()).unwrap();
     let predict = |extra: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeloop"));
+        let mut cmd = edgeloop();
         cmd.current_dir(dir.path()).args(["table", "predict", "--space", "tiny", "--arch", "arch.json", "--table"]);
         let out = cmd.arg(&path).args(extra).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -91,7 +73,7 @@ fn build_survives_sigkill_resumes_and_predicts() {
     // The table has no rows for a wider tiny: the error names a missing key and the file.
     let wide = Space::load("tiny", 2.0).unwrap();
     std::fs::write(dir.path().join("wide.json"), Arch::random(&wide, 3).to_json()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+    let out = edgeloop()
         .current_dir(dir.path())
         .args(["table", "predict", "--space", "tiny", "--width", "2", "--arch", "wide.json", "--table"])
         .arg(&path)
@@ -103,7 +85,7 @@ fn build_survives_sigkill_resumes_and_predicts() {
 
     // Medians need a calibration: without one the error says so.
     let predict_stat = |stat: &str| {
-        Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        edgeloop()
             .current_dir(dir.path())
             .args(["table", "predict", "--space", "tiny", "--arch", "arch.json", "--json", "--stat", stat, "--table"])
             .arg(&path)
@@ -116,9 +98,8 @@ fn build_survives_sigkill_resumes_and_predicts() {
 
     // Calibrate on a few whole networks, then validate on others.
     let whole_networks = |command: &str, extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        edgeloop()
             .current_dir(dir.path())
-            .env_remove("EDGELOOP_TOKEN")
             .args(["table", command, "--device", &agent.url(), "--token-file", "token", "--space", "tiny"])
             .args(["--warmup", "1", "--runs", "3", "--min-duration-ms", "5"])
             .args(extra)

@@ -1,0 +1,56 @@
+//! What the host's integration tests share: a real agent on a loopback port
+//! in a folder holding its token, the `edgeloop` binary, and a way to kill
+//! a job mid-way.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use edgeloop_agent::runtime::Runtimes;
+use edgeloop_agent::{AgentConfig, LocalAgent};
+
+pub const TOKEN: &str = "host-test-token";
+
+/// An agent requiring [`TOKEN`], and a folder holding it in `token` (the
+/// agent's cache is `cache/` there).
+pub struct AgentDir {
+    pub dir: tempfile::TempDir,
+    pub agent: LocalAgent,
+}
+
+impl AgentDir {
+    pub fn start() -> AgentDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = AgentConfig::new(dir.path().join("cache"));
+        config.token = Some(TOKEN.into());
+        let runtimes = Runtimes::detect(&config.runtimes);
+        let agent = LocalAgent::start(config, runtimes).unwrap();
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        AgentDir { dir, agent }
+    }
+}
+
+/// The `edgeloop` binary, without a token from the environment.
+pub fn edgeloop() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeloop"));
+    cmd.env_remove("EDGELOOP_TOKEN");
+    cmd
+}
+
+/// Complete lines of a file (0 while it is missing).
+pub fn lines(path: &Path) -> usize {
+    std::fs::read(path).map_or(0, |bytes| bytes.iter().filter(|&&b| b == b'\n').count())
+}
+
+/// Polls `ready` (a file the job writes reaching some state), failing if
+/// `child` ends first or after `limit`; then SIGKILLs it.
+pub fn kill_when(mut child: Child, limit: Duration, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "not ready after {limit:?}");
+        assert!(child.try_wait().unwrap().is_none(), "the job ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
