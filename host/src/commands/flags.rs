@@ -33,6 +33,22 @@ impl Auth {
     }
 }
 
+/// The agent a command talks to, and its token.
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Base URL of the agent on the target device, e.g. http://192.168.1.20:7878
+    #[arg(long, value_name = "URL")]
+    pub(crate) device: String,
+    #[command(flatten)]
+    pub(crate) auth: Auth,
+}
+
+impl AgentArgs {
+    pub(crate) fn client(&self) -> anyhow::Result<AgentClient> {
+        Ok(AgentClient::new(&self.device, self.auth.token()?)?)
+    }
+}
+
 /// Which search space: a preset name or a TOML file, and its width multiplier.
 #[derive(Args)]
 pub struct SpaceArgs {
@@ -131,11 +147,8 @@ impl RunOn {
 /// Training and measuring one fixed architecture (`train`, `baseline`).
 #[derive(Args)]
 pub struct FixedRunArgs {
-    /// Base URL of the agent on the target device.
-    #[arg(long, value_name = "URL")]
-    pub(crate) device: String,
     #[command(flatten)]
-    pub(crate) auth: Auth,
+    pub(crate) agent: AgentArgs,
     #[command(flatten)]
     pub(crate) recipe: RecipeArgs,
     /// The statistic of the device's runs a budget is judged on, and the table predicts.
@@ -170,7 +183,7 @@ impl FixedRunArgs {
         Ok(TrainEnv {
             out,
             resume,
-            device: AgentClient::new(&self.device, self.auth.token()?)?,
+            device: self.agent.client()?,
             table: self.table.clone(),
             device_kind: self.run_on.device_kind,
             final_request: self.run_on.final_request(),

@@ -7,7 +7,7 @@ use anyhow::Context;
 use edgeloop_api::display::measurement_table;
 use edgeloop_api::{MeasureRequest, Measurement};
 
-use super::flags::Auth;
+use super::flags::AgentArgs;
 use crate::client::DEFAULT_REQUEST_TIMEOUT;
 use crate::client::{AgentClient, UploadStatus};
 use clap::Args;
@@ -39,12 +39,8 @@ pub fn render(upload: UploadStatus, measurement: &Measurement, json: bool) -> se
 
 #[derive(Args)]
 pub struct MeasureArgs {
-    /// Base URL of the agent, e.g. http://192.168.1.20:7878
-    #[arg(long, value_name = "URL")]
-    device: String,
-
     #[command(flatten)]
-    auth: Auth,
+    agent: AgentArgs,
 
     /// ONNX model to measure.
     #[arg(value_name = "MODEL.onnx")]
@@ -69,8 +65,7 @@ pub struct MeasureArgs {
 }
 
 pub async fn execute(args: MeasureArgs) -> anyhow::Result<()> {
-    let client = AgentClient::new(&args.device, args.auth.token()?)?
-        .with_request_timeout(Duration::from_secs(args.timeout_secs));
+    let client = args.agent.client()?.with_request_timeout(Duration::from_secs(args.timeout_secs));
     let template = args.measure.request(String::new());
     print!("{}", run(&client, &args.model, &template, args.json).await?);
     Ok(())

@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::flags::{Auth, RunOn};
+use super::flags::{AgentArgs, RunOn};
 use super::progress::Terminal;
-use crate::AgentClient;
 use crate::quantize::{self, Constraint, QuantizeEnv, QuantizeSettings};
 
 /// `edgeloop quantize`: see README "Mixed-precision quantization".
@@ -16,11 +15,8 @@ pub struct QuantizeArgs {
     /// A finished `edgeloop search --out` directory: its retrained network is quantized.
     #[arg(long, value_name = "DIR")]
     run: PathBuf,
-    /// Base URL of the agent on the target device.
-    #[arg(long, value_name = "URL")]
-    device: String,
     #[command(flatten)]
-    auth: Auth,
+    agent: AgentArgs,
     /// Latency budget: p50 on the device, ms.
     #[arg(long, value_name = "MS")]
     latency_ms: Option<f64>,
@@ -96,7 +92,7 @@ pub async fn execute(args: QuantizeArgs) -> anyhow::Result<()> {
         run: args.run,
         out: out.clone(),
         resume: args.resume,
-        device: AgentClient::new(&args.device, args.auth.token()?)?,
+        device: args.agent.client()?,
         fp32_table: args.fp32_table,
         int8_table: args.int8_table,
         device_kind: args.run_on.device_kind,

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use edgeloop_api::MeasureRequest;
 use edgeloop_space::Arch;
 
-use super::flags::{Auth, SpaceArgs};
+use super::flags::{AgentArgs, SpaceArgs};
 use super::progress::Terminal;
 use crate::AgentClient;
 use crate::calibrate::Calibration;
@@ -43,12 +43,8 @@ pub async fn execute(command: TableCommand) -> anyhow::Result<()> {
 
 #[derive(Args)]
 pub struct TableBuildArgs {
-    /// Base URL of the agent, e.g. http://192.168.1.20:7878
-    #[arg(long, value_name = "URL")]
-    device: String,
-
     #[command(flatten)]
-    auth: Auth,
+    agent: AgentArgs,
 
     #[command(flatten)]
     space: SpaceArgs,
@@ -122,11 +118,8 @@ pub struct WholeNetworkArgs {
     /// Latency table (CSV) of the device; its device, runtime and threads are used.
     #[arg(long, value_name = "FILE")]
     table: PathBuf,
-    /// Base URL of the agent on the table's device.
-    #[arg(long, value_name = "URL")]
-    device: String,
     #[command(flatten)]
-    auth: Auth,
+    agent: AgentArgs,
     #[command(flatten)]
     space: SpaceArgs,
     /// Untimed runs per network.
@@ -176,7 +169,7 @@ pub struct TableValidateArgs {
 
 async fn run_build(args: TableBuildArgs) -> anyhow::Result<()> {
     let space = args.space.load()?;
-    let client = AgentClient::new(&args.device, args.auth.token()?)?;
+    let client = args.agent.client()?;
     let template = MeasureRequest {
         runtime: args.runtime,
         threads: args.threads,
@@ -225,12 +218,12 @@ impl WholeNetworkArgs {
         let latency = LatencyTable::load(&self.table)?;
         let provenance =
             latency.provenance().with_context(|| format!("latency table {} has no rows", self.table.display()))?;
-        let client = AgentClient::new(&self.device, self.auth.token()?)?;
+        let client = self.agent.client()?;
         let device_id = client.info().await?.device_id;
         anyhow::ensure!(
             device_id == provenance.device_id,
             "the agent at {} is device {device_id}, but {} was measured on {}",
-            self.device,
+            self.agent.device,
             self.table.display(),
             provenance.device_id
         );
