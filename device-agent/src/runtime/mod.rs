@@ -8,6 +8,8 @@
 //! libonnxruntime.so) and machines without the library say why in
 //! `/v1/info`'s `runtimes_unavailable`.
 
+#[cfg(test)]
+mod conformance;
 #[cfg(feature = "ort")]
 mod ort;
 mod probe;
