@@ -397,3 +397,121 @@ async fn measure(State(state): State<Arc<AppState>>, body: Body) -> Result<Json<
     let model_path = state.store.locate(&request.model).ok_or_else(|| ApiError::unknown_model(&request.model))?;
     state.worker.measure(JobSpec { request, model_path }).await.map(Json)
 }
+
+/// The router's edge cases, each request sent straight into it
+/// (`oneshot`, no socket): every refusal is a JSON `ErrorBody` whose code
+/// goes with its status.
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+    use edgeloop_api::ErrorBody;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::runtime::TractRuntime;
+
+    const TOKEN: &str = "router-test-token";
+
+    fn agent(dir: &std::path::Path) -> Agent {
+        let config = AgentConfig { token: Some(TOKEN.into()), ..AgentConfig::new(dir.to_path_buf()) };
+        let mut runtimes = Runtimes::default();
+        runtimes.add(Arc::new(TractRuntime));
+        Agent::new(config, runtimes).unwrap()
+    }
+
+    async fn send(agent: &Agent, method: Method, uri: &str, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Bytes) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = agent.router().oneshot(request.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = response.status();
+        (status, axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap())
+    }
+
+    /// The error of a refusal, checked to be the JSON body every refusal has.
+    fn error(status: StatusCode, body: &[u8], expected: (StatusCode, ErrorCode)) -> String {
+        let parsed: ErrorBody = serde_json::from_slice(body)
+            .unwrap_or_else(|e| panic!("{status}: not an ErrorBody ({e}): {}", String::from_utf8_lossy(body)));
+        assert_eq!((status, parsed.error.code), expected, "{}", parsed.error.message);
+        parsed.error.message
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_are_json_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path());
+        let (status, body) = send(&agent, Method::GET, "/v2/info", Some(TOKEN), vec![]).await;
+        error(status, &body, (StatusCode::NOT_FOUND, ErrorCode::NotFound));
+        let (status, body) = send(&agent, Method::GET, "/v1/measure", Some(TOKEN), vec![]).await;
+        error(status, &body, (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed));
+        let (status, body) = send(&agent, Method::DELETE, "/v1/health", None, vec![]).await;
+        error(status, &body, (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed));
+    }
+
+    #[tokio::test]
+    async fn health_is_open_and_everything_else_needs_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path());
+        let (status, _) = send(&agent, Method::GET, "/v1/health", None, vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+        for token in [None, Some("wrong"), Some("")] {
+            let (status, body) = send(&agent, Method::GET, "/v1/info", token, vec![]).await;
+            error(status, &body, (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized));
+        }
+        let (status, body) = send(&agent, Method::GET, "/v1/info", Some(TOKEN), vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+        let info: DeviceInfo = serde_json::from_slice(&body).unwrap();
+        assert_eq!(info.device_id, agent.device_id());
+    }
+
+    #[tokio::test]
+    async fn uploads_check_the_hash_and_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path());
+        let model = edgeloop_onnx::encode(&edgeloop_onnx::samples::MbconvNet::small().to_model());
+        let sha = crate::store::sha256_hex(&model);
+
+        let (status, body) = send(&agent, Method::PUT, "/v1/models/not-a-hash", Some(TOKEN), model.clone()).await;
+        error(status, &body, (StatusCode::BAD_REQUEST, ErrorCode::BadRequest));
+        let other = "0".repeat(64);
+        let (status, body) =
+            send(&agent, Method::PUT, &format!("/v1/models/{other}"), Some(TOKEN), model.clone()).await;
+        let message = error(status, &body, (StatusCode::BAD_REQUEST, ErrorCode::BadRequest));
+        assert!(message.contains(&sha), "{message}");
+        let garbage = b"not onnx".to_vec();
+        let garbage_sha = crate::store::sha256_hex(&garbage);
+        let (status, body) =
+            send(&agent, Method::PUT, &format!("/v1/models/{garbage_sha}"), Some(TOKEN), garbage).await;
+        assert!(status.is_client_error(), "{status}");
+        serde_json::from_slice::<ErrorBody>(&body).unwrap();
+
+        let uri = format!("/v1/models/{sha}");
+        assert_eq!(send(&agent, Method::GET, &uri, Some(TOKEN), vec![]).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(send(&agent, Method::PUT, &uri, Some(TOKEN), model.clone()).await.0, StatusCode::CREATED);
+        assert_eq!(send(&agent, Method::PUT, &uri, Some(TOKEN), model).await.0, StatusCode::OK);
+        let (status, body) = send(&agent, Method::GET, &uri, Some(TOKEN), vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(serde_json::from_slice::<ModelInfo>(&body).unwrap().sha256, sha);
+    }
+
+    #[tokio::test]
+    async fn measure_requests_are_checked_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path());
+        let measure = |body: Vec<u8>| send(&agent, Method::POST, "/v1/measure", Some(TOKEN), body);
+
+        let (status, body) = measure(b"{not json".to_vec()).await;
+        error(status, &body, (StatusCode::BAD_REQUEST, ErrorCode::BadRequest));
+        let (status, body) = measure(br#"{"model": "abc"}"#.to_vec()).await;
+        let message = error(status, &body, (StatusCode::BAD_REQUEST, ErrorCode::BadRequest));
+        assert!(message.starts_with("model:"), "{message}");
+        let unknown =
+            serde_json::to_vec(&MeasureRequest { model: "0".repeat(64), ..MeasureRequest::default() }).unwrap();
+        let (status, body) = measure(unknown).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        serde_json::from_slice::<ErrorBody>(&body).unwrap();
+        let (status, body) = measure(vec![b' '; (MAX_REQUEST_BYTES + 1) as usize]).await;
+        error(status, &body, (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge));
+    }
+}
