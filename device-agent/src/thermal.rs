@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -160,6 +162,8 @@ pub struct ThermalMonitor {
     start: ThermalSnapshot,
     stop: mpsc::Sender<()>,
     poller: JoinHandle<Extremes>,
+    /// Polls done so far (logged; tests wait on it instead of sleeping).
+    polls: Arc<AtomicU64>,
 }
 
 impl ThermalMonitor {
@@ -171,26 +175,29 @@ impl ThermalMonitor {
         let cpus = measuring_cpus(sys, cpus);
         let start = ThermalSnapshot::read_cpus(sys, &cpus);
         let (stop, stopped) = mpsc::channel::<()>();
+        let polls = Arc::new(AtomicU64::new(0));
         let poller = {
-            let (sys, cpus) = (sys.to_path_buf(), cpus.clone());
+            let (sys, cpus, polls) = (sys.to_path_buf(), cpus.clone(), polls.clone());
             thread::Builder::new().name("edgeloop-thermal".into()).spawn(move || {
                 let mut seen = Extremes::default();
                 // A message or a dropped sender both mean stop.
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(config.poll_interval) {
                     seen.observe(&ThermalSnapshot::read_cpus(&sys, &cpus));
+                    polls.fetch_add(1, Ordering::Release);
                 }
                 seen
             })?
         };
-        Ok(ThermalMonitor { sys: sys.to_path_buf(), cpus, config, start, stop, poller })
+        Ok(ThermalMonitor { sys: sys.to_path_buf(), cpus, config, start, stop, poller, polls })
     }
 
     /// Stops polling, takes the end reading and judges the window.
     /// `cooldown_wait_ms` is left at 0: the caller that waited fills it in.
     pub fn finish(self) -> ThermalStats {
-        let ThermalMonitor { sys, cpus, config, start, stop, poller } = self;
+        let ThermalMonitor { sys, cpus, config, start, stop, poller, polls } = self;
         drop(stop);
         let mut seen = poller.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        log::debug!("thermal monitor: {} polls in the window", polls.load(Ordering::Acquire));
         let end = ThermalSnapshot::read_cpus(&sys, &cpus);
         seen.observe(&start);
         seen.observe(&end);
@@ -321,10 +328,18 @@ mod tests {
         MonitorConfig { poll_interval: Duration::from_millis(5), ..MonitorConfig::default() }
     }
 
-    /// Runs `during` on another thread while a monitor watches, then finishes it.
-    fn watch(sys: &Sys, cpus: Option<&[usize]>, during: impl FnOnce() + Send) -> ThermalStats {
+    /// Runs `during` on another thread while a monitor watches, then
+    /// finishes it. `during` gets `settle`, which returns once the monitor
+    /// has read the fixture twice more: a change made before it has been seen.
+    fn watch(sys: &Sys, cpus: Option<&[usize]>, during: impl FnOnce(&(dyn Fn() + Sync)) + Send) -> ThermalStats {
         let monitor = ThermalMonitor::start(sys.path(), cpus, fast()).unwrap();
-        thread::scope(|s| s.spawn(during).join().unwrap());
+        let settle = || {
+            let target = monitor.polls.load(Ordering::Acquire) + 2;
+            while monitor.polls.load(Ordering::Acquire) < target {
+                thread::yield_now();
+            }
+        };
+        thread::scope(|s| s.spawn(|| during(&settle)).join().unwrap());
         monitor.finish()
     }
 
@@ -333,7 +348,7 @@ mod tests {
         let sys = Sys::new();
         assert_eq!(ThermalSnapshot::read(sys.path(), None), ThermalSnapshot::default());
         assert_eq!(ThermalSnapshot::read(sys.path(), Some(&[0, 3])), ThermalSnapshot::default());
-        let stats = watch(&sys, None, || thread::sleep(Duration::from_millis(20)));
+        let stats = watch(&sys, None, |settle| settle());
         assert_eq!((stats.start_c, stats.cpu_freq_start_mhz, stats.cpu_freq_min_mhz), (None, None, None));
         assert!(!stats.throttled);
     }
@@ -367,11 +382,11 @@ mod tests {
         for cpu in 0..3 {
             sys.set_khz(cpu, 2_000_000);
         }
-        let stats = watch(&sys, Some(&[0, 1]), || {
-            thread::sleep(Duration::from_millis(30));
+        let stats = watch(&sys, Some(&[0, 1]), |settle| {
+            settle();
             sys.set_khz(0, 1_000_000);
             sys.set_khz(2, 100_000);
-            thread::sleep(Duration::from_millis(100));
+            settle();
             sys.set_khz(0, 2_000_000);
         });
         assert_eq!((stats.cpu_freq_start_mhz, stats.cpu_freq_end_mhz), (Some(2000.0), Some(2000.0)));
@@ -388,10 +403,10 @@ mod tests {
         let sys = Sys::new();
         sys.set_khz(0, 2_000_000);
         sys.zone(0, "cpu-thermal", 50_000, &[("passive", 80_000)]);
-        let stats = watch(&sys, None, || {
-            thread::sleep(Duration::from_millis(20));
+        let stats = watch(&sys, None, |settle| {
+            settle();
             sys.set_khz(0, 1_900_000);
-            thread::sleep(Duration::from_millis(50));
+            settle();
         });
         assert_eq!(stats.cpu_freq_min_mhz, Some(1900.0));
         assert_eq!((stats.start_c, stats.end_c), (Some(50.0), Some(50.0)));
@@ -405,10 +420,10 @@ mod tests {
         // zone0 is above its passive trip before measuring: not a crossing.
         sys.zone(0, "gpu-thermal", 90_000, &[("passive", 80_000)]);
         sys.zone(1, "cpu-thermal", 70_000, &[("passive", 80_000), ("critical", 85_000)]);
-        let stats = watch(&sys, None, || {
-            thread::sleep(Duration::from_millis(30));
+        let stats = watch(&sys, None, |settle| {
+            settle();
             sys.set_millidegrees(1, 84_000);
-            thread::sleep(Duration::from_millis(60));
+            settle();
             sys.set_millidegrees(1, 75_000);
         });
         assert_eq!((stats.start_c, stats.end_c), (Some(90.0), Some(90.0)));
