@@ -11,5 +11,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # kernels included), not only the host build.
 bash scripts/build-agent.sh aarch64
 export EDGELOOP_REQUIRE_CROSS=1
+# tests/deploy.rs runs the agent binary that `cargo test --workspace` builds
+# anyway (for the agent's own tests). Left to itself it runs `cargo build -p
+# edgeloop-agent`, whose features unify differently, and rebuilds for minutes.
+profile=debug
+for arg in "$@"; do [[ $arg == --release ]] && profile=release; done
+export EDGELOOP_AGENT_BIN="${EDGELOOP_AGENT_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/$profile/edgeloop-agent}"
 export EDGELOOP_AGENT_AARCH64="$PWD/dist/edgeloop-agent-aarch64-linux-musl"
 cargo test --workspace --locked "$@"
