@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use edgeloop_durable::write_atomic;
 use edgeloop_space::{Arch, Space};
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +19,6 @@ use crate::events::Event;
 use crate::predict::Stat;
 use crate::search::{FinalSettings, SearchResult};
 use crate::train::{self, TrainEnv};
-use edgeloop_durable::write_atomic;
 
 /// A hand-designed architecture of a space's layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

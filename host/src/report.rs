@@ -9,13 +9,13 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use edgeloop_durable::write_atomic;
 use plotters::prelude::*;
 
 use crate::baseline::{self, BaselineRow};
 use crate::predict::Stat;
 use crate::quantize::QuantizeResult;
 use crate::search::{RunDir, SearchResult};
-use edgeloop_durable::write_atomic;
 
 /// What a run directory's `result.json` is.
 pub enum RunResult {

@@ -61,9 +61,8 @@ fn through_temp(path: &Path, bytes: &[u8], place: impl FnOnce(&Path) -> io::Resu
         file.sync_all()?;
         place(&tmp)
     })();
-    if fs::symlink_metadata(&tmp).is_ok() {
-        let _ = fs::remove_file(&tmp);
-    }
+    // Gone after a rename; still there after a link or a failure.
+    let _ = fs::remove_file(&tmp);
     result?;
     sync_dir(folder_of(path))
 }

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, ensure};
 use edgeloop_api::MeasureRequest;
+use edgeloop_durable::write_atomic;
 use edgeloop_export::quant::{ActivationRanges, Precision, QuantForm, QuantPolicy, calibrate};
 use edgeloop_space::Layer;
 use edgeloop_train::ddpg::{Ddpg, DdpgConfig, DdpgState, Transition};
@@ -43,7 +44,6 @@ use crate::search::{TrainedRun, load_trained};
 use crate::table::LatencyTable;
 use crate::table::build::{self as table_build, TablePrecision};
 use cost::PolicyMeter;
-use edgeloop_durable::write_atomic;
 use finetune::{FinetuneConfig, Network, accuracy, fake_quant, finetune};
 
 /// Everything that shapes the outcome; stored in the checkpoint, so a

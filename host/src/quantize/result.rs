@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use edgeloop_api::Measurement;
+use edgeloop_durable::{write_atomic, write_json};
 use edgeloop_export::quant::{Precision, QuantForm, QuantPolicy};
 use edgeloop_train::export::export_arch;
 use serde::{Deserialize, Serialize};
@@ -17,7 +18,6 @@ use super::finetune::accuracy;
 use super::{QuantizeEnv, QuantizeState, Search, chosen};
 use crate::client::sha256_hex;
 use crate::events::Event;
-use edgeloop_durable::{write_atomic, write_json};
 
 /// One model of the comparison, measured on the device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

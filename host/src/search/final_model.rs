@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use edgeloop_api::{MeasureRequest, Measurement};
 use edgeloop_data::{BatchLoader, Split};
+use edgeloop_durable::{write_atomic, write_json};
 use edgeloop_export::export::layer_names;
 use edgeloop_onnx::node_scope;
 use edgeloop_space::{Arch, Space};
@@ -26,7 +27,6 @@ use super::{Budget, Decision, DevicePool, FinalSettings, Mean, RunDir, hygiene};
 use crate::dataset::Data;
 use crate::events::{Event, EventSink, Work};
 use crate::predict::Metric;
-use edgeloop_durable::{write_atomic, write_json};
 
 /// What the final stage needs.
 pub struct FinalContext<'a> {

@@ -175,16 +175,15 @@ async fn measure_on(
     template: &MeasureRequest,
     spread: f64,
 ) -> Result<CachedMeasurement, PoolError> {
-    let url = || client.base_url().to_string();
     let checked = hygiene::measure(client, &bytes, template, spread, expected_min)
         .await
-        .map_err(|source| PoolError::Measure { arch: arch.hash()[..12].to_string(), url: url(), source })?;
+        .and_then(|checked| client.require_energy(template, &checked.measurement).map(|()| checked))
+        .map_err(|source| PoolError::Measure {
+            arch: arch.hash()[..12].to_string(),
+            url: client.base_url().to_string(),
+            source,
+        })?;
     let m = &checked.measurement;
-    client.require_energy(template, m).map_err(|source| PoolError::Measure {
-        arch: arch.hash()[..12].to_string(),
-        url: url(),
-        source,
-    })?;
     let ops = arch.ops.iter().map(ToString::to_string).collect();
     Ok(CachedMeasurement {
         device_id: info.device_id.clone(),

@@ -4,6 +4,7 @@
 //! chosen and how clean the deciding measurements were.
 
 use anyhow::Context as _;
+use edgeloop_durable::write_json;
 use edgeloop_space::Arch;
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +15,6 @@ use super::hygiene::MeasurementHygiene;
 use super::strategy::Context;
 use super::{Decision, DevicePool, Strategy};
 use crate::predict::{Metric, Predictor, Stat};
-use edgeloop_durable::write_json;
 
 /// The table's predictors of a run: latency (of the judged statistic)
 /// always, energy in an energy search.

@@ -2,9 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use edgeloop_durable::write_atomic;
+use serde::Serialize;
 
 pub struct RunDir {
     pub root: PathBuf,
