@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use edgeloop::events::Discard;
 use edgeloop::quantize::{self, Constraint, QuantizeEnv, QuantizeResult, QuantizeSettings};
-use edgeloop::search::{self, SearchEnv, SearchSettings, Strategy, TrainRecipe};
+use edgeloop::search::{self, SearchEnv, Strategy, TrainRecipe};
 use edgeloop::table::build::{self, TablePrecision};
 use edgeloop_api::MeasureRequest;
-use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, run_tract, tiny_recipe, tiny_search};
+use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, run_tract, tiny_recipe, tiny_search, with_latency_loss};
 use edgeloop_export::quant::Precision;
 use edgeloop_space::Space;
 use edgeloop_train::{CostLossKind, DeviceKind};
@@ -30,12 +30,9 @@ async fn trained_run(agent: &TestAgent, dir: &Path) -> PathBuf {
     let template = MeasureRequest { min_duration_ms: 30, ..quick_request("") };
     let space = Space::load("tiny", 1.0).unwrap();
     build::build(&agent.client(), &space, &template, TablePrecision::Fp32, Some(&table_path), &Discard).await.unwrap();
-    let settings = SearchSettings {
-        epochs: 1,
-        latency_loss: CostLossKind::MulLog,
-        recipe: TrainRecipe { final_epochs: 2, seed: 3, ..tiny_recipe() },
-        ..tiny_search(Strategy::Gradient, 100.0)
-    };
+    let mut settings = with_latency_loss(tiny_search(Strategy::Gradient, 100.0), CostLossKind::MulLog, 5.0);
+    settings.schedule.epochs = 1;
+    settings.recipe = TrainRecipe { final_epochs: 2, seed: 3, ..tiny_recipe() };
     let out = dir.join("run");
     let env = SearchEnv {
         out: out.clone(),

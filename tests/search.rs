@@ -10,7 +10,7 @@ use edgeloop::search::{self, SearchEnv, SearchResult, SearchSettings, Strategy};
 use edgeloop::table::LatencyTable;
 use edgeloop::table::build::{self, TablePrecision};
 use edgeloop_api::MeasureRequest;
-use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, tiny_search};
+use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, tiny_search, with_latency_loss};
 use edgeloop_space::{Arch, Space};
 use edgeloop_train::{CostLossKind, DeviceKind};
 
@@ -109,14 +109,10 @@ fn csv_column(path: &Path, column: &str) -> Vec<f64> {
 
 /// Settings of the constrained-search tests: long enough for α to move.
 fn constrained(budget_ms: f64, latency_loss: CostLossKind) -> SearchSettings {
-    SearchSettings {
-        budget_ms: Some(budget_ms),
-        latency_loss,
-        loss_lambda: 0.01,
-        epochs: 4,
-        arch_lr: 0.05,
-        ..tiny_search(Strategy::Gradient, budget_ms)
-    }
+    let mut settings = with_latency_loss(tiny_search(Strategy::Gradient, budget_ms), latency_loss, 0.01);
+    settings.schedule.epochs = 4;
+    settings.schedule.arch_lr = 0.05;
+    settings
 }
 
 fn assert_run_files(out: &Path, result: &SearchResult) {
@@ -187,7 +183,8 @@ async fn a_device_slower_than_its_calibration_is_met_by_growing_the_margin() {
     assert!(first_margin < 0.03, "{first_margin}");
 
     let out = dir.path().join("stale");
-    let settings = SearchSettings { max_rounds: 3, ..constrained(budget, CostLossKind::Lagrange) };
+    let mut settings = constrained(budget, CostLossKind::Lagrange);
+    settings.derive.max_rounds = 3;
     let result = search::run(settings, env(&agent, &out, &table_path)).await.unwrap();
     assert_eq!(result.budget_met, Some(true), "{result:?}");
     assert!(result.measured_latency_ms <= budget);
@@ -266,7 +263,8 @@ async fn reinforce_measures_sampled_archs_once_each() {
     let dir = tempfile::tempdir().unwrap();
     let table_path = build_table(&agent, dir.path()).await;
     let out = dir.path().join("rl");
-    let s = SearchSettings { epochs: 2, arch_every: 4, ..tiny_search(Strategy::Reinforce, 1.0) };
+    let mut s = tiny_search(Strategy::Reinforce, 1.0);
+    (s.schedule.epochs, s.schedule.arch_every) = (2, 4);
     let result = search::run(s, env(&agent, &out, &table_path)).await.unwrap();
     let lines = std::fs::read_to_string(out.join("measurements.jsonl")).unwrap();
     let keys: Vec<(String, String)> = lines
@@ -305,7 +303,8 @@ async fn energy_budget_prices_from_the_energy_table_and_judges_measured_energy()
             / 64.0;
     let budget = 0.8 * uniform_mj;
     let out = dir.path().join("energy");
-    let s = SearchSettings { budget_ms: None, energy_budget_mj: Some(budget), ..tiny_search(Strategy::Gradient, 0.0) };
+    let mut s = tiny_search(Strategy::Gradient, 0.0);
+    (s.budget.budget_ms, s.budget.energy_budget_mj) = (None, Some(budget));
     let result = search::run(s, env(&agent, &out, &table_path)).await.unwrap();
 
     let expected = csv_column(&out.join("search.csv"), "expected_energy_mj");

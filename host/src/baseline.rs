@@ -88,7 +88,7 @@ pub async fn widest_within(
             &arch,
             &mut edgeloop_export::export::RandomWeights::new(0),
         )?);
-        let checked = crate::search::hygiene::measure(&env.device, &model, &env.final_request, 1.0, None)
+        let checked = crate::measure::hygiene::measure(&env.device, &model, &env.final_request, 1.0, None)
             .await
             .with_context(|| format!("measuring the width-{width} baseline on {}", env.device.base_url()))?;
         let ms = stat.of(&checked.measurement.latency_ms);

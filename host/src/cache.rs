@@ -29,7 +29,7 @@ pub struct CachedMeasurement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other_busy_cores: Option<f64>,
     /// Measurements thrown away before this one because something else
-    /// was running on the device (see `search::hygiene`).
+    /// was running on the device (see `measure::hygiene`).
     #[serde(default)]
     pub remeasured: usize,
     /// Why the kept measurement is still suspect (every attempt was contaminated).

@@ -136,7 +136,8 @@ pub enum Event {
     },
     MeasuringModel {
         model: PathBuf,
-        url: String,
+        /// The device's id.
+        device: String,
     },
 
     /// `baseline --fit-ms`: a width measured untrained.
@@ -264,7 +265,7 @@ impl fmt::Display for Event {
                 ops.join(", ")
             ),
             Event::FinalEpoch { epoch, of, loss } => write!(f, "final epoch {epoch}/{of}: loss {loss:.3}"),
-            Event::MeasuringModel { model, url } => write!(f, "measuring {} on {url}", model.display()),
+            Event::MeasuringModel { model, device } => write!(f, "measuring {} on {device}", model.display()),
             Event::BaselineMeasured { width, ms, stat, fits } => {
                 write!(f, "baseline width {width}: {ms:.3} ms {stat} ({})", if *fits { "fits" } else { "over" })
             }

@@ -15,12 +15,11 @@ use edgeloop_train::DeviceKind;
 use crate::cache::MeasurementCache;
 use crate::client::AgentClient;
 use crate::events::{Event, Events};
+use crate::measure::DevicePool;
 use crate::predict::{Metric, Predictor, Stat};
 use crate::search::final_model::{self, FinalContext};
 use crate::search::result::{Predictors, RunKind, Timings};
-use crate::search::{
-    Budget, Decision, DevicePool, FinalSettings, RunDir, SearchResult, calibrated_table, device_table,
-};
+use crate::search::{Budget, Decision, FinalSettings, RunDir, SearchResult, calibrated_table, device_table};
 
 /// Where a fixed architecture is trained and measured.
 #[derive(Clone)]
@@ -60,7 +59,7 @@ pub async fn run(
         None => device_table(&pool, &space, &settings.runtime, settings.measure_threads, false, events).await?,
     };
     let (table, calibration) = calibrated_table(&pool, &space, &table_path, stat, &env.final_request, events).await?;
-    pool.set_spread(crate::search::hygiene::typical_spread(&table));
+    pool.set_spread(crate::measure::hygiene::typical_spread(&table));
     let predictors = Predictors {
         latency: Predictor::calibrated(&table, Some(&calibration), stat)?,
         energy: None,

@@ -10,7 +10,7 @@ use edgeloop_agent::{AgentConfig, LocalAgent};
 use edgeloop_api::MeasureRequest;
 use edgeloop_onnx::samples::MbconvNet;
 use edgeloop_onnx::{Attr, Dim, ElemType, GraphBuilder, encode};
-use edgeloop_train::{CostLossKind, GateMode};
+use edgeloop_train::CostLossKind;
 use tempfile::TempDir;
 
 pub const TOKEN: &str = "test-token-0123456789";
@@ -156,34 +156,46 @@ pub fn run_tract(model: &[u8], input: &[f32]) -> Vec<f32> {
 
 /// Settings of a short search of `tiny` on a small synthetic set (seconds).
 pub fn tiny_search(strategy: edgeloop::search::Strategy, budget_ms: f64) -> edgeloop::search::SearchSettings {
+    use edgeloop::search::{GradientSettings, ReinforceSettings, RewardKind, StrategySettings};
     edgeloop::search::SearchSettings {
         space: "tiny".into(),
         width: 1.0,
         recipe: tiny_recipe(),
-        budget_ms: Some(budget_ms),
-        energy_budget_mj: None,
-        budget_stat: edgeloop::predict::Stat::P50,
-        strategy,
-        warmup_epochs: 1,
-        epochs: 3,
-        arch_lr: 1e-2,
-        arch_every: 1,
-        gate_mode: GateMode::Two,
-        latency_loss: CostLossKind::AddLinear,
-        loss_a: 0.2,
-        loss_b: 0.3,
-        loss_lambda: 5.0,
-        lambda_lr: edgeloop::search::DEFAULT_LAMBDA_LR,
-        reward: edgeloop::search::RewardKind::Mnas,
-        samples: 2,
-        reward_w: -0.07,
-        hard_constraint: false,
-        baseline_decay: 0.9,
-        derive_candidates: 3,
-        max_rounds: 2,
+        budget: edgeloop::search::BudgetSettings {
+            budget_ms: Some(budget_ms),
+            energy_budget_mj: None,
+            budget_stat: edgeloop::predict::Stat::P50,
+            lambda_lr: edgeloop::search::DEFAULT_LAMBDA_LR,
+        },
+        schedule: edgeloop::search::ScheduleSettings { warmup_epochs: 1, epochs: 3, arch_lr: 1e-2, arch_every: 1 },
+        strategy: StrategySettings::of(
+            strategy,
+            GradientSettings { latency_loss: CostLossKind::AddLinear, loss_lambda: 5.0, ..GradientSettings::default() },
+            ReinforceSettings {
+                reward: RewardKind::Mnas,
+                samples: 2,
+                baseline_decay: 0.9,
+                ..ReinforceSettings::default()
+            },
+        ),
+        derive: edgeloop::search::DeriveSettings { derive_candidates: 3, max_rounds: 2 },
         runtime: "tract".into(),
         measure_threads: 1,
     }
+}
+
+/// `settings` with the gradient strategy's cost term `latency_loss` (strength `loss_lambda` for add#linear).
+pub fn with_latency_loss(
+    settings: edgeloop::search::SearchSettings,
+    latency_loss: CostLossKind,
+    loss_lambda: f64,
+) -> edgeloop::search::SearchSettings {
+    use edgeloop::search::{GradientSettings, StrategySettings};
+    let StrategySettings::Gradient(gradient) = settings.strategy else {
+        panic!("a cost term is the gradient strategy's");
+    };
+    let gradient = GradientSettings { latency_loss, loss_lambda, ..gradient };
+    edgeloop::search::SearchSettings { strategy: StrategySettings::Gradient(gradient), ..settings }
 }
 
 /// The final-training recipe of the short test runs: one epoch on a small synthetic set.

@@ -3,15 +3,15 @@
 //! correction fitted on whole-policy measurements, and measured through its
 //! agent (cached, so a resumed search never measures a policy twice).
 
-use anyhow::Context as _;
 use edgeloop_api::MeasureRequest;
 use edgeloop_export::quant::{Precision, QuantPolicy};
 use edgeloop_space::{Arch, Layer, Space};
 use edgeloop_train::haq::layer_params;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{CachedMeasurement, MeasurementCache};
-use crate::client::{AgentClient, sha256_hex};
+use crate::cache::CachedMeasurement;
+use crate::client::sha256_hex;
+use crate::measure::{MeasureJob, Measurements};
 use crate::predict::{Metric, Predictor, Stat};
 use crate::search::Budget;
 use crate::table::LatencyTable;
@@ -166,27 +166,18 @@ pub fn describe(policy: &QuantPolicy) -> String {
     policy.layers.iter().map(layer).collect::<Vec<_>>().join(" ")
 }
 
-/// Measures quantized models of one arch on one agent, cached by (device,
-/// arch, policy): what a policy costs does not depend on the weights' values.
+/// Measures quantized models of one arch through the measurement service,
+/// cached by (device, arch, policy): what a policy costs does not depend on
+/// the weights' values.
 pub struct PolicyMeter {
-    pub client: AgentClient,
-    pub device_id: String,
+    pub service: Box<dyn Measurements>,
     pub request: MeasureRequest,
-    cache: MeasurementCache,
     arch_hash: String,
-    pub measured: usize,
-    pub cache_hits: usize,
 }
 
 impl PolicyMeter {
-    pub fn new(
-        client: AgentClient,
-        device_id: String,
-        request: MeasureRequest,
-        cache: MeasurementCache,
-        arch: &Arch,
-    ) -> PolicyMeter {
-        PolicyMeter { client, device_id, request, cache, arch_hash: arch.hash(), measured: 0, cache_hits: 0 }
+    pub fn new(service: Box<dyn Measurements>, request: MeasureRequest, arch: &Arch) -> PolicyMeter {
+        PolicyMeter { service, request, arch_hash: arch.hash() }
     }
 
     fn key(&self, policy: &QuantPolicy) -> String {
@@ -202,25 +193,15 @@ impl PolicyMeter {
         model: impl FnOnce() -> anyhow::Result<Vec<u8>>,
     ) -> anyhow::Result<CachedMeasurement> {
         let key = self.key(policy);
-        let devices = [self.device_id.clone()];
-        if let Some(m) = self.cache.get(&devices, &key, self.request.energy) {
-            self.cache_hits += 1;
-            return Ok(m.clone());
-        }
-        let url = self.client.base_url().to_string();
-        let (_, m) = self
-            .client
-            .upload_and_measure(&model()?, &self.request)
-            .await
-            .with_context(|| format!("measuring policy [{}] on {url}", describe(policy)))?;
-        self.client.require_energy(&self.request, &m)?;
-        let entry = CachedMeasurement {
-            device_id: self.device_id.clone(),
-            ..CachedMeasurement::new(key, vec![describe(policy)], &m)
+        let bytes = if self.service.cached(&key, self.request.energy).is_some() { Vec::new() } else { model()? };
+        let job = MeasureJob {
+            key,
+            ops: vec![describe(policy)],
+            label: format!("policy [{}]", describe(policy)),
+            bytes,
+            expected_min: None,
         };
-        self.cache.insert(entry.clone())?;
-        self.measured += 1;
-        Ok(entry)
+        Ok(self.service.measure(vec![job], &self.request).await?.remove(0))
     }
 }
 

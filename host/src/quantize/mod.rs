@@ -40,6 +40,7 @@ use crate::cache::MeasurementCache;
 use crate::client::AgentClient;
 use crate::dataset::Data;
 use crate::events::{Event, EventSink, Events, Work};
+use crate::measure::DevicePool;
 use crate::search::{TrainedRun, load_trained};
 use crate::table::LatencyTable;
 use crate::table::build::{self as table_build, TablePrecision};
@@ -266,11 +267,9 @@ pub async fn run(settings: QuantizeSettings, mut env: QuantizeEnv) -> anyhow::Re
     let with_energy = matches!(settings.constraint, Constraint::EnergyMj(_));
     env.probe_request.energy = with_energy;
     env.final_request.energy = with_energy;
-    let info =
-        env.device.info().await.with_context(|| format!("asking {} what device it is", env.device.base_url()))?;
     let cache = MeasurementCache::open(&out.measurements())?;
-    let mut meter =
-        PolicyMeter::new(env.device.clone(), info.device_id.clone(), env.probe_request.clone(), cache, &trained.arch);
+    let pool = DevicePool::connect(vec![env.device.clone()], cache).await?;
+    let mut meter = PolicyMeter::new(Box::new(pool), env.probe_request.clone(), &trained.arch);
 
     let (mut state, mut ddpg) = load_or_new(&out, &settings, &search)?;
     let costs = if settings.constraint.on_device() {
@@ -353,7 +352,13 @@ async fn device_costs(
     let mut tables = Vec::new();
     for (precision, given) in [(TablePrecision::Fp32, &env.fp32_table), (TablePrecision::Int8, &env.int8_table)] {
         let path = given.clone().unwrap_or_else(|| {
-            table_build::default_path(&meter.device_id, &search.settings.runtime, space.name(), energy, precision)
+            table_build::default_path(
+                &meter.service.device().device_id,
+                &search.settings.runtime,
+                space.name(),
+                energy,
+                precision,
+            )
         });
         let targets = table_build::layer_targets(&search.layers);
         let report = table_build::build_targets(

@@ -18,6 +18,7 @@ use super::finetune::accuracy;
 use super::{QuantizeEnv, QuantizeState, Search, chosen};
 use crate::client::sha256_hex;
 use crate::events::Event;
+use crate::measure::MeasureJob;
 
 /// One model of the comparison, measured on the device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,7 +85,7 @@ pub(super) async fn finish(
     env: &QuantizeEnv,
     out: &Path,
     state: &QuantizeState,
-    meter: PolicyMeter,
+    mut meter: PolicyMeter,
     started: Instant,
 ) -> anyhow::Result<QuantizeResult> {
     let settings = search.settings;
@@ -110,11 +111,14 @@ pub(super) async fn finish(
             "fp32" => export_arch(&network.vs, &search.trained.space, &search.trained.arch)?,
             _ => fq.export(&network.vs, &search.trained.space, QuantForm::QLinear)?,
         };
-        let (_, m) = env
-            .device
-            .upload_and_measure(&bytes, &env.final_request)
-            .await
-            .with_context(|| format!("measuring the {name} model on {}", env.device.base_url()))?;
+        let job = MeasureJob {
+            key: sha256_hex(&bytes),
+            ops: vec![describe(&policy)],
+            label: format!("the {name} model"),
+            bytes: bytes.clone(),
+            expected_min: None,
+        };
+        let m = meter.service.measure_uncached(job, &env.final_request).await?.measurement;
         rows.push(row(name, &policy, test_accuracy, &m, search, &bytes));
         models.push((policy, bytes, m));
     }
@@ -143,8 +147,8 @@ pub(super) async fn finish(
         comparison: rows,
         table_checks: state.table_checks.clone(),
         episodes: state.episodes.len(),
-        device_measurements: meter.measured,
-        cache_hits: meter.cache_hits,
+        device_measurements: meter.service.counts().measured,
+        cache_hits: meter.service.counts().cache_hits,
         seconds: started.elapsed().as_secs_f64(),
     };
     write_json(&out.join("result.json"), &result).context("writing result.json")?;

@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 use super::derive::{self, Derived};
 use super::state::SearchModel;
 use super::strategy::{Context, measure_archs, remeasure_arch};
-use super::{Decision, DevicePool, holdout_accuracy};
+use super::{Decision, holdout_accuracy};
 use crate::calibrate::MIN_MARGIN;
 use crate::events::Event;
+use crate::measure::Measurements;
 
 /// Derivations per round at most: each one measures its candidates and,
 /// when none meets the budget, grows the margin.
@@ -85,7 +86,7 @@ pub fn grow_margin(current: f64, observed: &[(f64, f64)]) -> f64 {
 /// an error with the evidence when even it misses the budget. A miss is
 /// measured again first, bypassing the cache: a reading from a slow
 /// stretch of the device is no evidence that the budget cannot be met.
-async fn fastest(ctx: &Context<'_>, pool: &mut DevicePool, m: &SearchModel) -> anyhow::Result<(Arch, f64)> {
+async fn fastest(ctx: &Context<'_>, pool: &mut dyn Measurements, m: &SearchModel) -> anyhow::Result<(Arch, f64)> {
     let selection = derive::cheapest(ctx.budget_costs());
     let arch = m.model.net.arch(&selection);
     let mut measured =
@@ -117,7 +118,7 @@ async fn fastest(ctx: &Context<'_>, pool: &mut DevicePool, m: &SearchModel) -> a
 
 /// Refuses, before any training, a budget that the space's fastest
 /// architecture misses on the device.
-pub async fn check_feasible(ctx: &Context<'_>, pool: &mut DevicePool, m: &SearchModel) -> anyhow::Result<()> {
+pub async fn check_feasible(ctx: &Context<'_>, pool: &mut dyn Measurements, m: &SearchModel) -> anyhow::Result<()> {
     let (_, measured) = fastest(ctx, pool, m).await?;
     ctx.events().emit(Event::Feasible { measured: ctx.budget.show(measured), budget: ctx.budget.describe() });
     Ok(())
@@ -126,10 +127,10 @@ pub async fn check_feasible(ctx: &Context<'_>, pool: &mut DevicePool, m: &Search
 /// Derives, measures and chooses the architecture of the round after `misses`.
 pub async fn decide(
     ctx: &Context<'_>,
-    pool: &mut DevicePool,
+    pool: &mut dyn Measurements,
     m: &SearchModel,
     misses: &[Miss],
-    lambda: f64,
+    multiplier: Option<f64>,
 ) -> anyhow::Result<Decision> {
     let budget = ctx.budget;
     let net = &m.model.net;
@@ -154,11 +155,11 @@ pub async fn decide(
         candidates,
         misses: misses.to_vec(),
         fastest_measured: Some(fastest_measured),
-        lambda: ctx.settings.uses_multiplier().then_some(lambda),
+        lambda: multiplier,
     };
     for _ in 0..DERIVE_ATTEMPTS {
         let limit = budget.limit * (1.0 - margin);
-        let k = ctx.settings.derive_candidates;
+        let k = ctx.settings.derive.derive_candidates;
         let derive_within = |floor: f64| -> Vec<Derived> {
             // A few spare, so that earlier rounds' misses can be left out.
             derive::k_best(ctx.budget_costs(), &log_probs, floor, limit, k + missed.len())
@@ -252,15 +253,15 @@ pub async fn decide(
 /// with the final supernet weights (the report's second panel).
 fn write_archs_csv(
     ctx: &Context<'_>,
-    pool: &DevicePool,
+    pool: &dyn Measurements,
     m: &SearchModel,
     candidates: &[CandidateRecord],
     chosen: &Arch,
 ) -> anyhow::Result<()> {
     let path = ctx.dir.archs_csv();
     let mut rows: Vec<_> = pool
-        .cache
-        .on_devices(pool.device_ids())
+        .all_cached()
+        .into_iter()
         .filter_map(|c| {
             let ops = c.ops.iter().map(|o| o.parse()).collect::<Result<Vec<_>, _>>().ok()?;
             let arch = Arch { space: ctx.space.name().into(), width: ctx.space.width, ops };

@@ -23,9 +23,10 @@ use tch::nn::VarStore;
 
 use super::result::Predictors;
 use super::state::{self, Trainable};
-use super::{Budget, Decision, DevicePool, FinalSettings, Mean, RunDir, hygiene};
+use super::{Budget, Decision, FinalSettings, Mean, RunDir};
 use crate::dataset::Data;
 use crate::events::{Event, EventSink, Work};
+use crate::measure::{MeasureJob, Measurements};
 use crate::predict::Metric;
 
 /// What the final stage needs.
@@ -117,7 +118,7 @@ impl Outcome {
 /// the pool's first agent with a per-op profile, and compares with the table.
 pub async fn measure(
     ctx: &FinalContext<'_>,
-    pool: &mut DevicePool,
+    pool: &mut dyn Measurements,
     predictors: &Predictors<'_>,
     vs: &VarStore,
     decision: &Decision,
@@ -127,16 +128,18 @@ pub async fn measure(
     write_json(&dir.arch(), &arch).with_context(|| format!("writing {}", dir.arch().display()))?;
     let bytes = export_arch(vs, ctx.space, &arch)?;
     write_atomic(&dir.model(), &bytes).with_context(|| format!("writing {}", dir.model().display()))?;
-    let (client, _) = pool.primary();
-    ctx.events.emit(Event::MeasuringModel { model: dir.model(), url: client.base_url().to_string() });
+    ctx.events.emit(Event::MeasuringModel { model: dir.model(), device: pool.device().device_id.clone() });
     // The profile's runs come after the timed ones: the latency figures are as without it.
     let request = MeasureRequest { profile_ops: true, ..ctx.final_request.clone() };
     let expected_min = predictors.fastest.predict(ctx.space, &arch)?.total_ms;
-    let checked = hygiene::measure(client, &bytes, &request, pool.spread(), Some(expected_min))
-        .await
-        .with_context(|| format!("measuring the final model on {}", client.base_url()))?;
+    let (model_sha256, model_bytes) = (crate::client::sha256_hex(&bytes), bytes.len());
+    let job = MeasureJob {
+        label: "the final model".into(),
+        bytes,
+        ..MeasureJob::arch(&arch, Vec::new(), Some(expected_min))
+    };
+    let checked = pool.measure_uncached(job, &request).await?;
     let m = &checked.measurement;
-    client.require_energy(&request, m).context("measuring the final model")?;
     let prediction = predictors.latency.predict(ctx.space, &arch)?;
     let (judged, predicted_judged) = match ctx.budget {
         Some(Budget { metric: Metric::Energy, .. }) => (
@@ -166,8 +169,8 @@ pub async fn measure(
         .collect();
     Ok(Outcome {
         arch,
-        model_sha256: crate::client::sha256_hex(&bytes),
-        model_bytes: bytes.len(),
+        model_sha256,
+        model_bytes,
         remeasured: checked.remeasured,
         suspect: checked.suspect,
         judged,

@@ -21,279 +21,50 @@ pub mod costs;
 mod decide;
 pub mod derive;
 pub mod final_model;
-pub mod hygiene;
-mod pool;
 pub mod result;
 mod run_dir;
+mod settings;
 mod state;
 mod strategy;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::Context;
 use edgeloop_api::MeasureRequest;
-use edgeloop_data::DatasetSpec;
 use edgeloop_space::{Arch, Space};
 use edgeloop_train::trainer::accuracy;
-use edgeloop_train::{BnMode, CostLoss, CostLossKind, DeviceKind, GateMode, Supernet};
+use edgeloop_train::{BnMode, DeviceKind, Supernet};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
 pub use decide::{CandidateRecord, Miss, grow_margin};
-pub use pool::DevicePool;
 pub use result::{BlockTime, SearchResult, render_summary};
 pub use run_dir::{EpochRow, RunDir};
+pub use settings::{
+    Budget, BudgetSettings, DEFAULT_CANDIDATES, DEFAULT_LAMBDA_LR, DEFAULT_ROUNDS, DeriveSettings, FinalSettings,
+    ScheduleSettings, SearchSettings, TrainRecipe,
+};
 pub use state::{Trainable, TrainedRun, load_trained};
+pub use strategy::{
+    GradientSettings, GradientState, ReinforceSettings, ReinforceState, RewardKind, Strategy, StrategySettings,
+    StrategyState, dual_ascent,
+};
 
-use crate::cache::{CachedMeasurement, MeasurementCache};
+use crate::cache::MeasurementCache;
 use crate::calibrate::{self, Calibration};
 use crate::client::AgentClient;
 use crate::dataset::Data;
 use crate::events::{Event, EventSink, Events, Work};
+use crate::measure::DevicePool;
 use crate::predict::{Metric, Predictor, Stat};
 use crate::table::LatencyTable;
-
-/// How α moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Strategy {
-    /// Gradient through binary gates, expected latency from the device's table.
-    Gradient,
-    /// Policy gradient, reward from latencies measured on the device.
-    Reinforce,
-}
-
-/// How REINFORCE's reward takes the budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum RewardKind {
-    /// acc − λ·(COST/T − 1), λ ≥ 0 by dual ascent on the measured costs.
-    #[default]
-    Lagrange,
-    /// MnasNet's acc·(COST/T)^w (`--reward-w`, or `--hard-constraint`).
-    Mnas,
-}
-
-/// How a network is trained from scratch: a search's final network, or one
-/// fixed architecture (`edgeloop train`, the baselines). Shared so that a
-/// searched network and its baseline get the same recipe.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainRecipe {
-    pub dataset: String,
-    pub final_epochs: usize,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub momentum: f64,
-    pub weight_decay: f64,
-    /// Training images held out (architecture steps; 0 = 10%). The final
-    /// network trains on all of them; the split sets the input normalisation.
-    pub holdout: usize,
-    pub seed: u64,
-}
-
-impl TrainRecipe {
-    /// The recipe's dataset for `space`, split as the recipe says.
-    pub fn data(&self, space: &Space) -> anyhow::Result<Data> {
-        Data::load(&self.dataset, self.holdout, self.seed, space)
-    }
-
-    fn check(&self) -> anyhow::Result<()> {
-        ensure!(self.batch_size > 0, "--batch-size must be at least 1");
-        ensure!(self.lr > 0.0 && self.lr.is_finite(), "--lr must be positive");
-        self.dataset.parse::<DatasetSpec>()?;
-        Ok(())
-    }
-}
-
-/// Everything that shapes a search's outcome. Stored in the checkpoint: a
-/// resumed search must use the same settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SearchSettings {
-    pub space: String,
-    pub width: f64,
-    #[serde(flatten)]
-    pub recipe: TrainRecipe,
-    /// Latency budget (ms, of `budget_stat`); exactly one of this and `energy_budget_mj`.
-    pub budget_ms: Option<f64>,
-    /// Energy budget (per inference above idle, mJ).
-    #[serde(default)]
-    pub energy_budget_mj: Option<f64>,
-    /// Which statistic of the device's runs a latency budget is judged on.
-    #[serde(default = "default_stat")]
-    pub budget_stat: Stat,
-    pub strategy: Strategy,
-    pub warmup_epochs: usize,
-    pub epochs: usize,
-    pub arch_lr: f64,
-    pub arch_every: usize,
-    pub gate_mode: GateMode,
-    pub latency_loss: CostLossKind,
-    pub loss_a: f64,
-    pub loss_b: f64,
-    pub loss_lambda: f64,
-    /// Step size of the multiplier's dual ascent (`lagrange`): per arch
-    /// step, λ += lambda_lr·(E[COST]/T − 1), never below 0.
-    #[serde(default = "default_lambda_lr")]
-    pub lambda_lr: f64,
-    #[serde(default)]
-    pub reward: RewardKind,
-    pub samples: usize,
-    pub reward_w: f64,
-    pub hard_constraint: bool,
-    pub baseline_decay: f64,
-    /// Architectures derived under the budget and measured on the device.
-    #[serde(default = "default_candidates")]
-    pub derive_candidates: usize,
-    /// Final trainings at most: one more (with a larger margin) each time
-    /// the final model misses the budget on the device.
-    #[serde(default = "default_rounds")]
-    pub max_rounds: usize,
-    pub runtime: String,
-    pub measure_threads: usize,
-}
-
-fn default_stat() -> Stat {
-    Stat::P50
-}
-fn default_lambda_lr() -> f64 {
-    DEFAULT_LAMBDA_LR
-}
-fn default_candidates() -> usize {
-    DEFAULT_CANDIDATES
-}
-fn default_rounds() -> usize {
-    DEFAULT_ROUNDS
-}
-
-/// Defaults of the settings added with the constrained search (also the CLI's).
-pub const DEFAULT_LAMBDA_LR: f64 = 0.5;
-pub const DEFAULT_CANDIDATES: usize = 5;
-pub const DEFAULT_ROUNDS: usize = 3;
 
 /// The safety margin of an energy budget: energy tables have no
 /// calibration, so the margin starts here and grows on misses.
 pub const ENERGY_MARGIN: f64 = 0.05;
-
-impl SearchSettings {
-    /// The cost term of a gradient arch step with multiplier `lambda`
-    /// (used by `lagrange` only).
-    pub fn cost_loss(&self, lambda: f64) -> CostLoss {
-        match self.latency_loss {
-            CostLossKind::Lagrange => CostLoss::AddLinear { lambda },
-            CostLossKind::MulLog => CostLoss::MulLog { a: self.loss_a, b: self.loss_b },
-            CostLossKind::AddLinear => CostLoss::AddLinear { lambda: self.loss_lambda },
-            CostLossKind::Off => CostLoss::Off,
-        }
-    }
-
-    /// Whether the budget is a constraint with a multiplier in this search.
-    pub fn uses_multiplier(&self) -> bool {
-        match self.strategy {
-            Strategy::Gradient => self.latency_loss == CostLossKind::Lagrange,
-            Strategy::Reinforce => self.reward == RewardKind::Lagrange,
-        }
-    }
-
-    /// The constraint; [`SearchSettings::check`] makes sure there is exactly one.
-    pub fn budget(&self) -> Budget {
-        match (self.budget_ms, self.energy_budget_mj) {
-            (_, Some(limit)) => Budget { metric: Metric::Energy, limit, stat: Stat::P50 },
-            (Some(limit), None) => Budget { metric: Metric::Latency, limit, stat: self.budget_stat },
-            (None, None) => unreachable!("SearchSettings::check requires a budget"),
-        }
-    }
-
-    /// What training the final network needs of these settings.
-    pub fn final_settings(&self) -> FinalSettings {
-        FinalSettings {
-            space: self.space.clone(),
-            width: self.width,
-            recipe: self.recipe.clone(),
-            runtime: self.runtime.clone(),
-            measure_threads: self.measure_threads,
-        }
-    }
-
-    fn check(&self) -> anyhow::Result<()> {
-        match (self.budget_ms, self.energy_budget_mj) {
-            (Some(_), Some(_)) => bail!("give either --budget-ms or --energy-budget-mj, not both"),
-            (None, None) => bail!("give a budget: --budget-ms or --energy-budget-mj"),
-            (Some(ms), None) => ensure!(ms > 0.0 && ms.is_finite(), "--budget-ms must be positive"),
-            (None, Some(mj)) => ensure!(mj > 0.0 && mj.is_finite(), "--energy-budget-mj must be positive"),
-        }
-        ensure!(
-            self.budget_stat != Stat::Min,
-            "--budget-stat must be p50 or p90: a budget is not judged on the fastest run"
-        );
-        self.recipe.check()?;
-        ensure!(self.arch_every > 0, "--arch-every must be at least 1");
-        ensure!(self.samples > 0, "--samples must be at least 1");
-        ensure!(self.derive_candidates > 0, "--derive-candidates must be at least 1");
-        ensure!(self.max_rounds > 0, "--max-rounds must be at least 1");
-        ensure!(self.lambda_lr >= 0.0 && self.lambda_lr.is_finite(), "--lambda-lr must be 0 or more");
-        ensure!((0.0..1.0).contains(&self.baseline_decay), "--baseline-decay must be in [0, 1)");
-        Ok(())
-    }
-}
-
-/// What training and measuring a final network needs: the space, the
-/// recipe, and how the device measures. Stored in final checkpoints (the
-/// search's and `edgeloop train`'s alike).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FinalSettings {
-    pub space: String,
-    pub width: f64,
-    #[serde(flatten)]
-    pub recipe: TrainRecipe,
-    pub runtime: String,
-    pub measure_threads: usize,
-}
-
-/// What a search constrains, and how much.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Budget {
-    pub metric: Metric,
-    pub limit: f64,
-    /// The statistic of the runs a latency budget is judged on.
-    pub stat: Stat,
-}
-
-impl Budget {
-    /// The figure of a measurement this budget judges: p50 or p90 latency
-    /// (ms), or energy per inference (mJ; infinite when it was not measured).
-    pub fn measured(&self, m: &CachedMeasurement) -> f64 {
-        match (self.metric, self.stat) {
-            (Metric::Latency, Stat::Min) => m.min_ms,
-            (Metric::Latency, Stat::P50) => m.p50_ms,
-            (Metric::Latency, Stat::P90) => m.p90_ms,
-            (Metric::Energy, _) => m.energy_mj.unwrap_or(f64::INFINITY),
-        }
-    }
-
-    /// Whether `value` of this budget's figure meets it (NaN never does).
-    pub fn met_by(&self, value: f64) -> bool {
-        value <= self.limit
-    }
-
-    /// `value` with the budget's unit and what it is, e.g. `0.812 mJ`, `0.130 ms p50`.
-    pub fn show(&self, value: f64) -> String {
-        match self.metric {
-            Metric::Latency => format!("{value:.3} ms {}", self.stat),
-            Metric::Energy => format!("{value:.3} mJ"),
-        }
-    }
-
-    /// `0.12 ms p50 budget` / `0.5 mJ budget`.
-    pub fn describe(&self) -> String {
-        match self.metric {
-            Metric::Latency => format!("{} ms {} budget", self.limit, self.stat),
-            Metric::Energy => format!("{} mJ budget", self.limit),
-        }
-    }
-}
 
 /// Where and how a search runs; not part of its outcome, so free to change on resume.
 pub struct SearchEnv {
@@ -411,7 +182,7 @@ pub async fn run(settings: SearchSettings, mut env: SearchEnv) -> anyhow::Result
     let judged_stat = if with_energy { Stat::P50 } else { budget.stat };
     let (table, calibration) =
         calibrated_table(&pool, &space, &table_path, judged_stat, &env.final_request, events).await?;
-    pool.set_spread(hygiene::typical_spread(&table));
+    pool.set_spread(crate::measure::hygiene::typical_spread(&table));
     let latency = Predictor::calibrated(&table, Some(&calibration), judged_stat)?;
     let energy = with_energy.then(|| Predictor::energy(&table)).transpose()?;
     let pricing = || format!("pricing the candidates of {} from {}", space.name(), table_path.display());
@@ -469,7 +240,7 @@ pub async fn run(settings: SearchSettings, mut env: SearchEnv) -> anyhow::Result
         let final_seconds = started.elapsed().as_secs_f64();
         let outcome = final_model::measure(&final_ctx, &mut pool, &predictors, &vs, &decision).await?;
         let timings = result::Timings { search_seconds, final_seconds };
-        let last_round = decision.round + 1 >= settings.max_rounds;
+        let last_round = decision.round + 1 >= settings.derive.max_rounds;
         if outcome.budget_met() || last_round {
             return result::finish(&ctx, &final_ctx, &pool, &predictors, decision, outcome, test_accuracy, timings);
         }

@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 use super::decide::{CandidateRecord, Miss};
 pub use super::final_model::BlockTime;
 use super::final_model::{FinalContext, Outcome};
-use super::hygiene::MeasurementHygiene;
 use super::strategy::Context;
-use super::{Decision, DevicePool, Strategy};
+use super::{Decision, Strategy};
+use crate::measure::Measurements;
+use crate::measure::hygiene::MeasurementHygiene;
 use crate::predict::{Metric, Predictor, Stat};
 
 /// The table's predictors of a run: latency (of the judged statistic)
@@ -113,7 +114,7 @@ impl SearchResult {
     pub fn of_final(
         kind: RunKind,
         ctx: &FinalContext<'_>,
-        pool: &DevicePool,
+        pool: &dyn Measurements,
         predictors: &Predictors<'_>,
         outcome: Outcome,
         test_accuracy: f64,
@@ -121,7 +122,7 @@ impl SearchResult {
     ) -> anyhow::Result<SearchResult> {
         let s = ctx.settings;
         let m = &outcome.measurement;
-        let (_, info) = pool.primary();
+        let info = pool.device();
         let energy = m.energy.clone();
         let final_hygiene = MeasurementHygiene {
             what: "final model".into(),
@@ -170,8 +171,8 @@ impl SearchResult {
             profile: outcome.profile.clone(),
             hygiene: vec![final_hygiene],
             train_device: edgeloop_train::device::describe(ctx.device),
-            device_measurements: pool.measured,
-            cache_hits: pool.cache_hits,
+            device_measurements: pool.counts().measured,
+            cache_hits: pool.counts().cache_hits,
             search_seconds: timings.search_seconds,
             final_seconds: timings.final_seconds,
             arch: outcome.arch,
@@ -189,7 +190,7 @@ impl SearchResult {
 pub fn finish(
     ctx: &Context<'_>,
     final_ctx: &FinalContext<'_>,
-    pool: &DevicePool,
+    pool: &dyn Measurements,
     predictors: &Predictors<'_>,
     decision: Decision,
     outcome: Outcome,
@@ -198,7 +199,7 @@ pub fn finish(
 ) -> anyhow::Result<SearchResult> {
     let mut result =
         SearchResult::of_final(RunKind::Search, final_ctx, pool, predictors, outcome, test_accuracy, timings)?;
-    let cached = |hash: &str| pool.cache.get(pool.device_ids(), hash, ctx.budget.metric == Metric::Energy);
+    let cached = |hash: &str| pool.cached(hash, ctx.budget.metric == Metric::Energy);
     let deciding = decision.candidates.iter().filter_map(|c| {
         cached(&c.arch_hash).map(|m| MeasurementHygiene {
             what: format!("candidate {}", &c.arch_hash[..12]),
@@ -208,7 +209,7 @@ pub fn finish(
         })
     });
     result.hygiene.extend(deciding.collect::<Vec<_>>());
-    result.strategy = Some(ctx.settings.strategy);
+    result.strategy = Some(ctx.settings.strategy_kind());
     result.decision = decision.reason;
     result.derived_arch_hash = Some(decision.derived.hash());
     result.margin = Some(decision.margin);

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-use super::{Decision, FinalSettings, SearchSettings, TrainRecipe};
+use super::{Decision, FinalSettings, SearchSettings, StrategyState, TrainRecipe};
 
 /// Adam's state for α (plain numbers: α is small).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,11 +32,8 @@ pub struct SearchState {
     pub weight_steps: u64,
     pub alpha: Vec<Vec<f64>>,
     pub adam: AdamState,
-    /// REINFORCE's moving-average baseline (None before the first update).
-    pub baseline: Option<f64>,
-    /// The budget's multiplier (`lagrange`), moved by dual ascent.
-    #[serde(default)]
-    pub lambda: f64,
+    /// What the strategy keeps between arch steps, tagged with its name.
+    pub strategy_state: StrategyState,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,25 +117,23 @@ impl SearchModel {
         let counts = model.net.candidate_counts();
         if !path.exists() {
             let alpha = ArchParams::new(&counts, &mut SmallRng::seed_from_u64(settings.recipe.seed));
-            let adam = Adam::new(alpha.tensors(), settings.arch_lr, (0.0, 0.999), 1e-8);
+            let adam = Adam::new(alpha.tensors(), settings.schedule.arch_lr, (0.0, 0.999), 1e-8);
             let state = SearchState {
                 settings: settings.clone(),
                 epochs_done: 0,
                 weight_steps: 0,
                 alpha: alpha.values(),
                 adam: AdamState { steps: 0, m: rows(&adam.m), v: rows(&adam.v) },
-                baseline: None,
-                lambda: 0.0,
+                strategy_state: settings.strategy.initial_state(),
             };
             return Ok((SearchModel { model, alpha, adam }, state));
         }
         let (saved, meta) = checkpoint::load(path)?;
-        let state: SearchState =
-            serde_json::from_str(&meta).with_context(|| format!("checkpoint {}: unreadable state", path.display()))?;
+        let state = search_state(&meta, path)?;
         crate::resume::check_settings(&state.settings, settings, path)?;
         model.restore(&saved, path)?;
         let alpha = ArchParams::from_values(state.alpha.clone());
-        let mut adam = Adam::new(alpha.tensors(), settings.arch_lr, (0.0, 0.999), 1e-8);
+        let mut adam = Adam::new(alpha.tensors(), settings.schedule.arch_lr, (0.0, 0.999), 1e-8);
         adam.steps = state.adam.steps;
         adam.m = tensors(&state.adam.m);
         adam.v = tensors(&state.adam.v);
@@ -151,6 +146,21 @@ impl SearchModel {
         checkpoint::save(path, &self.model.tensors(), &serde_json::to_string(state)?)?;
         Ok(())
     }
+}
+
+/// The state of a search checkpoint; a clear refusal for checkpoints of
+/// edgeloop before strategies kept their own state (their REINFORCE
+/// baseline and multiplier sat beside the epoch counters).
+fn search_state(meta: &str, path: &Path) -> anyhow::Result<SearchState> {
+    let unreadable = || format!("checkpoint {}: unreadable state", path.display());
+    let value: serde_json::Value = serde_json::from_str(meta).with_context(unreadable)?;
+    ensure!(
+        value.get("strategy_state").is_some(),
+        "checkpoint {} was written by an older edgeloop, whose checkpoints do not keep each strategy's state \
+         apart: it cannot be resumed; start the search again in another --out",
+        path.display()
+    );
+    serde_json::from_value(value).with_context(unreadable)
 }
 
 /// The final network of `decision.chosen`, fresh or from `path` (unless
@@ -229,4 +239,18 @@ pub fn saved_decision(path: &Path) -> anyhow::Result<Option<Decision>> {
 pub fn save_final(path: &Path, model: &Trainable, state: &FinalState) -> anyhow::Result<()> {
     checkpoint::save(path, &model.tensors(), &serde_json::to_string(state)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_from_before_strategy_states_is_refused_by_name() {
+        let path = Path::new("runs/old/checkpoint");
+        let old = r#"{"epochs_done": 3, "weight_steps": 30, "baseline": 0.4, "lambda": 0.0}"#;
+        let err = search_state(old, path).unwrap_err().to_string();
+        assert!(err.contains("runs/old/checkpoint") && err.contains("older edgeloop"), "{err}");
+        assert!(search_state("{not json", path).unwrap_err().to_string().contains("unreadable state"));
+    }
 }
