@@ -8,7 +8,7 @@
 use std::marker::PhantomData;
 use std::mem;
 
-use edgeloop_api::cpus::format_cpu_list as cpu_list;
+use edgeloop_cli::cpus::format_cpu_list as cpu_list;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AffinityError {

@@ -17,7 +17,7 @@ use std::str::FromStr;
 use edgeloop_agent::AgentConfig;
 use edgeloop_agent::energy::SensorChoice;
 use edgeloop_agent::runtime::{OrtOptimization, RuntimeSettings};
-use edgeloop_api::cli::{MeasureFlags, help};
+use edgeloop_cli::measure_flags::{MeasureFlags, help};
 use lexopt::{Arg, Parser, ValueExt};
 
 use crate::logging::LogFilter;

@@ -13,7 +13,7 @@ use edgeloop_agent::device::{MachineFacts, device_info};
 use edgeloop_agent::limits::Limits;
 use edgeloop_agent::runtime::{Runtime, Runtimes};
 use edgeloop_agent::{Agent, AgentConfig, Isolation, check_listen_addr, engine};
-use edgeloop_api::token::resolve_token;
+use edgeloop_cli::token::resolve_token;
 use logging::LogFilter;
 
 /// What is logged when neither --log-level nor RUST_LOG says.
@@ -161,7 +161,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     if args.output.json {
         println!("{}", serde_json::to_string_pretty(&measurement)?);
     } else {
-        print!("{}", edgeloop_api::display::measurement_table(&measurement));
+        print!("{}", edgeloop_cli::display::measurement_table(&measurement));
     }
     Ok(())
 }
@@ -174,7 +174,7 @@ fn info(args: InfoArgs) -> Result<()> {
     if args.output.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
-        print!("{}", edgeloop_api::display::device_table(&info));
+        print!("{}", edgeloop_cli::display::device_table(&info));
     }
     Ok(())
 }

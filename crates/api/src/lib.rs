@@ -3,11 +3,6 @@
 //! Both the agent (server) and the host (client) use these, so this crate
 //! depends on serde alone: it must build for every target the agent ships to.
 
-pub mod cli;
-pub mod cpus;
-pub mod display;
-pub mod token;
-
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use edgeloop_api::DeviceInfo;
-use edgeloop_api::display::device_table;
+use edgeloop_cli::display::device_table;
 use futures_util::future::join_all;
 use serde::Serialize;
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use edgeloop_api::MeasureRequest;
-use edgeloop_api::token::resolve_token;
+use edgeloop_cli::token::resolve_token;
 use edgeloop_space::Space;
 use edgeloop_train::DeviceKind;
 

@@ -4,14 +4,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use edgeloop_api::display::measurement_table;
 use edgeloop_api::{MeasureRequest, Measurement};
+use edgeloop_cli::display::measurement_table;
 
 use super::flags::AgentArgs;
 use crate::client::DEFAULT_REQUEST_TIMEOUT;
 use crate::client::{AgentClient, UploadStatus};
 use clap::Args;
-use edgeloop_api::cli::MeasureFlags;
+use edgeloop_cli::measure_flags::MeasureFlags;
 
 /// Uploads the model at `model` unless the agent has it, measures it with the
 /// settings of `template`, and renders the result with [`render`].

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::cpus::format_cpu_list;
-use crate::{DeviceInfo, Measurement, OpTime};
+use edgeloop_api::{DeviceInfo, Measurement, OpTime};
 
 /// Two-column table: one labelled value per line.
 fn rows(rows: &[(&str, String)]) -> String {
@@ -155,7 +155,7 @@ pub fn device_table(d: &DeviceInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::LatencyStats;
+    use edgeloop_api::LatencyStats;
 
     #[test]
     fn measurement_table_lists_percentiles() {
@@ -173,7 +173,7 @@ mod tests {
             energy: None,
             energy_unavailable_reason: Some("no meter".into()),
             thermal: None,
-            load: Some(crate::LoadStats { other_busy_cores: 0.25, window_ms: 1000.0 }),
+            load: Some(edgeloop_api::LoadStats { other_busy_cores: 0.25, window_ms: 1000.0 }),
             ops: None,
             cpus: None,
             queue_wait_ms: 0.0,

@@ -3,8 +3,8 @@
 //! parses them with clap (feature `clap`); the static agent, which has no
 //! room for clap, with its own small parser from the same help texts.
 
-use crate::MeasureRequest;
 use crate::cpus::CpuList;
+use edgeloop_api::MeasureRequest;
 
 /// `--help` text of each measurement flag.
 pub mod help {
