@@ -2,14 +2,21 @@
 # Sets up (idempotently) and runs the whole test suite. CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# Each stage says how long it took, so a slow suite shows where the time goes.
+stage() {
+    local name=$1 start=$SECONDS
+    shift
+    "$@"
+    echo "[test.sh] $name: $((SECONDS - start)) s" >&2
+}
+stage setup bash scripts/setup.sh
 # Style and lints first: they fail fast, before the long builds.
-cargo fmt --all --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+stage fmt cargo fmt --all --check
+stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 # The shipped static aarch64 agent, which tests/qemu_agent.rs runs under qemu:
 # the suite then covers the ARM binary as it ships (fat LTO linking tract's
 # kernels included), not only the host build.
-bash scripts/build-agent.sh aarch64
+stage aarch64-agent bash scripts/build-agent.sh aarch64
 export EDGELOOP_REQUIRE_CROSS=1
 # tests/deploy.rs runs the agent binary that `cargo test --workspace` builds
 # anyway (for the agent's own tests). Left to itself it runs `cargo build -p
@@ -18,4 +25,4 @@ profile=debug
 for arg in "$@"; do [[ $arg == --release ]] && profile=release; done
 export EDGELOOP_AGENT_BIN="${EDGELOOP_AGENT_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/$profile/edgeloop-agent}"
 export EDGELOOP_AGENT_AARCH64="$PWD/dist/edgeloop-agent-aarch64-linux-musl"
-cargo test --workspace --locked "$@"
+stage tests cargo test --workspace --locked "$@"

@@ -21,6 +21,7 @@ async fn assert_still_measures(client: &AgentClient) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn happy_path_every_endpoint() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start();
     let client = agent.client();
     let health = client.health().await.unwrap();
@@ -56,6 +57,7 @@ async fn happy_path_every_endpoint() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upload_is_idempotent() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start();
     let client = agent.client();
     let model = small_model();
@@ -79,6 +81,7 @@ async fn upload_is_idempotent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hash_mismatch_is_400() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start();
     let model = small_model();
     let wrong = sha256_hex(b"something else");
@@ -99,6 +102,7 @@ async fn hash_mismatch_is_400() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_model_is_404() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start();
     let missing = sha256_hex(b"never uploaded");
     let (status, code, message) = api_code(agent.client().measure(&quick_request(&missing)).await.unwrap_err());
@@ -108,6 +112,7 @@ async fn unknown_model_is_404() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oversize_upload_is_413() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start_with(|c| c.max_model_bytes = 10_000);
     let client = agent.client();
     let (status, code, message) = api_code(client.upload(&small_model()).await.unwrap_err());
@@ -124,6 +129,7 @@ async fn oversize_upload_is_413() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_or_bad_token_is_401_except_health() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start();
     let model = small_model();
     let sha = sha256_hex(&model);
@@ -154,6 +160,7 @@ async fn missing_or_bad_token_is_401_except_health() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_models_are_refused_and_the_agent_keeps_serving() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start();
     let client = agent.client();
     let cases = [
@@ -178,6 +185,7 @@ async fn malformed_models_are_refused_and_the_agent_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_runtime_panic_is_answered_and_contained() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start();
     let client = agent.client();
     let up = client.upload(&bad_models::bad_conv_pads()).await.unwrap();
@@ -191,6 +199,7 @@ async fn a_runtime_panic_is_answered_and_contained() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dynamic_dims_need_a_shape() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start();
     let client = agent.client();
     let up = client.upload(&dynamic_batch_model()).await.unwrap();
@@ -204,6 +213,7 @@ async fn dynamic_dims_need_a_shape() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_are_400() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start();
     let client = agent.client();
     let up = client.upload(&small_model()).await.unwrap();
@@ -236,6 +246,7 @@ async fn bad_requests_are_400() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_measurements_never_overlap() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start();
     let client = agent.client();
     let up = client.upload(&small_model()).await.unwrap();
@@ -267,6 +278,7 @@ async fn concurrent_measurements_never_overlap() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn statistics_are_consistent() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start();
     let client = agent.client();
     let up = client.upload(&small_model()).await.unwrap();
@@ -292,6 +304,7 @@ async fn statistics_are_consistent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_keeps_device_id_and_models() {
+    let _device = edgeloop_e2e::shared().await;
     let first = TestAgent::start();
     let client = first.client();
     let up = client.upload(&small_model()).await.unwrap();

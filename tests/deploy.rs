@@ -373,6 +373,7 @@ fn android_start_calls(
 
 #[test]
 fn android_start_status_restart_stop() {
+    let _device = edgeloop_e2e::shared_blocking();
     let fx = Fixture::new();
     fx.phones(&[("FAKE1", "device"), ("OLD9", "unauthorized")]);
     let bin = agent_binary();
@@ -475,6 +476,7 @@ fn android_start_status_restart_stop() {
 
 #[test]
 fn android_serial_goes_to_every_adb_call_and_several_phones_need_it() {
+    let _device = edgeloop_e2e::shared_blocking();
     let fx = Fixture::new();
     fx.phones(&[("FAKE1", "device"), ("FAKE2", "device")]);
     let bin = agent_binary();
@@ -546,6 +548,7 @@ fn android_serial_goes_to_every_adb_call_and_several_phones_need_it() {
 
 #[test]
 fn android_failed_health_check_shows_the_phone_log() {
+    let _device = edgeloop_e2e::shared_blocking();
     let fx = Fixture::new();
     fx.phones(&[("FAKE1", "device")]);
     let bin = fx.crashing_binary();
@@ -566,6 +569,7 @@ fn android_failed_health_check_shows_the_phone_log() {
 
 #[test]
 fn android_usage_errors_are_clear() {
+    let _device = edgeloop_e2e::shared_blocking();
     let mut fx = Fixture::new();
     fx.phones(&[("FAKE1", "device")]);
     let out = fx.run("deploy-android.sh", &["--help"]).success();
@@ -592,6 +596,7 @@ fn android_usage_errors_are_clear() {
 
 #[test]
 fn android_aarch64_static_agent_under_qemu() {
+    let _device = edgeloop_e2e::shared_blocking();
     let bin = repo_root().join("dist/edgeloop-agent-aarch64-linux-musl");
     if !bin.exists() {
         eprintln!("skipped: {} is missing (build it with scripts/build-agent.sh aarch64)", bin.display());
@@ -670,6 +675,7 @@ fn assert_in_order(lines: &[String], wanted: &[&str]) {
 
 #[test]
 fn ssh_systemd_board_through_a_tunnel() {
+    let _device = edgeloop_e2e::shared_blocking();
     let fx = Fixture::new();
     fx.board(true);
     let bin = agent_binary();
@@ -757,6 +763,7 @@ fn ssh_systemd_board_through_a_tunnel() {
 
 #[test]
 fn ssh_nohup_board_with_auto_arch() {
+    let _device = edgeloop_e2e::shared_blocking();
     let mut fx = Fixture::new();
     fx.board(false);
     // --arch auto asks the board (this machine) and picks dist/edgeloop-agent-<arch>-linux-musl.
@@ -818,6 +825,7 @@ fn ssh_nohup_board_with_auto_arch() {
 
 #[test]
 fn ssh_direct_listens_on_the_network_with_the_token() {
+    let _device = edgeloop_e2e::shared_blocking();
     let fx = Fixture::new();
     fx.board(false);
     let bin = agent_binary();
@@ -846,6 +854,7 @@ fn ssh_direct_listens_on_the_network_with_the_token() {
 
 #[test]
 fn ssh_failed_health_check_shows_the_board_log() {
+    let _device = edgeloop_e2e::shared_blocking();
     for systemd in [true, false] {
         let fx = Fixture::new();
         fx.board(systemd);
@@ -874,6 +883,7 @@ fn ssh_failed_health_check_shows_the_board_log() {
 
 #[test]
 fn ssh_usage_errors_are_clear() {
+    let _device = edgeloop_e2e::shared_blocking();
     let mut fx = Fixture::new();
     fx.board(false);
     let out = fx.run("deploy-ssh.sh", &["--help"]).success();

@@ -22,6 +22,7 @@ fn write_case(dir: &Path, name: &str, model: &pb::ModelProto) {
 
 #[test]
 fn random_archs_match_onnx_runtime() {
+    let _device = edgeloop_e2e::shared_blocking();
     let dir = tempfile::tempdir().unwrap();
     for (space, samples) in [("tiny", 4), ("proxyless-cifar", 3), ("proxyless-mobile", 1)] {
         let space = Space::load(space, 1.0).unwrap();
@@ -39,6 +40,7 @@ fn random_archs_match_onnx_runtime() {
 
 #[test]
 fn single_layer_and_identity_models_match_onnx_runtime() {
+    let _device = edgeloop_e2e::shared_blocking();
     let dir = tempfile::tempdir().unwrap();
     let space = Space::load("tiny", 1.0).unwrap();
     for (i, layer) in space.all_layers().iter().enumerate() {

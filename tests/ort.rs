@@ -44,6 +44,7 @@ async fn upload_small(client: &AgentClient) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn info_lists_ort_and_measurements_carry_its_version() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start();
     let client = agent.client();
     let info = client.info().await.unwrap();
@@ -69,6 +70,7 @@ async fn info_lists_ort_and_measurements_carry_its_version() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ort_profiles_ops() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start();
     let client = agent.client();
     let sha = upload_small(&client).await;
@@ -94,6 +96,7 @@ async fn ort_profiles_ops() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ort_with_two_threads_and_pinned() {
+    let _device = edgeloop_e2e::shared().await;
     let agent = TestAgent::start();
     let client = agent.client();
     let sha = upload_small(&client).await;
@@ -125,6 +128,7 @@ fn models() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn ort_and_tract_outputs_match() {
+    let _device = edgeloop_e2e::shared_blocking();
     for optimization in [OrtOptimization::All, OrtOptimization::Disable] {
         let runtimes = Runtimes::detect(&RuntimeSettings { ort_optimization: optimization, ..Default::default() });
         let tract = runtimes.get("tract").unwrap();
@@ -171,6 +175,7 @@ async fn without_ort(library: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_ort_library_leaves_tract_serving() {
+    let _device = edgeloop_e2e::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let reason = without_ort(&dir.path().join("libonnxruntime.so.1.32.0")).await;
     assert!(reason.contains("does not exist") && reason.contains("--ort-lib"), "{reason}");
@@ -178,6 +183,7 @@ async fn missing_ort_library_leaves_tract_serving() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_ort_library_leaves_tract_serving() {
+    let _device = edgeloop_e2e::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("libonnxruntime.so");
     std::fs::write(&garbage, "this is not a shared library\n").unwrap();

@@ -109,6 +109,7 @@ impl Drop for QemuAgent {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn aarch64_agent_measures_under_qemu() {
+    let _device = edgeloop_e2e::shared().await;
     let (agent_bin, qemu) = match prerequisites() {
         Ok(found) => found,
         Err(why) if std::env::var("EDGELOOP_REQUIRE_CROSS").as_deref() == Ok("1") => {

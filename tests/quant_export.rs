@@ -169,6 +169,7 @@ impl ArchCase {
 /// rounding (1e-5). Observed: at most 1 input of 16 differs, by ≤ 0.8 step.
 #[test]
 fn qlinear_models_match_their_qdq_form_in_tract_and_onnx_runtime() {
+    let _device = edgeloop_e2e::shared_blocking();
     for seed in 0..ARCHS {
         let case = ArchCase::new(seed);
         for (policy, &bits) in &case.coarsest_bits {
@@ -212,6 +213,7 @@ fn ort_int8_exact() -> bool {
 /// logits stay within a few percent of their range.
 #[test]
 fn int8_models_stay_close_to_fp32() {
+    let _device = edgeloop_e2e::shared_blocking();
     let (mut agree, mut total) = (0, 0);
     for seed in 0..ARCHS {
         let case = ArchCase::new(seed);
@@ -267,6 +269,7 @@ fn ops_named<'a>(ops: &'a [PlanOp], name: &str) -> Vec<&'a PlanOp> {
 /// accumulates in int32; the fp32 model's are f32.
 #[test]
 fn tract_runs_qlinear_convs_with_integer_kernels() {
+    let _device = edgeloop_e2e::shared_blocking();
     let case = ArchCase::new(0);
     let int8 = plan_ops(&case.models["int8.qlinear"]);
     let mut histogram = BTreeMap::<&str, usize>::new();
@@ -299,6 +302,7 @@ fn tract_runs_qlinear_convs_with_integer_kernels() {
 /// 0.69 step), all others within 1e-4.
 #[test]
 fn exports_compute_what_the_tch_fake_quant_forward_computes() {
+    let _device = edgeloop_e2e::shared_blocking();
     use edgeloop_train::Supernet;
     use edgeloop_train::export::TrainedWeights;
     use edgeloop_train::quant::FakeQuant;

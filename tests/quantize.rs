@@ -99,6 +99,7 @@ fn check_outputs(out: &Path, result: &QuantizeResult) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn quantize_meets_size_and_latency_budgets_and_resumes_without_measuring_again() {
+    let _device = edgeloop_e2e::exclusive().await;
     let rapl = SimulatedRapl::start(2.0, 10.0);
     let agent = TestAgent::start_on_rapl(&rapl);
     let dir = tempfile::tempdir().unwrap();

@@ -14,10 +14,6 @@ use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, tiny_search, with_la
 use edgeloop_space::{Arch, Space};
 use edgeloop_train::{CostLossKind, DeviceKind};
 
-/// One search at a time: a search trains on every core, and a measurement
-/// taken beside another test's training would not be the device's latency.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn final_request() -> MeasureRequest {
     MeasureRequest { min_runs: 30, min_duration_ms: 200, ..quick_request("") }
 }
@@ -128,7 +124,7 @@ fn assert_run_files(out: &Path, result: &SearchResult) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_multiplier_meets_a_tight_budget_a_fixed_penalty_misses_and_vanishes_under_a_loose_one() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _device = edgeloop_e2e::exclusive().await;
     let Calibrated { agent, dir, table_path, calibration: _, cheapest, uniform } = Calibrated::new().await;
     let tight = cheapest + 0.35 * (uniform - cheapest);
 
@@ -166,7 +162,7 @@ async fn the_multiplier_meets_a_tight_budget_a_fixed_penalty_misses_and_vanishes
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_device_slower_than_its_calibration_is_met_by_growing_the_margin() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _device = edgeloop_e2e::exclusive().await;
     let Calibrated { agent, dir, table_path, calibration, cheapest, uniform } = Calibrated::new().await;
     let budget = cheapest + 0.3 * (uniform - cheapest);
     // A stale calibration: the device now runs twice as slow as it says,
@@ -199,7 +195,7 @@ async fn a_device_slower_than_its_calibration_is_met_by_growing_the_margin() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_impossible_budget_is_refused_with_the_fastest_archs_measurement() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _device = edgeloop_e2e::exclusive().await;
     let agent = TestAgent::start();
     let dir = tempfile::tempdir().unwrap();
     let table_path = build_table(&agent, dir.path()).await;
@@ -214,7 +210,7 @@ async fn an_impossible_budget_is_refused_with_the_fastest_archs_measurement() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_slow_cached_reading_of_the_fastest_arch_is_measured_again_before_a_refusal() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _device = edgeloop_e2e::exclusive().await;
     let Calibrated { agent, dir, table_path, calibration, cheapest, uniform } = Calibrated::new().await;
     let budget = cheapest + 0.3 * (uniform - cheapest);
     // The run's cache holds a reading of the fastest arch from a slow
@@ -258,7 +254,7 @@ async fn a_slow_cached_reading_of_the_fastest_arch_is_measured_again_before_a_re
 
 #[tokio::test(flavor = "current_thread")]
 async fn reinforce_measures_sampled_archs_once_each() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _device = edgeloop_e2e::exclusive().await;
     let agent = TestAgent::start();
     let dir = tempfile::tempdir().unwrap();
     let table_path = build_table(&agent, dir.path()).await;
@@ -285,7 +281,7 @@ async fn reinforce_measures_sampled_archs_once_each() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn energy_budget_prices_from_the_energy_table_and_judges_measured_energy() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _device = edgeloop_e2e::exclusive().await;
     let rapl = SimulatedRapl::start(2.0, 10.0);
     let agent = TestAgent::start_on_rapl(&rapl);
     let dir = tempfile::tempdir().unwrap();

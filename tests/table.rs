@@ -12,6 +12,7 @@ use edgeloop_space::{Arch, Space};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tiny_table_builds_resumes_and_predicts() {
+    let _device = edgeloop_e2e::exclusive().await;
     let agent = TestAgent::start();
     let client = agent.client();
     let space = Space::load("tiny", 1.0).unwrap();

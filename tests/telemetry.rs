@@ -9,11 +9,6 @@ use edgeloop::client::ClientError;
 use edgeloop_api::{ErrorCode, MeasureRequest};
 use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, small_model};
 
-/// One test at a time: the simulated package follows this whole process's
-/// CPU time, as a real one follows the whole machine, so a neighbour
-/// test's measurement would show up as this one's energy.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Watts the simulated package draws per busy core.
 const W_PER_CORE: f64 = 10.0;
 
@@ -58,7 +53,7 @@ fn api_error(err: ClientError) -> (u16, ErrorCode, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn energy_thermal_profile_and_affinity_in_one_measurement() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _device = edgeloop_e2e::exclusive().await;
     let (_rapl, agent) = device(45.0);
     let client = agent.client();
     let info = client.info().await.unwrap();
@@ -105,7 +100,7 @@ async fn energy_thermal_profile_and_affinity_in_one_measurement() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_frequency_drop_mid_measurement_is_flagged() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _device = edgeloop_e2e::exclusive().await;
     let (rapl, agent) = device(45.0);
     let client = agent.client();
     let sha = client.upload(&small_model()).await.unwrap().sha256;
@@ -127,7 +122,7 @@ async fn a_frequency_drop_mid_measurement_is_flagged() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cooldown_waits_for_the_device_or_says_it_is_too_hot() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _device = edgeloop_e2e::exclusive().await;
     let (rapl, agent) = device(80.0);
     let client = agent.client();
     let sha = client.upload(&small_model()).await.unwrap().sha256;
@@ -150,7 +145,7 @@ async fn cooldown_waits_for_the_device_or_says_it_is_too_hot() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unusable_cpus_and_missing_sensors_are_explained() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _device = edgeloop_e2e::exclusive().await;
     let empty = tempfile::tempdir().unwrap();
     let sys = empty.path().to_path_buf();
     let agent = TestAgent::start_with(move |config| config.roots.sys = sys);

@@ -36,6 +36,7 @@ fn write_cases(
 
 #[test]
 fn trained_subnets_export_to_what_tch_computes() {
+    let _device = edgeloop_e2e::shared_blocking();
     tch::manual_seed(0);
     let space = Space::load("tiny", 1.0).unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -12,6 +12,28 @@ use edgeloop_onnx::samples::MbconvNet;
 use edgeloop_onnx::{Attr, Dim, ElemType, GraphBuilder, encode};
 use edgeloop_train::CostLossKind;
 use tempfile::TempDir;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// The suite is one binary whose tests run in parallel. A test that times
+/// models against a budget or a window, or trains, takes the machine to
+/// itself ([`exclusive`]): a measurement taken beside another test's work
+/// would not be the device's latency. Every other test shares it
+/// ([`shared`]), so none runs beside an exclusive one. The lock is fair: a
+/// waiting exclusive test is not starved by a stream of shared ones.
+static MACHINE: RwLock<()> = RwLock::const_new(());
+
+pub async fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    MACHINE.write().await
+}
+
+pub async fn shared() -> RwLockReadGuard<'static, ()> {
+    MACHINE.read().await
+}
+
+/// [`shared`] for a test without a runtime.
+pub fn shared_blocking() -> RwLockReadGuard<'static, ()> {
+    MACHINE.blocking_read()
+}
 
 pub const TOKEN: &str = "test-token-0123456789";
 
