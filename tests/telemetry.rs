@@ -2,12 +2,12 @@
 //! (DESIGN §6, §10): a real agent on loopback reading a fixture sysfs tree
 //! (this VM has no RAPL, thermal zones or cpufreq) with the real readers.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use edgeloop::client::ClientError;
+use edgeloop_agent::thermal::COOLDOWN_POLL;
 use edgeloop_api::{ErrorCode, MeasureRequest};
-use edgeloop_e2e::{SimulatedRapl, TestAgent, quick_request, small_model};
+use edgeloop_e2e::{FileReads, SimulatedRapl, TestAgent, quick_request, small_model};
 
 /// Watts the simulated package draws per busy core.
 const W_PER_CORE: f64 = 10.0;
@@ -34,13 +34,20 @@ fn device(temp_c: f64) -> (SimulatedRapl, TestAgent) {
     (rapl, agent)
 }
 
+const ZONE_TEMP: &str = "class/thermal/thermal_zone0/temp";
+
 fn set_temp(sys: &Path, temp_c: f64) {
-    write(sys, "class/thermal/thermal_zone0/temp", &format!("{}\n", (temp_c * 1000.0) as i64));
+    write(sys, ZONE_TEMP, &format!("{}\n", (temp_c * 1000.0) as i64));
+}
+
+fn freq_file(sys: &Path, cpu: usize) -> PathBuf {
+    sys.join(format!("devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq"))
 }
 
 fn set_freq_khz(sys: &Path, khz: u64) {
     for cpu in edgeloop_agent::affinity::current().unwrap() {
-        write(sys, &format!("devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq"), &format!("{khz}\n"));
+        let path = freq_file(sys, cpu);
+        write(path.parent().unwrap(), "scaling_cur_freq", &format!("{khz}\n"));
     }
 }
 
@@ -105,11 +112,14 @@ async fn a_frequency_drop_mid_measurement_is_flagged() {
     let client = agent.client();
     let sha = client.upload(&small_model()).await.unwrap().sha256;
     let sys = rapl.sysfs().to_path_buf();
-    // Drop to 1.2 GHz well inside the timed window, and back before it ends.
+    let mut reads = FileReads::watch(&freq_file(&sys, edgeloop_agent::affinity::current().unwrap()[0]));
+    // Drop to 1.2 GHz inside the timed window (after the monitor's first
+    // reading and one poll at 2 GHz), and back two polls later, well before
+    // the window ends.
     let dip = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
+        reads.wait(2);
         set_freq_khz(&sys, 1_200_000);
-        std::thread::sleep(Duration::from_millis(300));
+        reads.wait(2);
         set_freq_khz(&sys, 2_000_000);
     });
     let m = client.measure(&MeasureRequest { min_duration_ms: 1200, ..quick_request(&sha) }).await.unwrap();
@@ -132,14 +142,17 @@ async fn cooldown_waits_for_the_device_or_says_it_is_too_hot() {
     assert!(message.contains("thermal_zone0") && message.contains("80.0"), "{message}");
 
     let sys = rapl.sysfs().to_path_buf();
+    let mut reads = FileReads::watch(&sys.join(ZONE_TEMP));
+    // The device cools after the agent has read the zone three times: at
+    // least once while waiting for it.
     let cooling = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(400));
+        reads.wait(3);
         set_temp(&sys, 40.0);
     });
     let m = client.measure(&MeasureRequest { cooldown_timeout_ms: 10_000, ..hot }).await.unwrap();
     cooling.join().unwrap();
     let t = m.thermal.unwrap();
-    assert!(t.cooldown_wait_ms >= 300.0, "{t:?}");
+    assert!(t.cooldown_wait_ms >= COOLDOWN_POLL.as_secs_f64() * 1000.0, "{t:?}");
     assert_eq!(t.start_c, Some(40.0));
 }
 

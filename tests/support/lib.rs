@@ -342,3 +342,60 @@ fn process_cpu_seconds() -> f64 {
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
+
+/// Counts reads of one file by any process (inotify `IN_ACCESS` on its
+/// folder, which survives a fixture replacing the file by rename): a
+/// sensor fixture changes after the agent has read it N times, instead of
+/// after a sleep that guesses when the agent reads.
+pub struct FileReads {
+    inotify: std::os::fd::OwnedFd,
+    name: Vec<u8>,
+    path: PathBuf,
+}
+
+impl FileReads {
+    pub fn watch(path: &Path) -> FileReads {
+        use std::os::fd::FromRawFd as _;
+        use std::os::unix::ffi::OsStrExt as _;
+        // SAFETY: a plain syscall; the descriptor is owned from here on.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        assert!(fd >= 0, "inotify_init1: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let inotify = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let dir = std::ffi::CString::new(path.parent().expect("a file in a folder").as_os_str().as_bytes())
+            .expect("no NUL in the path");
+        // SAFETY: `dir` is a NUL-terminated path that outlives the call.
+        let watch = unsafe { libc::inotify_add_watch(fd, dir.as_ptr(), libc::IN_ACCESS) };
+        assert!(watch >= 0, "watching {}: {}", path.display(), std::io::Error::last_os_error());
+        let name = path.file_name().expect("a file name").as_bytes().to_vec();
+        FileReads { inotify, name, path: path.to_path_buf() }
+    }
+
+    /// Blocks until the file has been read `n` more times (a minute at most).
+    pub fn wait(&mut self, n: usize) {
+        use std::os::fd::AsRawFd as _;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut seen = 0;
+        let mut buf = [0u8; 4096];
+        while seen < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "{} was read {seen} of {n} times in a minute", self.path.display());
+            let mut ready = libc::pollfd { fd: self.inotify.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut ready, 1, left.as_millis() as i32) } <= 0 {
+                continue;
+            }
+            // SAFETY: reads at most `buf.len()` bytes into `buf`.
+            let len = unsafe { libc::read(self.inotify.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            assert!(len > 0, "reading inotify events: {}", std::io::Error::last_os_error());
+            // struct inotify_event: wd, mask, cookie, len (4 bytes each), then a NUL-padded name.
+            let mut at = 0;
+            while at < len as usize {
+                let name_len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().expect("4 bytes")) as usize;
+                let name = buf[at + 16..at + 16 + name_len].split(|&b| b == 0).next().unwrap_or_default();
+                seen += usize::from(name == self.name.as_slice());
+                at += 16 + name_len;
+            }
+        }
+    }
+}
