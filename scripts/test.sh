@@ -12,12 +12,17 @@ stage() {
 stage setup bash scripts/setup.sh
 # Style and lints first: they fail fast, before the long builds.
 stage fmt cargo fmt --all --check
-stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 # The shipped static aarch64 agent, which tests/qemu_agent.rs runs under qemu:
 # the suite then covers the ARM binary as it ships (fat LTO linking tract's
-# kernels included), not only the host build.
-stage aarch64-agent bash scripts/build-agent.sh aarch64
-export EDGELOOP_REQUIRE_CROSS=1
+# kernels included), not only the host build. Its fat-LTO link runs on one
+# core for minutes, so it builds beside clippy and the test build, in its own
+# target folder (in a shared one, cargo makes each build wait for the other).
+arm_log=$(mktemp)
+(CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/cross" stage aarch64-agent bash scripts/build-agent.sh aarch64) \
+  >"$arm_log" 2>&1 &
+arm_pid=$!
+trap 'kill "$arm_pid" 2>/dev/null || true; rm -f "$arm_log"' EXIT
+stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 # tests/deploy.rs runs the agent binary that `cargo test --workspace` builds
 # anyway (for the agent's own tests). Left to itself it runs `cargo build -p
 # edgeloop-agent`, whose features unify differently, and rebuilds for minutes.
@@ -25,4 +30,10 @@ profile=debug
 for arg in "$@"; do [[ $arg == --release ]] && profile=release; done
 export EDGELOOP_AGENT_BIN="${EDGELOOP_AGENT_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/$profile/edgeloop-agent}"
 export EDGELOOP_AGENT_AARCH64="$PWD/dist/edgeloop-agent-aarch64-linux-musl"
+stage test-build cargo test --workspace --locked --no-run "$@"
+arm_status=0
+wait "$arm_pid" || arm_status=$?
+cat "$arm_log" >&2
+(( arm_status == 0 )) || { echo "[test.sh] the aarch64 agent failed to build" >&2; exit "$arm_status"; }
+export EDGELOOP_REQUIRE_CROSS=1
 stage tests cargo test --workspace --locked "$@"
