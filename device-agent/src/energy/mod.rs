@@ -6,6 +6,7 @@
 //! it at fixture trees.
 
 mod android;
+mod clock;
 mod jetson;
 mod rapl;
 mod sampler;

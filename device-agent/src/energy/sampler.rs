@@ -5,12 +5,13 @@
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use edgeloop_api::EnergyStats;
 
+use super::clock::{Clock, SystemClock};
 use super::{EnergyError, PowerSensor, ReadingKind, SensorChoice};
 
 /// Tries for the readings that bound a window, which cannot be skipped.
@@ -73,11 +74,12 @@ impl EnergyReading {
 pub struct EnergyMeter {
     sensor: Box<dyn PowerSensor>,
     config: MeterConfig,
+    clock: Arc<dyn Clock>,
 }
 
 impl EnergyMeter {
     pub fn open(choice: &SensorChoice, sys: &Path, config: MeterConfig) -> Result<Self, EnergyError> {
-        Ok(EnergyMeter { sensor: choice.open(sys)?, config })
+        Ok(EnergyMeter { sensor: choice.open(sys)?, config, clock: Arc::new(SystemClock) })
     }
 
     pub fn sensor_name(&self) -> &str {
@@ -116,19 +118,19 @@ impl EnergyMeter {
         if self.config.idle_baseline.is_zero() {
             return Ok((0.0, 0));
         }
-        let until = Until::Deadline(Instant::now() + self.config.idle_baseline);
-        let trace = record(&mut *self.sensor, period, until, || {})?;
+        let until = Until::Deadline(self.clock.now() + self.config.idle_baseline);
+        let trace = record(&mut *self.sensor, &*self.clock, period, until, || {})?;
         Ok((trace.energy_j(self.sensor.kind()) / trace.span().as_secs_f64(), trace.skipped))
     }
 
     fn record_during<T>(&mut self, period: Duration, work: impl FnOnce() -> T) -> (T, Result<Trace, EnergyError>) {
         let stop = AtomicBool::new(false);
-        let sensor = &mut *self.sensor;
+        let (sensor, clock) = (&mut *self.sensor, &*self.clock);
         thread::scope(|scope| {
             let stop = &stop;
             let (started_tx, started) = mpsc::sync_channel(1);
             let sampler = scope.spawn(move || {
-                record(sensor, period, Until::Flag(stop), move || {
+                record(sensor, clock, period, Until::Flag(stop), move || {
                     let _ = started_tx.send(());
                 })
             });
@@ -136,7 +138,7 @@ impl EnergyMeter {
             let _ = started.recv();
             let out = {
                 // Stops the sampler even when `work` panics, or the scope would wait for it forever.
-                let _stop = StopOnDrop { stop, sampler: sampler.thread().clone() };
+                let _stop = StopOnDrop { stop, clock, sampler: sampler.thread().clone() };
                 work()
             };
             let trace = sampler.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -147,6 +149,7 @@ impl EnergyMeter {
 
 struct StopOnDrop<'a> {
     stop: &'a AtomicBool,
+    clock: &'a dyn Clock,
     sampler: Thread,
 }
 
@@ -154,7 +157,7 @@ impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         // Wakes it now, so the last reading is taken right at the end of the work.
-        self.sampler.unpark();
+        self.clock.wake(&self.sampler);
     }
 }
 
@@ -187,26 +190,21 @@ enum Until<'a> {
 
 impl Until<'_> {
     /// Waits for the tick at `next`; true when sampling should end instead.
-    fn wait_for(&self, next: Instant) -> bool {
+    fn wait_for(&self, clock: &dyn Clock, next: Instant) -> bool {
         match self {
             Until::Deadline(deadline) => {
-                let wake = next.min(*deadline);
-                let now = Instant::now();
-                if wake > now {
-                    thread::sleep(wake - now);
-                }
-                Instant::now() >= *deadline
+                clock.sleep_until(next.min(*deadline));
+                clock.now() >= *deadline
             }
             Until::Flag(stop) => loop {
                 if stop.load(Ordering::Acquire) {
                     return true;
                 }
-                let now = Instant::now();
-                if now >= next {
+                if clock.now() >= next {
                     return false;
                 }
                 // Woken early by `StopOnDrop` (or spuriously): look again.
-                thread::park_timeout(next - now);
+                clock.park_until(next);
             },
         }
     }
@@ -217,41 +215,46 @@ impl Until<'_> {
 /// on a fixed grid, so the rate does not drift by the time reads take.
 fn record(
     sensor: &mut dyn PowerSensor,
+    clock: &dyn Clock,
     period: Duration,
     until: Until<'_>,
     started: impl FnOnce(),
 ) -> Result<Trace, EnergyError> {
     let mut trace = Trace { points: Vec::new(), skipped: 0 };
-    trace.points.push(read_bound(sensor, &mut trace.skipped)?);
+    trace.points.push(read_bound(sensor, clock, &mut trace.skipped)?);
     started();
     let mut next = trace.points[0].0 + period;
-    while !until.wait_for(next) {
-        match timed_read(sensor) {
+    while !until.wait_for(clock, next) {
+        match timed_read(sensor, clock) {
             Ok(point) => trace.points.push(point),
             Err(e) if e.is_transient() => trace.skipped += 1,
             Err(e) => return Err(e),
         }
         // Behind schedule (a slow read, a busy CPU): skip the missed ticks
         // rather than read in a burst.
-        let now = Instant::now();
+        let now = clock.now();
         next += period;
         while next <= now {
             next += period;
         }
     }
-    trace.points.push(read_bound(sensor, &mut trace.skipped)?);
+    trace.points.push(read_bound(sensor, clock, &mut trace.skipped)?);
     Ok(trace)
 }
 
 /// A reading that bounds a window: transient failures are retried.
-fn read_bound(sensor: &mut dyn PowerSensor, skipped: &mut usize) -> Result<(Instant, f64), EnergyError> {
+fn read_bound(
+    sensor: &mut dyn PowerSensor,
+    clock: &dyn Clock,
+    skipped: &mut usize,
+) -> Result<(Instant, f64), EnergyError> {
     let mut tries = 1;
     loop {
-        match timed_read(sensor) {
+        match timed_read(sensor, clock) {
             Err(e) if e.is_transient() && tries < BOUND_READ_TRIES => {
                 *skipped += 1;
                 tries += 1;
-                thread::sleep(BOUND_READ_PAUSE);
+                clock.sleep_until(clock.now() + BOUND_READ_PAUSE);
             }
             result => return result,
         }
@@ -260,10 +263,10 @@ fn read_bound(sensor: &mut dyn PowerSensor, skipped: &mut usize) -> Result<(Inst
 
 /// A reading stamped at the middle of the read, which on an I2C sensor can
 /// take a good part of a millisecond.
-fn timed_read(sensor: &mut dyn PowerSensor) -> Result<(Instant, f64), EnergyError> {
-    let before = Instant::now();
+fn timed_read(sensor: &mut dyn PowerSensor, clock: &dyn Clock) -> Result<(Instant, f64), EnergyError> {
+    let before = clock.now();
     let value = sensor.read()?;
-    let after = Instant::now();
+    let after = clock.now();
     Ok((before + (after - before) / 2, value))
 }
 
@@ -271,9 +274,9 @@ fn timed_read(sensor: &mut dyn PowerSensor) -> Result<(Instant, f64), EnergyErro
 mod tests {
     use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::path::PathBuf;
-    use std::sync::Arc;
-    use std::thread::JoinHandle;
+    use std::sync::atomic::AtomicUsize;
 
+    use super::super::clock::ManualClock;
     use super::super::fixture::write;
     use super::*;
 
@@ -281,65 +284,61 @@ mod tests {
         (actual - expected).abs() <= tolerance * expected.abs()
     }
 
-    /// A device drawing `idle_w`, plus `work_w` while `busy` is set. Every
-    /// millisecond it integrates its power over the elapsed time and hands
-    /// the energy so far (J) and the power now (W) to `publish`, which writes
-    /// them into a fixture tree.
+    const BUSY: Duration = Duration::from_millis(1200);
+
+    /// A device drawing `idle_w`, plus `work_w` while busy, on a manual
+    /// clock: each time the clock moves, it adds the energy used meanwhile
+    /// and hands the energy so far (J) and the power now (W) to `publish`,
+    /// which writes them into a fixture tree for the real sensor to read.
     struct FakeDevice {
         busy: Arc<AtomicBool>,
-        stop: Arc<AtomicBool>,
-        writer: Option<JoinHandle<()>>,
+        clock: Arc<ManualClock>,
     }
 
     impl FakeDevice {
         fn start(idle_w: f64, work_w: f64, mut publish: impl FnMut(f64, f64) + Send + 'static) -> Self {
             let busy = Arc::new(AtomicBool::new(false));
-            let stop = Arc::new(AtomicBool::new(false));
-            let (b, s) = (busy.clone(), stop.clone());
-            let power = move || if b.load(Ordering::SeqCst) { idle_w + work_w } else { idle_w };
+            let power = {
+                let busy = busy.clone();
+                move || if busy.load(Ordering::SeqCst) { idle_w + work_w } else { idle_w }
+            };
             publish(0.0, power());
-            let writer = thread::spawn(move || {
-                let (mut energy_j, mut last) = (0.0, Instant::now());
-                while !s.load(Ordering::SeqCst) {
-                    thread::sleep(Duration::from_millis(1));
-                    let (now, watts) = (Instant::now(), power());
-                    energy_j += watts * (now - last).as_secs_f64();
-                    last = now;
-                    publish(energy_j, watts);
-                }
+            let mut energy_j = 0.0;
+            let clock = ManualClock::new(move |from, to| {
+                let watts = power();
+                energy_j += watts * (to - from).as_secs_f64();
+                publish(energy_j, watts);
             });
-            FakeDevice { busy, stop, writer: Some(writer) }
+            FakeDevice { busy, clock: Arc::new(clock) }
         }
 
-        /// The workload: busy for 1.2 s. Returns how long it was busy.
-        fn work(&self) -> Duration {
+        /// The workload: busy for [`BUSY`].
+        fn work(&self) {
             self.busy.store(true, Ordering::SeqCst);
-            let start = Instant::now();
-            thread::sleep(Duration::from_millis(1200));
-            let busy_for = start.elapsed();
+            self.clock.run_for(BUSY);
             self.busy.store(false, Ordering::SeqCst);
-            busy_for
         }
-    }
 
-    impl Drop for FakeDevice {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-            self.writer.take().unwrap().join().unwrap();
+        fn meter(&self, choice: &SensorChoice, sys: &Path) -> EnergyMeter {
+            let mut meter = EnergyMeter::open(choice, sys, MeterConfig::default()).unwrap();
+            meter.clock = self.clock.clone();
+            meter
         }
     }
 
     fn check_accuracy(meter: &mut EnergyMeter, device: &FakeDevice, idle_w: f64, work_w: f64) -> EnergyReading {
-        let (busy_for, reading) = meter.measure(|| device.work());
+        let ((), reading) = meter.measure(|| device.work());
         let reading = reading.unwrap();
-        let (busy_s, window_s) = (busy_for.as_secs_f64(), reading.window.as_secs_f64());
-        assert!(within(reading.idle_power_w, idle_w, 0.02), "{reading:?}");
-        assert!(within(reading.net_energy_j(), work_w * busy_s, 0.02), "{reading:?}, busy {busy_s} s");
-        let avg_w = (idle_w * window_s + work_w * busy_s) / window_s;
-        assert!(within(reading.avg_power_w, avg_w, 0.02), "{reading:?}, expected {avg_w} W");
-        assert!(busy_for <= reading.window && reading.window < busy_for + Duration::from_millis(100), "{reading:?}");
-        // 200 Hz over 1.2 s is 240; half of that leaves room for a busy machine.
-        assert!(reading.readings > 120, "{reading:?}");
+        // The first window reading comes at once, the last at the end of the work.
+        assert_eq!(reading.window, BUSY, "{reading:?}");
+        // 200 Hz over 1.2 s, the bounding two included.
+        assert_eq!(reading.readings, 242, "{reading:?}");
+        assert!(within(reading.idle_power_w, idle_w, 1e-3), "{reading:?}");
+        // A power sensor's first interval straddles the start, so the
+        // trapezoids miss half a period of the work's draw.
+        assert!(within(reading.net_energy_j(), work_w * BUSY.as_secs_f64(), 5e-3), "{reading:?}");
+        let avg_w = idle_w + work_w;
+        assert!(within(reading.avg_power_w, avg_w, 5e-3), "{reading:?}, expected {avg_w} W");
         reading
     }
 
@@ -359,7 +358,7 @@ mod tests {
                 write(&sys, "class/powercap/intel-rapl:0/energy_uj", &format!("{counter}\n"));
             }
         });
-        let mut meter = EnergyMeter::open(&SensorChoice::Rapl, &sys, MeterConfig::default()).unwrap();
+        let mut meter = device.meter(&SensorChoice::Rapl, &sys);
         assert_eq!(meter.sensor_name(), "rapl:package-0");
         let reading = check_accuracy(&mut meter, &device, idle_w, work_w);
         assert!(reading.energy_j > 2.0 * max_uj as f64 / 1e6, "no wrap in the window: {reading:?}");
@@ -378,7 +377,7 @@ mod tests {
             let (sys, curr) = (sys.clone(), format!("{hw}/curr1_input"));
             move |_, watts| write(&sys, &curr, &format!("{}\n", (watts / 5.0 * 1e3).round() as i64))
         });
-        let mut meter = EnergyMeter::open(&SensorChoice::Jetson(None), &sys, MeterConfig::default()).unwrap();
+        let mut meter = device.meter(&SensorChoice::Jetson(None), &sys);
         let reading = check_accuracy(&mut meter, &device, idle_w, work_w);
         assert_eq!(reading.sensor, "jetson:VDD_IN");
     }
@@ -386,7 +385,7 @@ mod tests {
     /// Serves readings from a function of the read count.
     struct Scripted {
         kind: ReadingKind,
-        reads: usize,
+        reads: Arc<AtomicUsize>,
         script: fn(usize) -> Result<f64, EnergyError>,
     }
 
@@ -398,19 +397,32 @@ mod tests {
             self.kind
         }
         fn read(&mut self) -> Result<f64, EnergyError> {
-            self.reads += 1;
-            (self.script)(self.reads)
+            (self.script)(self.reads.fetch_add(1, Ordering::SeqCst) + 1)
         }
     }
 
-    fn meter(kind: ReadingKind, idle_ms: u64, hz: u32, script: fn(usize) -> Result<f64, EnergyError>) -> EnergyMeter {
-        EnergyMeter {
-            sensor: Box::new(Scripted { kind, reads: 0, script }),
+    /// A meter of a scripted sensor on `clock`, and the sensor's read count.
+    fn meter(
+        kind: ReadingKind,
+        idle_ms: u64,
+        hz: u32,
+        clock: Arc<ManualClock>,
+        script: fn(usize) -> Result<f64, EnergyError>,
+    ) -> (EnergyMeter, Arc<AtomicUsize>) {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let meter = EnergyMeter {
+            sensor: Box::new(Scripted { kind, reads: reads.clone(), script }),
             config: MeterConfig {
                 idle_baseline: Duration::from_millis(idle_ms),
                 sample_rate_hz: NonZeroU32::new(hz).unwrap(),
             },
-        }
+            clock,
+        };
+        (meter, reads)
+    }
+
+    fn still_clock() -> Arc<ManualClock> {
+        Arc::new(ManualClock::new(|_, _| {}))
     }
 
     fn torn() -> EnergyError {
@@ -420,57 +432,109 @@ mod tests {
     #[test]
     fn transient_failures_are_skipped() {
         // 2 W throughout, every third read torn, the first two included.
-        let mut meter =
-            meter(ReadingKind::Power, 50, 200, |n| if n % 3 == 0 || n <= 2 { Err(torn()) } else { Ok(2.0) });
-        let ((), reading) = meter.measure(|| thread::sleep(Duration::from_millis(200)));
+        let clock = still_clock();
+        let (mut meter, _) =
+            meter(
+                ReadingKind::Power,
+                50,
+                200,
+                clock.clone(),
+                |n| {
+                    if n % 3 == 0 || n <= 2 { Err(torn()) } else { Ok(2.0) }
+                },
+            );
+        let ((), reading) = meter.measure(|| clock.run_for(Duration::from_millis(200)));
         let reading = reading.unwrap();
         assert!(reading.skipped_reads > 10, "{reading:?}");
+        // The closing read, retried after its 1 ms pause when torn, may end the window late.
+        assert!(reading.window >= Duration::from_millis(200) && reading.window <= Duration::from_millis(202));
         assert!(within(reading.avg_power_w, 2.0, 1e-9) && within(reading.idle_power_w, 2.0, 1e-9), "{reading:?}");
         assert!(reading.net_energy_j().abs() < 1e-9, "{reading:?}");
     }
 
     #[test]
     fn a_bound_read_that_keeps_failing_fails_the_reading_not_the_work() {
-        let mut meter = meter(ReadingKind::Power, 0, 200, |_| Err(torn()));
+        let (mut meter, reads) = meter(ReadingKind::Power, 0, 200, still_clock(), |_| Err(torn()));
         let (out, reading) = meter.measure(|| 42);
         assert_eq!(out, 42);
         assert!(matches!(reading, Err(EnergyError::NotANumber { .. })));
+        assert_eq!(reads.load(Ordering::SeqCst), BOUND_READ_TRIES as usize);
     }
 
     #[test]
     fn a_fatal_failure_mid_window_fails_the_reading_not_the_work() {
-        let mut meter = meter(ReadingKind::Power, 20, 200, |n| {
+        let clock = Arc::new(ManualClock::free_running());
+        let (mut meter, reads) = meter(ReadingKind::Power, 20, 200, clock, |n| {
             if n < 10 { Ok(1.0) } else { Err(EnergyError::NotOnBattery("charging".into())) }
         });
         let (out, reading) = meter.measure(|| {
-            thread::sleep(Duration::from_millis(100));
+            // The work outlasts the sampler, which stops at the failing read.
+            while reads.load(Ordering::SeqCst) < 10 {
+                thread::yield_now();
+            }
             "done"
         });
         assert_eq!(out, "done");
         assert!(matches!(reading, Err(EnergyError::NotOnBattery(_))));
+        assert_eq!(reads.load(Ordering::SeqCst), 10);
     }
 
     #[test]
     fn a_panicking_workload_stops_the_sampler() {
-        let mut meter = meter(ReadingKind::Energy, 0, 200, |n| Ok(n as f64));
+        let clock = still_clock();
+        let (mut meter, _) = meter(ReadingKind::Energy, 0, 200, clock.clone(), |n| Ok(n as f64));
         let result = catch_unwind(AssertUnwindSafe(|| meter.measure(|| panic!("runtime crashed"))));
         assert!(result.is_err());
         // The meter is still usable afterwards.
-        let ((), reading) = meter.measure(|| thread::sleep(Duration::from_millis(20)));
-        assert!(reading.unwrap().readings >= 2);
+        let ((), reading) = meter.measure(|| clock.run_for(Duration::from_millis(20)));
+        let reading = reading.unwrap();
+        assert_eq!((reading.window, reading.readings), (Duration::from_millis(20), 6), "{reading:?}");
     }
 
     #[test]
     fn samples_at_the_configured_rate() {
         // A counter gaining 1 J a read: the energy counts the reads.
-        let mut meter = meter(ReadingKind::Energy, 100, 500, |n| Ok(n as f64));
-        let ((), reading) = meter.measure(|| thread::sleep(Duration::from_millis(300)));
+        let clock = still_clock();
+        let (mut meter, _) = meter(ReadingKind::Energy, 100, 500, clock.clone(), |n| Ok(n as f64));
+        let ((), reading) = meter.measure(|| clock.run_for(Duration::from_millis(300)));
         let reading = reading.unwrap();
-        let expected = 0.3 * 500.0;
-        assert!(reading.readings as f64 > 0.8 * expected && reading.readings as f64 <= expected + 3.0, "{reading:?}");
+        // A reading at each 2 ms tick, one at the start and one at the end.
+        assert_eq!(reading.readings, 152, "{reading:?}");
         assert_eq!(reading.energy_j, (reading.readings - 1) as f64);
-        // The first window reading comes at once, the last at the end of the work.
-        assert!(reading.window >= Duration::from_millis(300) && reading.window < Duration::from_millis(330));
+        assert_eq!(reading.window, Duration::from_millis(300));
+        // 51 idle reads gaining 1 J each over 100 ms.
+        assert!(within(reading.idle_power_w, 500.0, 1e-9), "{reading:?}");
+    }
+
+    /// An I2C-like sensor whose reads take 7 ms of the clock.
+    struct Slow(Arc<ManualClock>);
+
+    impl PowerSensor for Slow {
+        fn name(&self) -> &str {
+            "slow"
+        }
+        fn kind(&self) -> ReadingKind {
+            ReadingKind::Power
+        }
+        fn read(&mut self) -> Result<f64, EnergyError> {
+            self.0.sleep_until(self.0.now() + Duration::from_millis(7));
+            Ok(1.0)
+        }
+    }
+
+    #[test]
+    fn a_slow_read_skips_the_missed_ticks() {
+        let clock = still_clock();
+        let mut meter = EnergyMeter {
+            sensor: Box::new(Slow(clock.clone())),
+            config: MeterConfig { idle_baseline: Duration::ZERO, sample_rate_hz: NonZeroU32::new(200).unwrap() },
+            clock: clock.clone(),
+        };
+        let ((), reading) = meter.measure(|| clock.run_for(Duration::from_millis(150)));
+        let reading = reading.unwrap();
+        // At 200 Hz, a read every other tick (every 10 ms) rather than a
+        // burst of back-to-back reads (every 7 ms) to catch up.
+        assert_eq!(reading.readings, 17, "{reading:?}");
     }
 
     #[test]
