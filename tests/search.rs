@@ -280,6 +280,29 @@ async fn reinforce_measures_sampled_archs_once_each() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn random_search_ranks_uniform_draws_within_the_budget_by_supernet_accuracy() {
+    let _device = edgeloop_e2e::exclusive().await;
+    let Calibrated { agent, dir, table_path, calibration: _, cheapest, uniform } = Calibrated::new().await;
+    let budget = cheapest + 0.5 * (uniform - cheapest);
+    let out = dir.path().join("random");
+    let result = search::run(tiny_search(Strategy::Random, budget), env(&agent, &out, &table_path)).await.unwrap();
+    assert_eq!(result.strategy, Some(Strategy::Random));
+    assert_eq!(result.budget_met, Some(true), "{result:?}");
+    assert!(result.measured_latency_ms <= budget);
+    assert_eq!(result.lambda, None);
+    // The first derivation's candidates: drawn within the limits, most accurate first.
+    let first: Vec<_> = result.candidates.iter().take_while(|c| c.margin == result.candidates[0].margin).collect();
+    assert!(!first.is_empty() && first.len() <= 3, "{result:?}");
+    assert!(first.iter().all(|c| c.predicted <= budget && (0.0..=1.0).contains(&c.score)), "{first:?}");
+    assert!(first.windows(2).all(|w| w[0].score >= w[1].score), "not ranked by accuracy: {first:?}");
+    assert_eq!(result.derived_arch_hash.as_deref(), Some(first[0].arch_hash.as_str()));
+    // Nothing moves α in a random search: search.csv has the common columns only.
+    let header = std::fs::read_to_string(out.join("search.csv")).unwrap().lines().next().unwrap().to_string();
+    assert!(header.ends_with(",seconds") && !header.contains("alpha_entropy"), "{header}");
+    assert_run_files(&out, &result);
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn energy_budget_prices_from_the_energy_table_and_judges_measured_energy() {
     let _device = edgeloop_e2e::exclusive().await;
     let rapl = SimulatedRapl::start(2.0, 10.0);

@@ -100,7 +100,6 @@ pub enum Event {
         row: EpochRow,
         of: usize,
         energy: bool,
-        multiplier: bool,
     },
     /// Why the architecture to retrain was chosen.
     Decided {
@@ -227,25 +226,25 @@ impl fmt::Display for Event {
             Event::SearchResumed { after_epoch, of } => {
                 write!(f, "resuming the search after epoch {after_epoch} of {of}")
             }
-            Event::SearchEpoch { row, of, energy, multiplier } => {
-                let energy = if *energy {
-                    format!(", E[energy] {:.3} mJ, measured {:.3} mJ", row.expected_energy_mj, row.argmax_measured_mj)
-                } else {
-                    String::new()
-                };
-                let lambda = if *multiplier { format!(", λ {:.3}", row.lambda) } else { String::new() };
-                write!(
-                    f,
-                    "epoch {}/{of} ({}): loss {:.3}, valid acc {:.3}, E[lat] {:.3} ms (E/T {:.2}{lambda}), argmax {} measured {:.3} ms{energy}",
-                    row.epoch,
-                    row.phase,
-                    row.train_loss,
-                    row.valid_acc,
-                    row.expected_latency_ms,
-                    row.expected_cost_ratio,
-                    &row.argmax_arch[..12.min(row.argmax_arch.len())],
-                    row.argmax_measured_ms
-                )
+            Event::SearchEpoch { row, of, energy } => {
+                write!(f, "epoch {}/{of} ({}): loss {:.3}", row.epoch, row.phase, row.train_loss)?;
+                if !row.argmax_arch.is_empty() {
+                    write!(
+                        f,
+                        ", leader {} valid acc {:.3}, measured {:.3} ms",
+                        &row.argmax_arch[..12.min(row.argmax_arch.len())],
+                        row.valid_acc,
+                        row.argmax_measured_ms
+                    )?;
+                    if *energy {
+                        write!(f, " {:.3} mJ", row.argmax_measured_mj)?;
+                    }
+                }
+                // The strategy's figures, by their column names.
+                for (name, value) in row.strategy.iter().filter(|(_, v)| v.is_finite()) {
+                    write!(f, ", {name} {value:.3}")?;
+                }
+                Ok(())
             }
             Event::Decided { reason } => f.write_str(reason),
             Event::Rederiving { candidates, budget, margin, next_margin } => write!(

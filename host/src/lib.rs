@@ -11,6 +11,7 @@ pub mod events;
 pub mod measure;
 pub mod plot;
 pub mod predict;
+pub mod proxy;
 pub mod quantize;
 pub mod report;
 pub mod resume;

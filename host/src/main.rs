@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use edgeloop::client::error_line;
-use edgeloop::commands::{baseline, devices, export, measure, quantize, report, search, space, table, train};
+use edgeloop::commands::{baseline, devices, export, measure, proxy, quantize, report, search, space, table, train};
 use tracing_subscriber::EnvFilter;
 
 /// Hardware-in-the-loop neural architecture search: measure models on real devices.
@@ -30,6 +30,8 @@ enum Command {
     /// Per-layer latency tables of a device: build one, predict networks from one.
     #[command(subcommand)]
     Table(table::TableCommand),
+    /// Score sampled architectures at initialisation with training-free proxies, beside params and MACs.
+    Proxy(proxy::ProxyArgs),
     /// Search an architecture under a latency budget measured on a device (ProxylessNAS).
     Search(Box<search::SearchArgs>),
     /// Train one fixed architecture (a file, or MobileNetV2's block) with a search's final recipe and measure it.
@@ -57,6 +59,7 @@ async fn main() -> ExitCode {
         Command::Space(command) => space::execute(command),
         Command::Export(args) => export::execute(args),
         Command::Table(command) => table::execute(command).await,
+        Command::Proxy(args) => proxy::execute(args),
         Command::Search(args) => search::execute(*args).await,
         Command::Train(args) => train::execute(*args).await,
         Command::Baseline(args) => baseline::execute(*args).await,

@@ -16,7 +16,8 @@ fn search_under(dir: &Path, url: &str, strategy: &str, resume: bool, budget_ms: 
     cmd.current_dir(dir).args(["search", "--space", "tiny", "--device", url]);
     cmd.args(["--token-file", "token", "--dataset", "synthetic:1280,128", "--budget-ms", budget_ms]);
     cmd.args(["--strategy", strategy, "--warmup-epochs", "1", "--epochs", "3", "--final-epochs", "1"]);
-    cmd.args(["--batch-size", "32", "--arch-every", "2", "--samples", "2", "--probe-runs", "5"]);
+    cmd.args(["--batch-size", "32", "--arch-every", "2", "--samples", "2", "--random-samples", "20"]);
+    cmd.args(["--probe-runs", "5"]);
     cmd.args(["--device-kind", "cpu", "--threads", "1", "--out", "run"]);
     if resume {
         cmd.arg("--resume");
@@ -81,8 +82,13 @@ fn reinforce_resume_answers_from_the_measurement_cache() {
     let before = lines(&cache);
 
     let (result, _) = resume_to_the_end(&f, "reinforce");
+    assert_measured_once_each(&result, &cache, before);
+}
+
+/// The resumed run answered from the cache, and no arch is in it twice.
+fn assert_measured_once_each(result: &serde_json::Value, cache: &Path, before: usize) {
     assert!(result["cache_hits"].as_u64().unwrap() > 0, "{result}");
-    let text = std::fs::read_to_string(&cache).unwrap();
+    let text = std::fs::read_to_string(cache).unwrap();
     let keys: Vec<(String, String)> = text
         .lines()
         .map(|l| {
@@ -93,6 +99,24 @@ fn reinforce_resume_answers_from_the_measurement_cache() {
     let distinct: std::collections::HashSet<_> = keys.iter().collect();
     assert_eq!(distinct.len(), keys.len(), "an arch was measured twice");
     assert_eq!(result["device_measurements"].as_u64().unwrap() as usize, keys.len() - before);
+}
+
+#[test]
+fn random_search_resumed_while_deriving_draws_and_measures_the_same_archs() {
+    let f = fixture();
+    let run = f.dir.path().join("run");
+    let cache = run.join("measurements.jsonl");
+    let child = search_command(f.dir.path(), &f.agent.url(), "random", false).stderr(Stdio::null()).spawn().unwrap();
+    // Killed once the derived candidates are measured (the fastest arch was
+    // the first measurement), before the final model is trained.
+    kill_when(child, LIMIT, || lines(&cache) >= 2);
+    assert!(!run.join("final.checkpoint").exists());
+    let before = lines(&cache);
+
+    let (result, _) = resume_to_the_end(&f, "random");
+    assert_eq!(result["strategy"], "random", "{result}");
+    assert_eq!(result["budget_met"].as_bool(), Some(true), "{result}");
+    assert_measured_once_each(&result, &cache, before);
 }
 
 fn edgeloop(dir: &Path) -> Command {

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cuda;
+mod proxy;
 mod search;
 mod support;
 mod table;

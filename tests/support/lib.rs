@@ -178,7 +178,7 @@ pub fn run_tract(model: &[u8], input: &[f32]) -> Vec<f32> {
 
 /// Settings of a short search of `tiny` on a small synthetic set (seconds).
 pub fn tiny_search(strategy: edgeloop::search::Strategy, budget_ms: f64) -> edgeloop::search::SearchSettings {
-    use edgeloop::search::{GradientSettings, ReinforceSettings, RewardKind, StrategySettings};
+    use edgeloop::search::{GradientSettings, RandomSettings, ReinforceSettings, RewardKind, StrategyArgs};
     edgeloop::search::SearchSettings {
         space: "tiny".into(),
         width: 1.0,
@@ -190,16 +190,23 @@ pub fn tiny_search(strategy: edgeloop::search::Strategy, budget_ms: f64) -> edge
             lambda_lr: edgeloop::search::DEFAULT_LAMBDA_LR,
         },
         schedule: edgeloop::search::ScheduleSettings { warmup_epochs: 1, epochs: 3, arch_lr: 1e-2, arch_every: 1 },
-        strategy: StrategySettings::of(
-            strategy,
-            GradientSettings { latency_loss: CostLossKind::AddLinear, loss_lambda: 5.0, ..GradientSettings::default() },
-            ReinforceSettings {
+        strategy: StrategyArgs {
+            kind: strategy,
+            gradient: GradientSettings {
+                latency_loss: CostLossKind::AddLinear,
+                loss_lambda: 5.0,
+                ..GradientSettings::default()
+            },
+            reinforce: ReinforceSettings {
                 reward: RewardKind::Mnas,
                 samples: 2,
                 baseline_decay: 0.9,
                 ..ReinforceSettings::default()
             },
-        ),
+            random: RandomSettings { random_samples: 20 },
+        }
+        .settings(),
+        prescreen: edgeloop::search::PrescreenSettings::default(),
         derive: edgeloop::search::DeriveSettings { derive_candidates: 3, max_rounds: 2 },
         runtime: "tract".into(),
         measure_threads: 1,

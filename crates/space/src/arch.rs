@@ -161,11 +161,35 @@ impl Arch {
         let chosen = self.ops.iter().zip(&space.blocks).filter_map(|(op, b)| op.layer(b));
         Ok(space.prefix_layers().into_iter().chain(chosen).chain(space.suffix_layers()).collect())
     }
+
+    /// Multiply-accumulates of one inference (see [`Layer::macs`]).
+    pub fn macs(&self, space: &Space) -> Result<u64, ArchError> {
+        Ok(self.layers(space)?.iter().map(Layer::macs).sum())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::Shape;
+
+    #[test]
+    fn macs_of_each_layer_kind_by_hand() {
+        let input = Shape { height: 8, width: 8, channels: 4 };
+        // expand 4→24 on 8×8, 3×3 depthwise stride 2 → 4×4, project 24→8.
+        let mb = Layer::mbconv(input, 8, 3, 6, 2);
+        assert_eq!(mb.macs(), 64 * 24 * 4 + 16 * 24 * 9 + 16 * 8 * 24);
+        // Expand ratio 1: no expansion conv.
+        assert_eq!(Layer::mbconv(input, 4, 5, 1, 1).macs(), 64 * 4 * 25 + 64 * 4 * 4);
+        assert_eq!(Layer::head_conv(input, 16).macs(), 64 * 16 * 4);
+        assert_eq!(Layer::logits(input, 10).macs(), 40);
+        // zero blocks add nothing; wider ops add more.
+        let space = Space::load("tiny", 1.0).unwrap();
+        let mut arch = Arch::mobilenet_v2(&space).unwrap();
+        let full = arch.macs(&space).unwrap();
+        arch.ops[1] = Op::Zero;
+        assert!(arch.macs(&space).unwrap() < full);
+    }
 
     #[test]
     fn op_names_round_trip() {

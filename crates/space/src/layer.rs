@@ -106,6 +106,24 @@ impl Layer {
         }
     }
 
+    /// Multiply-accumulates of one inference at batch 1 (convolutions and
+    /// the classifier; BatchNorm, activations and pooling not counted).
+    pub fn macs(&self) -> u64 {
+        let out = self.output();
+        let (hw_in, hw_out) = ((self.input.height * self.input.width) as u64, (out.height * out.width) as u64);
+        let (c_in, c_out, k2) =
+            (self.input.channels as u64, self.out_channels as u64, (self.kernel * self.kernel) as u64);
+        match self.kind {
+            LayerKind::Stem | LayerKind::HeadConv => hw_out * c_out * c_in * k2,
+            LayerKind::MbConv => {
+                let mid = c_in * self.expand as u64;
+                let expand = if self.expand == 1 { 0 } else { hw_in * mid * c_in };
+                expand + hw_out * mid * k2 + hw_out * c_out * mid
+            }
+            LayerKind::Logits => c_in * c_out,
+        }
+    }
+
     /// The ProxylessNAS-style table key (DESIGN §3).
     pub fn key(&self) -> String {
         let (name, input, output) = (self.kind.key_name(), self.input.hwc(), self.output().hwc());

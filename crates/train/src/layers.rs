@@ -111,6 +111,18 @@ pub fn relu6(x: &Tensor) -> Tensor {
     x.relu6()
 }
 
+/// Where a forward pass records the input of every ReLU6 it applies (the
+/// units whose on/off pattern NASWOT scores); `None` records nothing.
+pub type Taps<'a> = Option<&'a mut Vec<Tensor>>;
+
+/// [`relu6`], recording its input in `taps`.
+pub fn relu6_tapped(x: &Tensor, taps: Taps<'_>) -> Tensor {
+    if let Some(taps) = taps {
+        taps.push(x.shallow_clone());
+    }
+    relu6(x)
+}
+
 /// The residual branch of an MBConv block: 1×1 expand (unless the ratio is
 /// 1), k×k depthwise, 1×1 project. The identity shortcut is the caller's.
 #[derive(Debug)]
@@ -130,12 +142,12 @@ impl MbConv {
         }
     }
 
-    pub fn forward(&self, x: &Tensor, mode: BnMode) -> Tensor {
+    pub fn forward(&self, x: &Tensor, mode: BnMode, mut taps: Taps<'_>) -> Tensor {
         let expanded = match &self.expand {
-            Some(e) => relu6(&e.forward(x, mode)),
+            Some(e) => relu6_tapped(&e.forward(x, mode), taps.as_deref_mut()),
             None => x.shallow_clone(),
         };
-        self.project.forward(&relu6(&self.depthwise.forward(&expanded, mode)), mode)
+        self.project.forward(&relu6_tapped(&self.depthwise.forward(&expanded, mode), taps), mode)
     }
 
     pub fn params(&self, out: &mut Vec<Param>) {

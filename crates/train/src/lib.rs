@@ -12,6 +12,7 @@ pub mod haq;
 pub mod layers;
 pub mod loss;
 pub mod optim;
+pub mod proxy;
 pub mod quant;
 pub mod supernet;
 pub mod trainer;

@@ -9,7 +9,7 @@ use edgeloop_space::{Arch, ArchError, Op, Space};
 use tch::Tensor;
 use tch::nn::Path;
 
-use crate::layers::{BnMode, Classifier, ConvBn, MbConv, Param, relu6};
+use crate::layers::{BnMode, Classifier, ConvBn, MbConv, Param, Taps, relu6_tapped};
 
 #[derive(Debug)]
 struct ChoiceBlockNet {
@@ -22,12 +22,12 @@ struct ChoiceBlockNet {
 
 impl ChoiceBlockNet {
     /// The branch output of candidate `index` (`None` for `zero`: adds nothing).
-    fn branch(&self, x: &Tensor, index: usize, mode: BnMode) -> Option<Tensor> {
-        self.branches[index].as_ref().map(|b| b.forward(x, mode))
+    fn branch(&self, x: &Tensor, index: usize, mode: BnMode, taps: Taps<'_>) -> Option<Tensor> {
+        self.branches[index].as_ref().map(|b| b.forward(x, mode, taps))
     }
 
-    fn forward(&self, x: &Tensor, index: usize, mode: BnMode) -> Tensor {
-        match (self.branch(x, index, mode), self.shortcut) {
+    fn forward(&self, x: &Tensor, index: usize, mode: BnMode, taps: Taps<'_>) -> Tensor {
+        match (self.branch(x, index, mode, taps), self.shortcut) {
             (Some(y), true) => y + x,
             (Some(y), false) => y,
             (None, _) => x.shallow_clone(),
@@ -167,33 +167,41 @@ impl Supernet {
             .collect()
     }
 
-    fn prefix(&self, x: &Tensor, mode: BnMode) -> Tensor {
-        let x = relu6(&self.stem.forward(x, mode));
-        let y = self.first.forward(&x, mode);
+    fn prefix(&self, x: &Tensor, mode: BnMode, mut taps: Taps<'_>) -> Tensor {
+        let x = relu6_tapped(&self.stem.forward(x, mode), taps.as_deref_mut());
+        let y = self.first.forward(&x, mode, taps);
         if self.first_shortcut { y + x } else { y }
     }
 
-    fn suffix(&self, x: &Tensor, mode: BnMode) -> Tensor {
-        self.classifier.forward(&relu6(&self.head.forward(x, mode)))
+    fn suffix(&self, x: &Tensor, mode: BnMode, taps: Taps<'_>) -> Tensor {
+        self.classifier.forward(&relu6_tapped(&self.head.forward(x, mode), taps))
     }
 
     /// Logits of the path `selection` (NCHW float input).
     pub fn forward(&self, x: &Tensor, selection: &[usize], mode: BnMode) -> Tensor {
-        let x = self.blocks.iter().zip(selection).fold(self.prefix(x, mode), |x, (b, &i)| b.forward(&x, i, mode));
-        self.suffix(&x, mode)
+        self.forward_tapped(x, selection, mode, None)
+    }
+
+    /// [`Supernet::forward`], recording the input of every ReLU6 in `taps`.
+    pub fn forward_tapped(&self, x: &Tensor, selection: &[usize], mode: BnMode, mut taps: Taps<'_>) -> Tensor {
+        let mut x = self.prefix(x, mode, taps.as_deref_mut());
+        for (b, &i) in self.blocks.iter().zip(selection) {
+            x = b.forward(&x, i, mode, taps.as_deref_mut());
+        }
+        self.suffix(&x, mode, taps)
     }
 
     /// Like [`Supernet::forward`], also keeping each block's input and output
     /// for the gate gradients of an arch step.
     pub fn forward_probed(&self, x: &Tensor, selection: &[usize], mode: BnMode) -> (Tensor, Vec<BlockProbe>) {
-        let mut x = self.prefix(x, mode);
+        let mut x = self.prefix(x, mode, None);
         let mut probes = Vec::with_capacity(self.blocks.len());
         for (b, &i) in self.blocks.iter().zip(selection) {
-            let y = b.forward(&x, i, mode);
+            let y = b.forward(&x, i, mode, None);
             probes.push(BlockProbe { input: x.detach(), output: y.shallow_clone() });
             x = y;
         }
-        (self.suffix(&x, mode), probes)
+        (self.suffix(&x, mode, None), probes)
     }
 
     /// ∂L/∂g_j = Σ o_j(x) ⊙ ∂L/∂y for each candidate j in `involved` of
@@ -204,7 +212,7 @@ impl Supernet {
         tch::no_grad(|| {
             involved
                 .iter()
-                .map(|&j| match block.branch(probe_input, j, BnMode::BatchStats) {
+                .map(|&j| match block.branch(probe_input, j, BnMode::BatchStats, None) {
                     Some(o) => (o * dy).sum(tch::Kind::Double).double_value(&[]),
                     None => 0.0,
                 })

@@ -7,6 +7,7 @@ pub mod export;
 pub mod flags;
 pub mod measure;
 pub mod progress;
+pub mod proxy;
 pub mod quantize;
 pub mod report;
 pub mod search;

@@ -8,8 +8,7 @@ use super::flags::{Auth, RecipeArgs, RunOn, SpaceArgs};
 use super::progress::Terminal;
 use crate::AgentClient;
 use crate::search::{
-    self, BudgetSettings, DeriveSettings, GradientSettings, ReinforceSettings, ScheduleSettings, SearchEnv,
-    SearchSettings, Strategy, StrategySettings,
+    self, BudgetSettings, DeriveSettings, PrescreenSettings, ScheduleSettings, SearchEnv, SearchSettings, StrategyArgs,
 };
 
 /// `edgeloop search`: see README "Search".
@@ -30,9 +29,6 @@ pub struct SearchArgs {
     /// or …--energy.csv with --energy-budget-mj; built through the agent when rows are missing].
     #[arg(long, value_name = "FILE")]
     table: Option<PathBuf>,
-    /// How α moves; each strategy's own flags are listed under its heading.
-    #[arg(long, value_enum, default_value_t = Strategy::Gradient)]
-    strategy: Strategy,
     #[command(flatten)]
     schedule: ScheduleSettings,
     #[command(flatten)]
@@ -48,11 +44,11 @@ pub struct SearchArgs {
     /// Continue the search (or final training) checkpointed in --out.
     #[arg(long)]
     resume: bool,
-    // Last: each group opens its own help heading.
+    // Last: each strategy's group opens its own help heading.
     #[command(flatten)]
-    gradient: GradientSettings,
+    strategy: StrategyArgs,
     #[command(flatten)]
-    reinforce: ReinforceSettings,
+    prescreen: PrescreenSettings,
 }
 
 pub async fn execute(args: SearchArgs) -> anyhow::Result<()> {
@@ -67,7 +63,8 @@ pub async fn execute(args: SearchArgs) -> anyhow::Result<()> {
         recipe: args.recipe.recipe(args.run_on.seed),
         budget: args.budget,
         schedule: args.schedule,
-        strategy: StrategySettings::of(args.strategy, args.gradient, args.reinforce),
+        strategy: args.strategy.settings(),
+        prescreen: args.prescreen,
         derive: args.derive,
         runtime: args.run_on.runtime.clone(),
         measure_threads: args.run_on.measure_threads,

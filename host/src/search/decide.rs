@@ -1,8 +1,9 @@
 //! The end of the search proper (DESIGN §8.1): the final architecture is
-//! derived under the budget from the table — the k most likely
-//! architectures whose calibrated prediction fits the budget less a safety
-//! margin, among those that use at least [`BUDGET_USE`] of it when there
-//! are any (`derive::k_best`) — and those candidates are measured on the
+//! derived under the budget from the table — the k best-ranked
+//! architectures by the strategy (the most likely under α, `derive::k_best`)
+//! whose calibrated prediction fits the budget less a safety margin, among
+//! those that use at least [`BUDGET_USE`] of it when there are any — and
+//! those candidates are measured on the
 //! device; the best of them by held-out accuracy (supernet weights) that
 //! meets the budget there is retrained. When none does, the margin grows
 //! from what the device measured and the derivation runs again. A budget
@@ -15,9 +16,9 @@ use anyhow::{Context as _, bail};
 use edgeloop_space::Arch;
 use serde::{Deserialize, Serialize};
 
-use super::derive::{self, Derived};
+use super::derive;
 use super::state::SearchModel;
-use super::strategy::{Context, measure_archs, remeasure_arch};
+use super::strategy::{Context, SearchStrategy, measure_archs, remeasure_arch};
 use super::{Decision, holdout_accuracy};
 use crate::calibrate::MIN_MARGIN;
 use crate::events::Event;
@@ -46,8 +47,10 @@ const MAX_MARGIN: f64 = 0.9;
 pub struct CandidateRecord {
     pub arch_hash: String,
     pub ops: Vec<String>,
-    /// Σ log p of the architecture under the final α.
-    pub log_prob: f64,
+    /// What the strategy ranked it by: Σ log p under the final α, or its
+    /// held-out accuracy with the supernet's weights (random).
+    #[serde(alias = "log_prob")]
+    pub score: f64,
     /// The table's calibrated prediction of the budget's figure.
     pub predicted: f64,
     /// The device's measurement of it (short probe).
@@ -130,7 +133,7 @@ pub async fn decide(
     pool: &mut dyn Measurements,
     m: &SearchModel,
     misses: &[Miss],
-    multiplier: Option<f64>,
+    strategy: &impl SearchStrategy,
 ) -> anyhow::Result<Decision> {
     let budget = ctx.budget;
     let net = &m.model.net;
@@ -139,45 +142,50 @@ pub async fn decide(
         None => ctx.margin,
     };
     let (fastest_arch, fastest_measured) = fastest(ctx, pool, m).await?;
-    let derived = net.arch(&m.alpha.argmax());
-    let derived_measured =
-        budget.measured(&measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&derived)).await?[0]);
-    let log_probs: Vec<Vec<f64>> = m.alpha.probs().iter().map(|p| p.iter().map(|p| p.ln()).collect()).collect();
+    // The strategy's favourite, for reference; for one without, its best-ranked candidate.
+    let mut derived = match strategy.leader(m) {
+        Some(leader) => {
+            let arch = net.arch(&leader);
+            let measured =
+                budget.measured(&measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&arch)).await?[0]);
+            Some((arch, measured))
+        }
+        None => None,
+    };
     let missed: Vec<&str> = misses.iter().map(|miss| miss.arch_hash.as_str()).collect();
     let mut candidates: Vec<CandidateRecord> = Vec::new();
-    let decision = |chosen: Arch, reason: String, margin: f64, candidates: Vec<CandidateRecord>| Decision {
-        derived: derived.clone(),
-        derived_measured,
-        chosen,
-        reason,
-        round: misses.len(),
-        margin,
-        candidates,
-        misses: misses.to_vec(),
-        fastest_measured: Some(fastest_measured),
-        lambda: multiplier,
+    let decision = |derived: Option<(Arch, f64)>, chosen: Arch, reason: String, margin: f64, candidates| {
+        let (derived, derived_measured) = derived.unwrap_or_else(|| (fastest_arch.clone(), fastest_measured));
+        Decision {
+            derived,
+            derived_measured,
+            chosen,
+            reason,
+            round: misses.len(),
+            margin,
+            candidates,
+            misses: misses.to_vec(),
+            fastest_measured: Some(fastest_measured),
+            lambda: strategy.multiplier(),
+        }
     };
     for _ in 0..DERIVE_ATTEMPTS {
         let limit = budget.limit * (1.0 - margin);
         let k = ctx.settings.derive.derive_candidates;
-        let derive_within = |floor: f64| -> Vec<Derived> {
-            // A few spare, so that earlier rounds' misses can be left out.
-            derive::k_best(ctx.budget_costs(), &log_probs, floor, limit, k + missed.len())
-                .into_iter()
-                .filter(|d| !missed.contains(&net.arch(&d.selection).hash().as_str()))
-                .take(k)
-                .collect()
-        };
         let floor = BUDGET_USE * budget.limit;
-        let mut picks = if floor < limit { derive_within(floor) } else { Vec::new() };
+        let mut picks =
+            if floor < limit { strategy.candidates(ctx, m, (floor, limit), k, &missed)? } else { Vec::new() };
         if picks.is_empty() {
-            picks = derive_within(0.0);
+            picks = strategy.candidates(ctx, m, (0.0, limit), k, &missed)?;
         }
         if picks.is_empty() {
             break;
         }
         let archs: Vec<Arch> = picks.iter().map(|d| net.arch(&d.selection)).collect();
         let measured = measure_archs(ctx, pool, &m.model.vs, &archs).await?;
+        if derived.is_none() {
+            derived = Some((archs[0].clone(), budget.measured(&measured[0])));
+        }
         let first = candidates.len();
         for ((pick, arch), meas) in picks.iter().zip(&archs).zip(&measured) {
             let value = budget.measured(meas);
@@ -185,7 +193,7 @@ pub async fn decide(
             candidates.push(CandidateRecord {
                 arch_hash: arch.hash(),
                 ops: arch.ops.iter().map(ToString::to_string).collect(),
-                log_prob: pick.log_prob,
+                score: pick.score,
                 predicted: pick.predicted,
                 measured: value,
                 met,
@@ -206,10 +214,11 @@ pub async fn decide(
         if let Some((acc, chosen, arch)) = best {
             let met = round.iter().filter(|c| c.met).count();
             let reason = format!(
-                "derived the {} most likely architectures predicted {} {} (the {} less a {:.1}% margin); \
+                "derived the {} architectures {} predicted {} {} (the {} less a {:.1}% margin); \
                  {met} measured within it on the device; retraining the most accurate of them (held-out \
                  accuracy {acc:.3} with supernet weights), predicted {}, measured {}",
                 round.len(),
+                strategy.ranking(),
                 if round.iter().all(|c| c.predicted >= floor) && floor < limit {
                     format!("between {} and", budget.show(floor))
                 } else {
@@ -224,7 +233,7 @@ pub async fn decide(
             ctx.events().emit(Event::Decided { reason: reason.clone() });
             let arch = arch.clone();
             write_archs_csv(ctx, pool, m, &candidates, &arch)?;
-            return Ok(decision(arch, reason, margin, candidates));
+            return Ok(decision(derived, arch, reason, margin, candidates));
         }
         let observed: Vec<(f64, f64)> = round.iter().map(|c| (c.predicted, c.measured)).collect();
         let grown = grow_margin(margin, &observed);
@@ -245,7 +254,7 @@ pub async fn decide(
     );
     ctx.events().emit(Event::Decided { reason: reason.clone() });
     write_archs_csv(ctx, pool, m, &candidates, &fastest_arch)?;
-    Ok(decision(fastest_arch, reason, margin, candidates))
+    Ok(decision(derived, fastest_arch.clone(), reason, margin, candidates))
 }
 
 /// `archs.csv`: every architecture measured on the device during the

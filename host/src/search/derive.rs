@@ -1,5 +1,6 @@
-//! Budget-aware derivation (DESIGN §8.1): the k most likely architectures
-//! whose predicted cost fits a limit, exactly.
+//! Budget-aware derivation (DESIGN §8.1): the k architectures of highest
+//! score (Σ log p under α) whose predicted cost fits a limit, exactly; and
+//! architectures drawn uniformly among those that fit (random search).
 //!
 //! The calibrated predictor is additive per choice block, so "maximise
 //! Σ_b log p_b(op) subject to fixed + Σ_b cost_b(op) ≤ limit" is a
@@ -10,11 +11,14 @@
 //! exact costs, then pops complete architectures in order of their score:
 //! the optimum first, then the next best, and so on. Rounding down keeps the
 //! bound optimistic, so no feasible architecture is ever lost to the grid.
+//! The same grid counts the completions that fit, which is what drawing
+//! uniformly among the fitting architectures takes.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 
 use edgeloop_train::CostModel;
+use rand::Rng;
 
 /// Cells of the discretised cost axis between 0 and the budget left for the
 /// choice blocks: finer only tightens the bound, never changes the answer.
@@ -28,8 +32,9 @@ const TIE: f64 = 1e-9;
 pub struct Derived {
     /// The chosen candidate of each block.
     pub selection: Vec<usize>,
-    /// Σ_b log p_b(selection_b).
-    pub log_prob: f64,
+    /// What ranks it: Σ_b log p_b(selection_b) in [`k_best`]; the
+    /// strategy's own figure for drawn ones (NaN until scored).
+    pub score: f64,
     /// Predicted cost: `costs.fixed` plus the chosen candidates' costs.
     pub predicted: f64,
 }
@@ -53,7 +58,7 @@ pub fn cheapest(costs: &CostModel) -> Vec<usize> {
 struct Partial {
     /// Upper bound of the score of any feasible completion.
     bound: f64,
-    log_prob: f64,
+    score: f64,
     /// `costs.fixed` plus the chosen candidates' costs so far.
     cost: f64,
     selection: Vec<usize>,
@@ -97,11 +102,9 @@ const MAX_EXPANSIONS: usize = 2_000_000;
 pub fn k_best(costs: &CostModel, log_probs: &[Vec<f64>], floor: f64, limit: f64, k: usize) -> Vec<Derived> {
     assert_eq!(costs.per_block.len(), log_probs.len(), "one row of log-probabilities per block");
     let blocks = costs.per_block.len();
-    let capacity = limit - costs.fixed;
-    // NaN limits fit nothing either.
-    if k == 0 || capacity.is_nan() || capacity < 0.0 {
+    let Some(grid) = Grid::new(costs, limit).filter(|_| k > 0) else {
         return Vec::new();
-    }
+    };
     // The most the blocks from b on can add: a partial architecture that
     // cannot reach `floor` even so is dropped (the score bound ignores the
     // floor, so it stays optimistic and the order exact).
@@ -109,30 +112,8 @@ pub fn k_best(costs: &CostModel, log_probs: &[Vec<f64>], floor: f64, limit: f64,
     for b in (0..blocks).rev() {
         most[b] = most[b + 1] + costs.per_block[b].iter().copied().fold(0.0, f64::max);
     }
-    // Cost in grid cells, rounded down; costs beyond the capacity never fit.
-    let cell = capacity / GRID as f64;
-    let cells = |c: f64| -> usize {
-        if c > capacity {
-            GRID + 1
-        } else if cell > 0.0 {
-            ((c / cell).floor() as usize).min(GRID)
-        } else {
-            0
-        }
-    };
-    // Cells still free once `cost` (fixed included) is spent; generous by a
-    // hair so that rounding in the division never makes the bound too tight.
-    let free = |cost: f64| -> Option<usize> {
-        let left = limit - cost;
-        if left < 0.0 {
-            None
-        } else if cell > 0.0 {
-            Some((((left / cell) * (1.0 + 1e-12) + 1e-9).floor() as usize).min(GRID))
-        } else {
-            Some(GRID)
-        }
-    };
-    let block_cells: Vec<Vec<usize>> = costs.per_block.iter().map(|c| c.iter().map(|&c| cells(c)).collect()).collect();
+    let free = |cost: f64| grid.free(cost);
+    let block_cells = grid.block_cells(costs);
     // best[b][u]: the best score of blocks b.. within u cells (rounded-down costs).
     let mut best = vec![vec![f64::NEG_INFINITY; GRID + 1]; blocks + 1];
     best[blocks].fill(0.0);
@@ -150,7 +131,7 @@ pub fn k_best(costs: &CostModel, log_probs: &[Vec<f64>], floor: f64, limit: f64,
     let mut seq = 0;
     let mut queue = BinaryHeap::new();
     if let Some(u) = free(costs.fixed).filter(|&u| best[0][u].is_finite()) {
-        queue.push(Partial { bound: best[0][u], log_prob: 0.0, cost: costs.fixed, selection: Vec::new(), seq });
+        queue.push(Partial { bound: best[0][u], score: 0.0, cost: costs.fixed, selection: Vec::new(), seq });
     }
     let mut expansions = 0;
     while let Some(partial) = queue.pop() {
@@ -160,7 +141,7 @@ pub fn k_best(costs: &CostModel, log_probs: &[Vec<f64>], floor: f64, limit: f64,
         }
         let b = partial.selection.len();
         if b == blocks {
-            found.push(Derived { selection: partial.selection, log_prob: partial.log_prob, predicted: partial.cost });
+            found.push(Derived { selection: partial.selection, score: partial.score, predicted: partial.cost });
             if found.len() == k {
                 break;
             }
@@ -172,16 +153,113 @@ pub fn k_best(costs: &CostModel, log_probs: &[Vec<f64>], floor: f64, limit: f64,
             if cost + most[b + 1] < floor {
                 continue;
             }
-            let bound = partial.log_prob + lp + best[b + 1][u];
+            let bound = partial.score + lp + best[b + 1][u];
             if bound.is_finite() {
                 seq += 1;
                 let mut selection = partial.selection.clone();
                 selection.push(i);
-                queue.push(Partial { bound, log_prob: partial.log_prob + lp, cost, selection, seq });
+                queue.push(Partial { bound, score: partial.score + lp, cost, selection, seq });
             }
         }
     }
     found
+}
+
+/// Up to `n` distinct architectures drawn uniformly among those whose
+/// predicted cost is within [`floor`, `limit`] (fewer when fewer fit or the
+/// floor leaves few), unscored, in the order drawn. Each block's candidate
+/// is drawn in proportion to the completions that still fit on the grid
+/// (a superset of the exact ones, as costs round down), and a draw whose
+/// exact cost misses is rejected: uniform over exactly the fitting ones.
+pub fn sample_within(costs: &CostModel, floor: f64, limit: f64, n: usize, rng: &mut impl Rng) -> Vec<Derived> {
+    let Some(grid) = Grid::new(costs, limit) else {
+        return Vec::new();
+    };
+    let blocks = costs.per_block.len();
+    let block_cells = grid.block_cells(costs);
+    // fits[b][u]: completions of blocks b.. within u cells (f64: counts of a
+    // 21-block space pass 1e17).
+    let mut fits = vec![vec![0.0; GRID + 1]; blocks + 1];
+    fits[blocks].fill(1.0);
+    for b in (0..blocks).rev() {
+        for u in 0..=GRID {
+            fits[b][u] = block_cells[b].iter().filter(|&&c| c <= u).map(|&c| fits[b + 1][u - c]).sum();
+        }
+    }
+    let Some(start) = grid.free(costs.fixed).filter(|&u| fits[0][u] > 0.0) else {
+        return Vec::new();
+    };
+    let mut seen = HashSet::new();
+    let mut drawn = Vec::new();
+    // Enough tries for a floor that leaves a small share of the space.
+    for _ in 0..n.saturating_mul(200).max(1000) {
+        if drawn.len() == n {
+            break;
+        }
+        let mut u = start;
+        let mut selection = Vec::with_capacity(blocks);
+        for b in 0..blocks {
+            let weights: Vec<f64> =
+                block_cells[b].iter().map(|&c| if c <= u { fits[b + 1][u - c] } else { 0.0 }).collect();
+            let mut pick = rng.random_range(0.0..weights.iter().sum::<f64>());
+            let i = weights.iter().position(|&w| {
+                pick -= w;
+                pick < 0.0 && w > 0.0
+            });
+            // Rounding can leave the pick past the last weight: take the last that fits.
+            let i = i.unwrap_or_else(|| weights.iter().rposition(|&w| w > 0.0).expect("a fitting candidate"));
+            u -= block_cells[b][i];
+            selection.push(i);
+        }
+        let predicted = predicted_cost(costs, &selection);
+        if (floor..=limit).contains(&predicted) && seen.insert(selection.clone()) {
+            drawn.push(Derived { selection, score: f64::NAN, predicted });
+        }
+    }
+    drawn
+}
+
+/// The cost left for the choice blocks under a limit, cut in [`GRID`] cells.
+struct Grid {
+    limit: f64,
+    capacity: f64,
+    cell: f64,
+}
+
+impl Grid {
+    /// None when not even the fixed cost fits (or the limit is NaN).
+    fn new(costs: &CostModel, limit: f64) -> Option<Grid> {
+        let capacity = limit - costs.fixed;
+        (capacity >= 0.0).then(|| Grid { limit, capacity, cell: capacity / GRID as f64 })
+    }
+
+    /// A cost in cells, rounded down; costs beyond the capacity never fit.
+    fn cells(&self, c: f64) -> usize {
+        if c > self.capacity {
+            GRID + 1
+        } else if self.cell > 0.0 {
+            ((c / self.cell).floor() as usize).min(GRID)
+        } else {
+            0
+        }
+    }
+
+    fn block_cells(&self, costs: &CostModel) -> Vec<Vec<usize>> {
+        costs.per_block.iter().map(|c| c.iter().map(|&c| self.cells(c)).collect()).collect()
+    }
+
+    /// Cells still free once `cost` (fixed included) is spent; generous by a
+    /// hair so that rounding in the division never makes a bound too tight.
+    fn free(&self, cost: f64) -> Option<usize> {
+        let left = self.limit - cost;
+        if left < 0.0 {
+            None
+        } else if self.cell > 0.0 {
+            Some((((left / self.cell) * (1.0 + 1e-12) + 1e-9).floor() as usize).min(GRID))
+        } else {
+            Some(GRID)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -202,12 +280,12 @@ mod tests {
         let mut all: Vec<Derived> = all_selections(&counts)
             .into_iter()
             .map(|selection| {
-                let log_prob = selection.iter().zip(log_probs).map(|(&i, lp)| lp[i]).sum::<f64>();
-                Derived { predicted: predicted_cost(costs, &selection), log_prob, selection }
+                let score = selection.iter().zip(log_probs).map(|(&i, lp)| lp[i]).sum::<f64>();
+                Derived { predicted: predicted_cost(costs, &selection), score, selection }
             })
             .filter(|d| floor <= d.predicted && d.predicted <= limit)
             .collect();
-        all.sort_by(|a, b| b.log_prob.total_cmp(&a.log_prob));
+        all.sort_by(|a, b| b.score.total_cmp(&a.score));
         all.truncate(k);
         all
     }
@@ -242,7 +320,7 @@ mod tests {
             for (d, e) in derived.iter().zip(&exact) {
                 assert_eq!(d.selection, e.selection, "case {case}: {derived:?} vs {exact:?}");
                 assert_eq!(d.predicted, e.predicted);
-                assert!((d.log_prob - e.log_prob).abs() < 1e-12);
+                assert!((d.score - e.score).abs() < 1e-12);
             }
         }
     }
@@ -298,7 +376,7 @@ mod tests {
             assert_eq!(derived.len(), brute.len(), "case {case}");
             for (d, (score, sel, p)) in derived.iter().zip(&brute) {
                 assert_eq!(&d.selection, *sel, "case {case}");
-                assert!((d.log_prob - score).abs() < 1e-9 && (d.predicted - p).abs() < 1e-9, "case {case}");
+                assert!((d.score - score).abs() < 1e-9 && (d.predicted - p).abs() < 1e-9, "case {case}");
             }
         }
     }
@@ -328,5 +406,40 @@ mod tests {
         let derived = k_best(&costs, &lp, 0.0, 0.6, 5);
         assert_eq!(derived.len(), 5);
         assert!(derived.iter().all(|d| d.predicted <= 0.6));
+    }
+
+    #[test]
+    fn draws_are_uniform_over_exactly_the_fitting_architectures() {
+        // 3 blocks of 4 candidates: 64 architectures, about half within the limit.
+        let costs = CostModel {
+            fixed: 0.2,
+            per_block: vec![vec![0.0, 0.13, 0.31, 0.47], vec![0.05, 0.2, 0.29, 0.41], vec![0.0, 0.11, 0.26, 0.5]],
+        };
+        let (floor, limit) = (0.55, 0.95);
+        let fitting: Vec<Vec<usize>> = all_selections(&[4, 4, 4])
+            .into_iter()
+            .filter(|s| (floor..=limit).contains(&predicted_cost(&costs, s)))
+            .collect();
+        assert!(fitting.len() > 10 && fitting.len() < 50, "{}", fitting.len());
+        let mut rng = SmallRng::seed_from_u64(3);
+        // All of them when asked for more than there are, each once.
+        let every = sample_within(&costs, floor, limit, 100, &mut rng);
+        let mut got: Vec<Vec<usize>> = every.iter().map(|d| d.selection.clone()).collect();
+        got.sort();
+        assert_eq!(got, fitting);
+        assert!(every.iter().all(|d| d.predicted == predicted_cost(&costs, &d.selection) && d.score.is_nan()));
+        // One at a time, many times: each as often as the others (χ², p > 0.001).
+        let draws = 20_000;
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..draws {
+            *counts.entry(sample_within(&costs, floor, limit, 1, &mut rng).remove(0).selection).or_insert(0.0) += 1.0;
+        }
+        let expected = draws as f64 / fitting.len() as f64;
+        let chi2: f64 =
+            fitting.iter().map(|s| (counts.get(s).copied().unwrap_or(0.0) - expected).powi(2) / expected).sum();
+        // The 0.999 quantile of χ² with 49 degrees of freedom is about 85.
+        assert!(chi2 < 85.0, "χ² {chi2} over {} architectures", fitting.len());
+        // Nothing fits: nothing drawn.
+        assert!(sample_within(&costs, 0.0, 0.19, 5, &mut rng).is_empty());
     }
 }

@@ -1,12 +1,13 @@
 //! `edgeloop search`: ProxylessNAS with the device in the loop (DESIGN §8).
 //!
 //! Stages, each its own piece: the space's supernet is trained with binary
-//! paths (edgeloop-train) while a strategy moves the architecture
-//! parameters α — `gradient` against the device's latency table, or
-//! `reinforce` against latencies measured live by the device's agents —
-//! with the budget as a constraint whose multiplier adapts to the device
-//! (§8.1); the final architecture is then derived under the budget from the
-//! table (`derive`, `decide`), its candidates measured on the device, the
+//! paths (edgeloop-train) while a strategy moves through the space —
+//! `gradient` moves α against the device's latency table, `reinforce`
+//! against latencies measured live by the device's agents, with the budget
+//! as a constraint whose multiplier adapts to the device (§8.1); `random`
+//! only trains the supernet on uniform paths — the final architecture is
+//! then derived under the budget from the table and the strategy's ranking
+//! (`derive`, `decide`), its candidates measured on the device, the
 //! best retrained from scratch, exported with its trained weights and
 //! measured again (`final_model`). Only that last measurement decides
 //! whether the budget is met; when it is not, the architecture is derived
@@ -49,8 +50,8 @@ pub use settings::{
 };
 pub use state::{Trainable, TrainedRun, load_trained};
 pub use strategy::{
-    GradientSettings, GradientState, ReinforceSettings, ReinforceState, RewardKind, Strategy, StrategySettings,
-    StrategyState, dual_ascent,
+    GradientSettings, GradientState, PrescreenSettings, RandomSettings, RandomState, ReinforceSettings, ReinforceState,
+    RewardKind, Strategy, StrategyArgs, StrategySettings, StrategyState, dual_ascent,
 };
 
 use crate::cache::MeasurementCache;
@@ -270,7 +271,8 @@ fn holdout_accuracy(net: &Supernet, selection: &[usize], data: &Data, device: De
 /// The architecture chosen for retraining, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
-    /// The most likely architecture under the final α (for reference).
+    /// The strategy's favourite when the search ended (for reference): the
+    /// most likely under the final α, or the best-ranked candidate.
     pub derived: Arch,
     /// Its latency (p50/p90, ms) or energy (mJ) on the device, per the budget.
     pub derived_measured: f64,

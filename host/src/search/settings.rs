@@ -8,7 +8,7 @@ use edgeloop_data::DatasetSpec;
 use edgeloop_space::Space;
 use serde::{Deserialize, Serialize};
 
-use super::strategy::{Strategy, StrategySettings};
+use super::strategy::{PrescreenSettings, Strategy, StrategySettings};
 use crate::dataset::Data;
 use crate::predict::{Metric, Stat};
 
@@ -128,6 +128,8 @@ pub struct SearchSettings {
     #[serde(flatten)]
     pub strategy: StrategySettings,
     #[serde(flatten)]
+    pub prescreen: PrescreenSettings,
+    #[serde(flatten)]
     pub derive: DeriveSettings,
     pub runtime: String,
     pub measure_threads: usize,
@@ -194,6 +196,7 @@ impl SearchSettings {
         ensure!(self.schedule.arch_every > 0, "--arch-every must be at least 1");
         ensure!(self.derive.derive_candidates > 0, "--derive-candidates must be at least 1");
         ensure!(self.derive.max_rounds > 0, "--max-rounds must be at least 1");
+        self.prescreen.check(self.strategy.prescreens())?;
         self.strategy.check()
     }
 }
@@ -268,7 +271,7 @@ pub fn cli_defaults<T: Args>() -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::search::{GradientSettings, ReinforceSettings, StrategySettings};
+    use crate::search::{GradientSettings, RandomSettings, ReinforceSettings, StrategySettings};
 
     fn settings(strategy: StrategySettings) -> SearchSettings {
         SearchSettings {
@@ -292,6 +295,7 @@ mod tests {
             },
             schedule: ScheduleSettings::default(),
             strategy,
+            prescreen: PrescreenSettings::default(),
             derive: DeriveSettings::default(),
             runtime: "tract".into(),
             measure_threads: 1,
@@ -303,6 +307,7 @@ mod tests {
         for strategy in [
             StrategySettings::Gradient(GradientSettings::default()),
             StrategySettings::Reinforce(ReinforceSettings { samples: 7, ..ReinforceSettings::default() }),
+            StrategySettings::Random(RandomSettings { random_samples: 9 }),
         ] {
             let s = settings(strategy);
             let json = serde_json::to_value(&s).unwrap();

@@ -8,7 +8,7 @@ use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::{ArchColumns, Context, SearchStrategy, dual_ascent};
+use super::{Context, SearchStrategy, StrategyColumns, alpha_columns, dual_ascent};
 use crate::search::Mean;
 use crate::search::state::SearchModel;
 
@@ -110,8 +110,10 @@ impl SearchStrategy for Gradient<'_> {
         Ok(())
     }
 
-    fn end_epoch(&mut self) -> ArchColumns {
-        let columns = ArchColumns { arch_ce: self.ce.mean(), arch_loss: self.loss.mean(), ..ArchColumns::default() };
+    /// The arch steps' mean cross-entropy and loss, then α's columns.
+    fn end_epoch(&mut self, ctx: &Context<'_>, m: &SearchModel) -> StrategyColumns {
+        let mut columns = vec![("arch_ce", self.ce.mean()), ("arch_loss", self.loss.mean())];
+        columns.extend(alpha_columns(ctx, m, self.multiplier()));
         (self.ce, self.loss) = (Mean::default(), Mean::default());
         columns
     }

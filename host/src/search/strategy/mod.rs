@@ -1,11 +1,14 @@
-//! The search loop, shared by every strategy: weight steps on paths
-//! sampled from p = softmax(α) (uniformly while warming up), an arch step
-//! by the strategy every `arch_every` weight steps, a checkpoint after
-//! every epoch; then the final architecture is derived under the budget
-//! from α's log-probabilities (`decide`). A strategy is one module that
-//! implements [`SearchStrategy`], with its flags and checkpointed state.
+//! The search loop, shared by every strategy: weight steps on paths the
+//! strategy draws (from p = softmax(α), uniformly while warming up, unless
+//! it says otherwise), an arch step by the strategy every `arch_every`
+//! weight steps, a checkpoint after every epoch; then the final
+//! architecture is derived under the budget from the strategy's ranking
+//! (`decide`). A strategy is one module that implements [`SearchStrategy`],
+//! with its flags, its checkpointed state and its `search.csv` columns.
 
 mod gradient;
+mod prescreen;
+mod random;
 mod reinforce;
 
 use std::time::Instant;
@@ -18,15 +21,18 @@ use edgeloop_train::export::export_arch;
 use edgeloop_train::optim::cosine_lr;
 use edgeloop_train::trainer::{batch_tensors, weight_step};
 pub use gradient::{GradientSettings, GradientState};
+pub use prescreen::PrescreenSettings;
 use rand::Rng;
 use rand::rngs::SmallRng;
+pub use random::{RandomSettings, RandomState};
 pub use reinforce::{ReinforceSettings, ReinforceState, RewardKind};
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use super::decide::{self, Miss};
-use super::run_dir::{EpochRow, RunDir, append_row, open_search_csv};
+use super::derive::{self, Derived};
+use super::run_dir::{EpochRow, RunDir, open_search_csv};
 use super::state::{self, SearchModel, SearchState};
 use super::{Budget, Decision, Mean, SearchEnv, SearchSettings, epoch_rng};
 use crate::cache::CachedMeasurement;
@@ -43,6 +49,36 @@ pub enum Strategy {
     Gradient,
     /// Policy gradient, reward from latencies measured on the device.
     Reinforce,
+    /// Archs drawn uniformly under the budget, ranked with the weights of a
+    /// supernet trained on uniform paths: the baseline of the others.
+    Random,
+}
+
+/// `--strategy` and every strategy's flag group (each under its own help
+/// heading); the chosen one's settings go into the search's.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StrategyArgs {
+    /// How the search moves through the space; each strategy's own flags
+    /// are listed under its heading.
+    #[arg(long = "strategy", value_enum, default_value_t = Strategy::Gradient)]
+    pub kind: Strategy,
+    #[command(flatten)]
+    pub gradient: GradientSettings,
+    #[command(flatten)]
+    pub reinforce: ReinforceSettings,
+    #[command(flatten)]
+    pub random: RandomSettings,
+}
+
+impl StrategyArgs {
+    /// The chosen strategy's settings.
+    pub fn settings(self) -> StrategySettings {
+        match self.kind {
+            Strategy::Gradient => StrategySettings::Gradient(self.gradient),
+            Strategy::Reinforce => StrategySettings::Reinforce(self.reinforce),
+            Strategy::Random => StrategySettings::Random(self.random),
+        }
+    }
 }
 
 /// The chosen strategy with its settings; in JSON, `strategy` names it and
@@ -52,21 +88,15 @@ pub enum Strategy {
 pub enum StrategySettings {
     Gradient(GradientSettings),
     Reinforce(ReinforceSettings),
+    Random(RandomSettings),
 }
 
 impl StrategySettings {
-    /// The settings of `kind`, out of every strategy's flag group.
-    pub fn of(kind: Strategy, gradient: GradientSettings, reinforce: ReinforceSettings) -> Self {
-        match kind {
-            Strategy::Gradient => StrategySettings::Gradient(gradient),
-            Strategy::Reinforce => StrategySettings::Reinforce(reinforce),
-        }
-    }
-
     pub fn kind(&self) -> Strategy {
         match self {
             StrategySettings::Gradient(_) => Strategy::Gradient,
             StrategySettings::Reinforce(_) => Strategy::Reinforce,
+            StrategySettings::Random(_) => Strategy::Random,
         }
     }
 
@@ -75,21 +105,29 @@ impl StrategySettings {
         match self {
             StrategySettings::Gradient(s) => s.uses_multiplier(),
             StrategySettings::Reinforce(s) => s.reward == RewardKind::Lagrange,
+            StrategySettings::Random(_) => false,
         }
+    }
+
+    /// Whether the strategy draws archs to measure, which `--prescreen` can screen.
+    pub fn prescreens(&self) -> bool {
+        matches!(self, StrategySettings::Reinforce(_) | StrategySettings::Random(_))
     }
 
     pub(crate) fn check(&self) -> anyhow::Result<()> {
         match self {
             StrategySettings::Gradient(_) => Ok(()),
             StrategySettings::Reinforce(s) => s.check(),
+            StrategySettings::Random(s) => s.check(),
         }
     }
 
     /// The state of a strategy before its first arch step.
     pub(crate) fn initial_state(&self) -> StrategyState {
         match self {
-            StrategySettings::Gradient(_) => StrategyState::Gradient(GradientState::default()),
-            StrategySettings::Reinforce(_) => StrategyState::Reinforce(ReinforceState::default()),
+            StrategySettings::Gradient(_) => GradientState::default().into(),
+            StrategySettings::Reinforce(_) => ReinforceState::default().into(),
+            StrategySettings::Random(_) => RandomState::default().into(),
         }
     }
 }
@@ -100,6 +138,7 @@ impl StrategySettings {
 pub enum StrategyState {
     Gradient(GradientState),
     Reinforce(ReinforceState),
+    Random(RandomState),
 }
 
 impl From<GradientState> for StrategyState {
@@ -114,45 +153,102 @@ impl From<ReinforceState> for StrategyState {
     }
 }
 
-/// The columns of `search.csv` that a strategy fills (NaN where it has none).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ArchColumns {
-    pub arch_ce: f64,
-    pub arch_loss: f64,
-    pub mean_reward: f64,
-    pub baseline: f64,
-}
-
-impl Default for ArchColumns {
-    fn default() -> Self {
-        ArchColumns { arch_ce: f64::NAN, arch_loss: f64::NAN, mean_reward: f64::NAN, baseline: f64::NAN }
+impl From<RandomState> for StrategyState {
+    fn from(state: RandomState) -> Self {
+        StrategyState::Random(state)
     }
 }
 
-/// How a search moves α while the supernet trains. The epoch loop,
-/// derivation, final training and measurement are shared; a strategy only
-/// says what one arch step does and what it keeps between steps.
+/// A strategy's columns of `search.csv`: the same names, in the same
+/// order, every epoch (NaN where it has no figure that epoch).
+pub type StrategyColumns = Vec<(&'static str, f64)>;
+
+/// How a search moves through the space while the supernet trains. The
+/// epoch loop, derivation, final training and measurement are shared; a
+/// strategy says which paths the weights train, what one arch step does,
+/// how derivation ranks architectures, and what it keeps between steps.
 pub(crate) trait SearchStrategy {
     /// What the strategy keeps between arch steps (checkpointed after every epoch).
     type State: Clone + Into<StrategyState>;
 
     /// The budget's multiplier, in a search that keeps the budget with one.
-    fn multiplier(&self) -> Option<f64>;
+    fn multiplier(&self) -> Option<f64> {
+        None
+    }
 
-    /// One architecture step on the held-out batch (x, y).
+    /// The path the next weight step trains: drawn from p = softmax(α), or
+    /// uniformly while warming up.
+    fn path(&self, m: &SearchModel, warmup: bool, rng: &mut SmallRng) -> Vec<usize> {
+        if warmup { uniform_path(m, rng) } else { m.alpha.sample(rng) }
+    }
+
+    /// One architecture step on the held-out batch (x, y), every
+    /// `arch_every` weight steps after the warm-up; none by default.
     async fn arch_step(
         &mut self,
-        ctx: &Context<'_>,
-        pool: &mut dyn Measurements,
-        m: &mut SearchModel,
-        batch: (&Tensor, &Tensor),
-        rng: &mut SmallRng,
-    ) -> anyhow::Result<()>;
+        _ctx: &Context<'_>,
+        _pool: &mut dyn Measurements,
+        _m: &mut SearchModel,
+        _batch: (&Tensor, &Tensor),
+        _rng: &mut SmallRng,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
 
-    /// The epoch's diagnostics for `search.csv`; the next epoch starts afresh.
-    fn end_epoch(&mut self) -> ArchColumns;
+    /// The epoch's columns of `search.csv`; the next epoch starts afresh.
+    fn end_epoch(&mut self, ctx: &Context<'_>, m: &SearchModel) -> StrategyColumns;
+
+    /// The architecture the strategy favours now (measured and reported
+    /// after every epoch); none for a strategy that ranks only when deriving.
+    fn leader(&self, m: &SearchModel) -> Option<Vec<usize>> {
+        Some(m.alpha.argmax())
+    }
+
+    /// What ranks derivation's candidates, for the decision's reason.
+    fn ranking(&self) -> String {
+        "most likely under α".into()
+    }
+
+    /// Up to `k` architectures, best first, whose predicted cost of the
+    /// budget's figure is within [`floor`, `limit`], none of them `excluded`
+    /// (hashes): by default those of highest Σ log p under α, exactly.
+    fn candidates(
+        &self,
+        ctx: &Context<'_>,
+        m: &SearchModel,
+        (floor, limit): (f64, f64),
+        k: usize,
+        excluded: &[&str],
+    ) -> anyhow::Result<Vec<Derived>> {
+        let log_probs: Vec<Vec<f64>> = m.alpha.probs().iter().map(|p| p.iter().map(|p| p.ln()).collect()).collect();
+        // A few spare, so that the excluded can be left out.
+        Ok(derive::k_best(ctx.budget_costs(), &log_probs, floor, limit, k + excluded.len())
+            .into_iter()
+            .filter(|d| !excluded.contains(&m.model.net.arch(&d.selection).hash().as_str()))
+            .take(k)
+            .collect())
+    }
 
     fn state(&self) -> &Self::State;
+}
+
+/// A path drawn uniformly: every candidate of every block equally likely.
+fn uniform_path(m: &SearchModel, rng: &mut SmallRng) -> Vec<usize> {
+    m.model.net.candidate_counts().iter().map(|&n| rng.random_range(0..n)).collect()
+}
+
+/// The columns of a strategy that moves α: E[COST] under p by the table
+/// (latency, and energy in an energy search), E[COST]/T of the budget's
+/// figure, the multiplier λ (NaN without one) and p's mean entropy per block.
+fn alpha_columns(ctx: &Context<'_>, m: &SearchModel, multiplier: Option<f64>) -> StrategyColumns {
+    let expected = |costs: &edgeloop_train::CostModel| m.alpha.expected_cost(costs).double_value(&[]);
+    vec![
+        ("expected_latency_ms", expected(&ctx.latency_costs)),
+        ("expected_energy_mj", ctx.energy_costs.as_ref().map_or(f64::NAN, expected)),
+        ("expected_cost_ratio", expected(ctx.budget_costs()) / ctx.budget.limit),
+        ("lambda", multiplier.unwrap_or(f64::NAN)),
+        ("alpha_entropy", m.alpha.entropy()),
+    ]
 }
 
 /// Runs the search epochs left (or none, when the final training already
@@ -172,6 +268,9 @@ pub async fn search(ctx: &Context<'_>, pool: &mut dyn Measurements, misses: &[Mi
         }
         (StrategySettings::Reinforce(s), StrategyState::Reinforce(state)) => {
             run_epochs(ctx, pool, misses, model, st, reinforce::Reinforce::new(s, state)).await
+        }
+        (StrategySettings::Random(s), StrategyState::Random(state)) => {
+            run_epochs(ctx, pool, misses, model, st, random::Random::new(s, state)).await
         }
         (settings, _) => anyhow::bail!(
             "checkpoint {} holds another strategy's state than {:?}'s",
@@ -202,28 +301,23 @@ async fn run_epochs(
     }
     for epoch in st.epochs_done..total_epochs {
         let row = epoch_of_search(ctx, pool, &mut model, &mut st, &mut strategy, epoch).await?;
-        append_row(&mut csv, &row).with_context(|| format!("writing {}", ctx.dir.search_csv().display()))?;
-        ctx.events().emit(Event::SearchEpoch {
-            row,
-            of: total_epochs,
-            energy: ctx.energy_costs.is_some(),
-            multiplier: strategy.multiplier().is_some(),
-        });
+        csv.append(&row).with_context(|| format!("writing {}", ctx.dir.search_csv().display()))?;
+        ctx.events().emit(Event::SearchEpoch { row, of: total_epochs, energy: ctx.energy_costs.is_some() });
         st.epochs_done = epoch + 1;
         st.strategy_state = strategy.state().clone().into();
         model.save(&ctx.dir.checkpoint(), &mut st)?;
     }
-    decide::decide(ctx, pool, &model, misses, strategy.multiplier()).await
+    decide::decide(ctx, pool, &model, misses, &strategy).await
 }
 
 /// One epoch: weight steps on paths sampled from p (uniformly while warming
 /// up), an arch step every `arch_every` steps after the warm-up.
-async fn epoch_of_search(
+async fn epoch_of_search<S: SearchStrategy>(
     ctx: &Context<'_>,
     pool: &mut dyn Measurements,
     m: &mut SearchModel,
     st: &mut SearchState,
-    strategy: &mut impl SearchStrategy,
+    strategy: &mut S,
     epoch: usize,
 ) -> anyhow::Result<EpochRow> {
     let s = ctx.settings;
@@ -248,11 +342,7 @@ async fn epoch_of_search(
     for (i, batch) in loader.enumerate() {
         let (x, y) = batch_tensors(&batch, ctx.data.shape, ctx.device);
         lr = cosine_lr(s.recipe.lr, st.weight_steps, total_steps);
-        let selection = if warmup {
-            m.model.net.candidate_counts().iter().map(|&n| rng.random_range(0..n)).collect()
-        } else {
-            m.alpha.sample(&mut rng)
-        };
+        let selection = strategy.path(m, warmup, &mut rng);
         let loss = weight_step(&m.model.net, &mut m.model.sgd, &x, &y, &selection, lr);
         anyhow::ensure!(loss.is_finite(), "training diverged (loss {loss}) at step {}; lower --lr", st.weight_steps);
         train_loss.add(loss);
@@ -265,31 +355,27 @@ async fn epoch_of_search(
         work.advance(Some(format!("epoch {}: loss {:.3}", epoch + 1, train_loss.mean())));
     }
     drop(work);
-    let columns = strategy.end_epoch();
-    let argmax = m.alpha.argmax();
-    let arch = m.model.net.arch(&argmax);
-    let measured = measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&arch)).await?.remove(0);
-    let valid_acc = super::holdout_accuracy(&m.model.net, &argmax, ctx.data, ctx.device);
-    let expected_cost = m.alpha.expected_cost(ctx.budget_costs()).double_value(&[]);
+    let strategy_columns = strategy.end_epoch(ctx, m);
+    let (argmax_arch, valid_acc, argmax_measured_ms, argmax_measured_mj) = match strategy.leader(m) {
+        Some(leader) => {
+            let arch = m.model.net.arch(&leader);
+            let measured = measure_archs(ctx, pool, &m.model.vs, std::slice::from_ref(&arch)).await?.remove(0);
+            let valid_acc = super::holdout_accuracy(&m.model.net, &leader, ctx.data, ctx.device);
+            (arch.hash(), valid_acc, measured.p50_ms, measured.energy_mj.unwrap_or(f64::NAN))
+        }
+        None => (String::new(), f64::NAN, f64::NAN, f64::NAN),
+    };
     Ok(EpochRow {
         epoch: epoch + 1,
         phase: if warmup { "warmup" } else { "search" },
         lr,
         train_loss: train_loss.mean(),
-        arch_ce: columns.arch_ce,
-        arch_loss: columns.arch_loss,
-        mean_reward: columns.mean_reward,
-        baseline: columns.baseline,
         valid_acc,
-        expected_latency_ms: m.alpha.expected_cost(&ctx.latency_costs).double_value(&[]),
-        expected_energy_mj: ctx.energy_costs.as_ref().map_or(f64::NAN, |c| m.alpha.expected_cost(c).double_value(&[])),
-        lambda: strategy.multiplier().unwrap_or(f64::NAN),
-        expected_cost_ratio: expected_cost / ctx.budget.limit,
-        alpha_entropy: m.alpha.entropy(),
-        argmax_arch: arch.hash(),
-        argmax_measured_ms: measured.p50_ms,
-        argmax_measured_mj: measured.energy_mj.unwrap_or(f64::NAN),
+        argmax_arch,
+        argmax_measured_ms,
+        argmax_measured_mj,
         seconds: started.elapsed().as_secs_f64(),
+        strategy: strategy_columns,
     })
 }
 

@@ -9,7 +9,8 @@ use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::{ArchColumns, Context, SearchStrategy, dual_ascent, measure_archs};
+use super::prescreen::prescreened;
+use super::{Context, SearchStrategy, StrategyColumns, alpha_columns, dual_ascent, measure_archs};
 use crate::measure::Measurements;
 use crate::search::state::SearchModel;
 use crate::search::{Budget, Mean};
@@ -112,7 +113,9 @@ impl SearchStrategy for Reinforce<'_> {
     ) -> anyhow::Result<()> {
         let s = self.settings;
         let st = &mut self.state;
-        let selections: Vec<Vec<usize>> = (0..s.samples).map(|_| m.alpha.sample(rng)).collect();
+        let draws = ctx.settings.prescreen.draws(s.samples);
+        let drawn: Vec<Vec<usize>> = (0..draws).map(|_| m.alpha.sample(rng)).collect();
+        let selections = prescreened(ctx, m, drawn, s.samples, |s| s)?;
         let archs: Vec<Arch> = selections.iter().map(|sel| m.model.net.arch(sel)).collect();
         let accs: Vec<f64> =
             selections.iter().map(|sel| batch_accuracy(&m.model.net, sel, x, y, BnMode::BatchStats)).collect();
@@ -143,12 +146,11 @@ impl SearchStrategy for Reinforce<'_> {
         Ok(())
     }
 
-    fn end_epoch(&mut self) -> ArchColumns {
-        let columns = ArchColumns {
-            mean_reward: self.reward.mean(),
-            baseline: self.state.baseline.unwrap_or(f64::NAN),
-            ..ArchColumns::default()
-        };
+    /// The updates' mean reward and the baseline, then α's columns.
+    fn end_epoch(&mut self, ctx: &Context<'_>, m: &SearchModel) -> StrategyColumns {
+        let mut columns =
+            vec![("mean_reward", self.reward.mean()), ("baseline", self.state.baseline.unwrap_or(f64::NAN))];
+        columns.extend(alpha_columns(ctx, m, self.multiplier()));
         self.reward = Mean::default();
         columns
     }
