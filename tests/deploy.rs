@@ -597,7 +597,7 @@ fn android_usage_errors_are_clear() {
 #[test]
 fn android_aarch64_static_agent_under_qemu() {
     let _device = edgeloop_e2e::shared_blocking();
-    let bin = repo_root().join("dist/edgeloop-agent-aarch64-linux-musl");
+    let (bin, named) = edgeloop_e2e::aarch64_agent();
     if !bin.exists() {
         eprintln!("skipped: {} is missing (build it with scripts/build-agent.sh aarch64)", bin.display());
         return;
@@ -612,10 +612,15 @@ fn android_aarch64_static_agent_under_qemu() {
     std::fs::write(fx.path("state/exec-prefix"), qemu.to_str().unwrap()).unwrap();
     let port = free_port();
     let port_s = port.to_string();
-    // No --binary: the default, dist/edgeloop-agent-aarch64-linux-musl.
+    // No --binary unless one was named: the default, dist/edgeloop-agent-aarch64-linux-musl.
     // Under qemu-user the agent cannot re-execute itself as a worker
     // process (no binfmt_misc here), so it measures on a thread.
-    let args = ["--port", &port_s, "--wait", "90", "start", "--", "--isolation", "thread"];
+    let bin_s = bin.to_str().unwrap().to_string();
+    let mut args = vec!["--port", &port_s, "--wait", "90"];
+    if named {
+        args.extend(["--binary", &bin_s]);
+    }
+    args.extend(["start", "--", "--isolation", "thread"]);
     let out = fx.run("deploy-android.sh", &args).success();
     let token = PathBuf::from(field(&out.stdout, "token file:"));
     let mut expected = vec![is("adb devices")];

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edgeloop::client::{AgentClient, UploadStatus};
-use edgeloop_e2e::{TOKEN, quick_request, repo_root, small_model};
+use edgeloop_e2e::{TOKEN, quick_request, small_model};
 use tempfile::TempDir;
 
 const QEMU: &str = "qemu-aarch64-static";
@@ -27,10 +27,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The agent binary and qemu, or why they are not there.
 fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
-    let agent = match std::env::var_os("EDGELOOP_AGENT_AARCH64") {
-        Some(path) => repo_root().join(path),
-        None => repo_root().join("dist/edgeloop-agent-aarch64-linux-musl"),
-    };
+    let (agent, _) = edgeloop_e2e::aarch64_agent();
     if !agent.is_file() {
         return Err(format!("no aarch64 agent at {}", agent.display()));
     }

@@ -155,6 +155,16 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the repo").to_path_buf()
 }
 
+/// The static aarch64 agent the tests run under qemu, and whether it was
+/// named: `EDGELOOP_AGENT_AARCH64` (relative to the repo), else the one
+/// `scripts/build-agent.sh aarch64` ships.
+pub fn aarch64_agent() -> (PathBuf, bool) {
+    match std::env::var_os("EDGELOOP_AGENT_AARCH64") {
+        Some(path) => (repo_root().join(path), true),
+        None => (repo_root().join("dist/edgeloop-agent-aarch64-linux-musl"), false),
+    }
+}
+
 /// The fixed input shape of a model's first input, as tract reads it.
 pub fn tract_input_shape(model: &[u8]) -> Vec<usize> {
     use tract_onnx::prelude::*;
