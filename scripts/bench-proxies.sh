@@ -21,15 +21,9 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 out=${out:-runs/bench-proxies}
-python=.venv/bin/python
-if [[ -z "${EDGELOOP_BIN:-}" ]]; then
-  bash scripts/setup.sh >/dev/null
-  cargo build --release --locked -q -p edgeloop-agent -p edgeloop
-fi
-edgeloop=${EDGELOOP_BIN:-target/release/edgeloop}
-mkdir -p "$out/archs"
 source scripts/local-agent.sh
-start_local_agent "$(dirname "$edgeloop")" "$out"
+bench_agent "$out"
+mkdir -p "$out/archs"
 
 "$edgeloop" proxy --space tiny --samples "$samples" --seed "$seed" --dataset "$dataset" --json > "$out/proxies.json"
 "$python" - "$out" <<'PY'

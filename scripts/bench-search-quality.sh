@@ -28,15 +28,8 @@ while [[ $# -gt 0 ]]; do
 done
 out=${out:-runs/bench-search-quality-$runtime}
 IFS=, read -r warmup search final <<< "$epochs"
-python=.venv/bin/python
-if [[ -z "${EDGELOOP_BIN:-}" ]]; then
-  bash scripts/setup.sh >/dev/null
-  cargo build --release --locked -q -p edgeloop-agent -p edgeloop
-fi
-edgeloop=${EDGELOOP_BIN:-target/release/edgeloop}
-mkdir -p "$out"
 source scripts/local-agent.sh
-start_local_agent "$(dirname "$edgeloop")" "$out"
+bench_agent "$out"
 device=(--device "$agent_url" --token-file "$agent_token_file" --runtime "$runtime")
 recipe=(--space tiny --dataset "$dataset" --final-epochs "$final")
 

@@ -5,14 +5,14 @@
 # met, wall time and device measurements, then the mean per strategy; and
 # draws every run and the sweep on one Pareto plot (`edgeloop report`).
 #
-# Usage: scripts/bench-strategies.sh [--strategies gradient,reinforce,random] [--seeds 0,1]
+# Usage: scripts/bench-strategies.sh [--strategies gradient,reinforce,random,nao] [--seeds 0,1]
 #        [--fraction 0.7] [--dataset synthetic:1500,1000] [--epochs WARMUP,SEARCH,FINAL]
 #        [--widths 0.35,0.5,0.75,1.0] [--out DIR] [-- EXTRA SEARCH FLAGS…]
 # The budget is --fraction × the width-1.0 MobileNetV2's measured p50.
 # Finished runs in --out are kept: rerunning continues where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-strategies=gradient,reinforce,random seeds=0,1 fraction=0.7 dataset=synthetic:1500,1000 epochs=10,15,15
+strategies=gradient,reinforce,random,nao seeds=0,1 fraction=0.7 dataset=synthetic:1500,1000 epochs=10,15,15
 widths=0.35,0.5,0.75,1.0 out="" extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -24,15 +24,8 @@ while [[ $# -gt 0 ]]; do
 done
 out=${out:-runs/bench-strategies}
 IFS=, read -r warmup search final <<< "$epochs"
-python=.venv/bin/python
-if [[ -z "${EDGELOOP_BIN:-}" ]]; then
-  bash scripts/setup.sh >/dev/null
-  cargo build --release --locked -q -p edgeloop-agent -p edgeloop
-fi
-edgeloop=${EDGELOOP_BIN:-target/release/edgeloop}
-mkdir -p "$out"
 source scripts/local-agent.sh
-start_local_agent "$(dirname "$edgeloop")" "$out"
+bench_agent "$out"
 device=(--device "$agent_url" --token-file "$agent_token_file")
 recipe=(--space tiny --dataset "$dataset" --final-epochs "$final")
 

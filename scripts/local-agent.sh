@@ -36,3 +36,19 @@ while text:
     text = text[end:].strip()
 print(min(p50s))'
 }
+
+# `bench_agent OUT`: what the benchmarks share: release binaries (built,
+# unless EDGELOOP_BIN names the edgeloop binary, with the agent beside it),
+# OUT created and a local agent started there. Sets `python`, `edgeloop`,
+# `agent_url` and `agent_token_file`.
+bench_agent() {
+  local out=$1
+  python=.venv/bin/python
+  if [[ -z "${EDGELOOP_BIN:-}" ]]; then
+    bash scripts/setup.sh >/dev/null
+    cargo build --release --locked -q -p edgeloop-agent -p edgeloop
+  fi
+  edgeloop=${EDGELOOP_BIN:-target/release/edgeloop}
+  mkdir -p "$out"
+  start_local_agent "$(dirname "$edgeloop")" "$out"
+}

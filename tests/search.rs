@@ -303,6 +303,36 @@ async fn random_search_ranks_uniform_draws_within_the_budget_by_supernet_accurac
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn nao_grows_its_pool_with_new_archs_within_the_budget_and_derives_from_it() {
+    let _device = edgeloop_e2e::exclusive().await;
+    let Calibrated { agent, dir, table_path, calibration: _, cheapest, uniform } = Calibrated::new().await;
+    let budget = cheapest + 0.5 * (uniform - cheapest);
+    let out = dir.path().join("nao");
+    let result = search::run(tiny_search(Strategy::Nao, budget), env(&agent, &out, &table_path)).await.unwrap();
+    assert_eq!(result.strategy, Some(Strategy::Nao));
+    assert_eq!(result.budget_met, Some(true), "{result:?}");
+    assert!(result.measured_latency_ms <= budget);
+    // Two rounds, one after each search epoch but the last: the pool grows
+    // by the archs each accepted, all of them measured on the device.
+    let csv = out.join("search.csv");
+    let pool = csv_column(&csv, "pool");
+    let accepted = csv_column(&csv, "accepted");
+    assert_eq!(pool[0], 30.0, "{pool:?}");
+    let rounds: Vec<usize> = (0..accepted.len()).filter(|&i| accepted[i].is_finite()).collect();
+    assert_eq!(rounds.len(), 2, "{accepted:?}");
+    for &i in &rounds {
+        assert!(accepted[i] > 0.0 && pool[i] == pool[i - 1] + accepted[i], "{pool:?} {accepted:?}");
+        assert!(csv_column(&csv, "reconstruction")[i] > 0.5, "the decoder learnt little");
+    }
+    assert!(csv_column(&csv, "measured")[rounds[0]] > 0.0);
+    // The leader after a round is a pool arch within the budget, measured.
+    let measured = csv_column(&csv, "argmax_measured_ms");
+    assert!(rounds.iter().all(|&i| measured[i].is_finite()), "{measured:?}");
+    assert!(result.candidates.iter().all(|c| c.predicted <= budget && (0.0..=1.0).contains(&c.score)));
+    assert_run_files(&out, &result);
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn energy_budget_prices_from_the_energy_table_and_judges_measured_energy() {
     let _device = edgeloop_e2e::exclusive().await;
     let rapl = SimulatedRapl::start(2.0, 10.0);

@@ -17,6 +17,7 @@ fn search_under(dir: &Path, url: &str, strategy: &str, resume: bool, budget_ms: 
     cmd.args(["--token-file", "token", "--dataset", "synthetic:1280,128", "--budget-ms", budget_ms]);
     cmd.args(["--strategy", strategy, "--warmup-epochs", "1", "--epochs", "3", "--final-epochs", "1"]);
     cmd.args(["--batch-size", "32", "--arch-every", "2", "--samples", "2", "--random-samples", "20"]);
+    cmd.args(["--nao-seeds", "20", "--nao-new", "6", "--nao-top", "8", "--nao-epd-epochs", "100"]);
     cmd.args(["--probe-runs", "5"]);
     cmd.args(["--device-kind", "cpu", "--threads", "1", "--out", "run"]);
     if resume {
@@ -99,6 +100,24 @@ fn assert_measured_once_each(result: &serde_json::Value, cache: &Path, before: u
     let distinct: std::collections::HashSet<_> = keys.iter().collect();
     assert_eq!(distinct.len(), keys.len(), "an arch was measured twice");
     assert_eq!(result["device_measurements"].as_u64().unwrap() as usize, keys.len() - before);
+}
+
+#[test]
+fn nao_resumed_after_a_round_keeps_its_pool_and_measures_nothing_twice() {
+    let f = fixture();
+    let run = f.dir.path().join("run");
+    let cache = run.join("measurements.jsonl");
+    let child = search_command(f.dir.path(), &f.agent.url(), "nao", false).stderr(Stdio::null()).spawn().unwrap();
+    // Killed once the first round's archs are measured (the fastest arch
+    // was the first measurement) and its epoch is checkpointed.
+    kill_when(child, LIMIT, || lines(&cache) >= 2 && lines(&run.join("search.csv")) >= 3);
+    let before = lines(&cache);
+
+    let (result, stderr) = resume_to_the_end(&f, "nao");
+    assert!(stderr.contains("resuming the search after epoch"), "{stderr}");
+    assert_eq!(result["strategy"], "nao", "{result}");
+    assert_eq!(result["budget_met"].as_bool(), Some(true), "{result}");
+    assert_measured_once_each(&result, &cache, before);
 }
 
 #[test]

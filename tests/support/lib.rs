@@ -188,7 +188,9 @@ pub fn run_tract(model: &[u8], input: &[f32]) -> Vec<f32> {
 
 /// Settings of a short search of `tiny` on a small synthetic set (seconds).
 pub fn tiny_search(strategy: edgeloop::search::Strategy, budget_ms: f64) -> edgeloop::search::SearchSettings {
-    use edgeloop::search::{GradientSettings, RandomSettings, ReinforceSettings, RewardKind, StrategyArgs};
+    use edgeloop::search::{
+        GradientSettings, NaoSettings, RandomSettings, ReinforceSettings, RewardKind, StrategyArgs,
+    };
     edgeloop::search::SearchSettings {
         space: "tiny".into(),
         width: 1.0,
@@ -214,6 +216,14 @@ pub fn tiny_search(strategy: edgeloop::search::Strategy, budget_ms: f64) -> edge
                 ..ReinforceSettings::default()
             },
             random: RandomSettings { random_samples: 20 },
+            nao: NaoSettings {
+                nao_seeds: 30,
+                nao_rounds: 2,
+                nao_new: 8,
+                nao_top: 10,
+                nao_epd_epochs: 150,
+                ..NaoSettings::default()
+            },
         }
         .settings(),
         prescreen: edgeloop::search::PrescreenSettings::default(),

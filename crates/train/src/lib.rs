@@ -11,6 +11,7 @@ pub mod export;
 pub mod haq;
 pub mod layers;
 pub mod loss;
+pub mod nao;
 pub mod optim;
 pub mod proxy;
 pub mod quant;

@@ -50,8 +50,9 @@ pub use settings::{
 };
 pub use state::{Trainable, TrainedRun, load_trained};
 pub use strategy::{
-    GradientSettings, GradientState, PrescreenSettings, RandomSettings, RandomState, ReinforceSettings, ReinforceState,
-    RewardKind, Strategy, StrategyArgs, StrategySettings, StrategyState, dual_ascent,
+    GradientSettings, GradientState, NaoSettings, NaoState, PrescreenSettings, RandomSettings, RandomState,
+    ReinforceSettings, ReinforceState, RewardKind, Strategy, StrategyArgs, StrategySettings, StrategyState,
+    dual_ascent,
 };
 
 use crate::cache::MeasurementCache;

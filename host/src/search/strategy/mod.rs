@@ -7,6 +7,7 @@
 //! with its flags, its checkpointed state and its `search.csv` columns.
 
 mod gradient;
+mod nao;
 mod prescreen;
 mod random;
 mod reinforce;
@@ -21,6 +22,7 @@ use edgeloop_train::export::export_arch;
 use edgeloop_train::optim::cosine_lr;
 use edgeloop_train::trainer::{batch_tensors, weight_step};
 pub use gradient::{GradientSettings, GradientState};
+pub use nao::{NaoSettings, NaoState};
 pub use prescreen::PrescreenSettings;
 use rand::Rng;
 use rand::rngs::SmallRng;
@@ -52,6 +54,9 @@ pub enum Strategy {
     /// Archs drawn uniformly under the budget, ranked with the weights of a
     /// supernet trained on uniform paths: the baseline of the others.
     Random,
+    /// NAO: a pool of archs, an encoder–predictor–decoder of their accuracy
+    /// and cost, new archs from gradient steps in its embedding space.
+    Nao,
 }
 
 /// `--strategy` and every strategy's flag group (each under its own help
@@ -68,6 +73,8 @@ pub struct StrategyArgs {
     pub reinforce: ReinforceSettings,
     #[command(flatten)]
     pub random: RandomSettings,
+    #[command(flatten)]
+    pub nao: NaoSettings,
 }
 
 impl StrategyArgs {
@@ -77,6 +84,7 @@ impl StrategyArgs {
             Strategy::Gradient => StrategySettings::Gradient(self.gradient),
             Strategy::Reinforce => StrategySettings::Reinforce(self.reinforce),
             Strategy::Random => StrategySettings::Random(self.random),
+            Strategy::Nao => StrategySettings::Nao(self.nao),
         }
     }
 }
@@ -89,6 +97,7 @@ pub enum StrategySettings {
     Gradient(GradientSettings),
     Reinforce(ReinforceSettings),
     Random(RandomSettings),
+    Nao(NaoSettings),
 }
 
 impl StrategySettings {
@@ -97,6 +106,7 @@ impl StrategySettings {
             StrategySettings::Gradient(_) => Strategy::Gradient,
             StrategySettings::Reinforce(_) => Strategy::Reinforce,
             StrategySettings::Random(_) => Strategy::Random,
+            StrategySettings::Nao(_) => Strategy::Nao,
         }
     }
 
@@ -105,13 +115,13 @@ impl StrategySettings {
         match self {
             StrategySettings::Gradient(s) => s.uses_multiplier(),
             StrategySettings::Reinforce(s) => s.reward == RewardKind::Lagrange,
-            StrategySettings::Random(_) => false,
+            StrategySettings::Random(_) | StrategySettings::Nao(_) => false,
         }
     }
 
     /// Whether the strategy draws archs to measure, which `--prescreen` can screen.
     pub fn prescreens(&self) -> bool {
-        matches!(self, StrategySettings::Reinforce(_) | StrategySettings::Random(_))
+        matches!(self, StrategySettings::Reinforce(_) | StrategySettings::Random(_) | StrategySettings::Nao(_))
     }
 
     pub(crate) fn check(&self) -> anyhow::Result<()> {
@@ -119,6 +129,7 @@ impl StrategySettings {
             StrategySettings::Gradient(_) => Ok(()),
             StrategySettings::Reinforce(s) => s.check(),
             StrategySettings::Random(s) => s.check(),
+            StrategySettings::Nao(s) => s.check(),
         }
     }
 
@@ -128,6 +139,7 @@ impl StrategySettings {
             StrategySettings::Gradient(_) => GradientState::default().into(),
             StrategySettings::Reinforce(_) => ReinforceState::default().into(),
             StrategySettings::Random(_) => RandomState::default().into(),
+            StrategySettings::Nao(_) => NaoState::default().into(),
         }
     }
 }
@@ -139,6 +151,7 @@ pub enum StrategyState {
     Gradient(GradientState),
     Reinforce(ReinforceState),
     Random(RandomState),
+    Nao(NaoState),
 }
 
 impl From<GradientState> for StrategyState {
@@ -156,6 +169,12 @@ impl From<ReinforceState> for StrategyState {
 impl From<RandomState> for StrategyState {
     fn from(state: RandomState) -> Self {
         StrategyState::Random(state)
+    }
+}
+
+impl From<NaoState> for StrategyState {
+    fn from(state: NaoState) -> Self {
+        StrategyState::Nao(state)
     }
 }
 
@@ -191,6 +210,18 @@ pub(crate) trait SearchStrategy {
         _m: &mut SearchModel,
         _batch: (&Tensor, &Tensor),
         _rng: &mut SmallRng,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// What the strategy does once an epoch's weight steps are done (NAO's
+    /// rounds); nothing by default.
+    async fn after_epoch(
+        &mut self,
+        _ctx: &Context<'_>,
+        _pool: &mut dyn Measurements,
+        _m: &mut SearchModel,
+        _epoch: usize,
     ) -> anyhow::Result<()> {
         Ok(())
     }
@@ -271,6 +302,10 @@ pub async fn search(ctx: &Context<'_>, pool: &mut dyn Measurements, misses: &[Mi
         }
         (StrategySettings::Random(s), StrategyState::Random(state)) => {
             run_epochs(ctx, pool, misses, model, st, random::Random::new(s, state)).await
+        }
+        (StrategySettings::Nao(s), StrategyState::Nao(state)) => {
+            let nao = nao::Nao::new(s, state, ctx, &model);
+            run_epochs(ctx, pool, misses, model, st, nao).await
         }
         (settings, _) => anyhow::bail!(
             "checkpoint {} holds another strategy's state than {:?}'s",
@@ -355,6 +390,7 @@ async fn epoch_of_search<S: SearchStrategy>(
         work.advance(Some(format!("epoch {}: loss {:.3}", epoch + 1, train_loss.mean())));
     }
     drop(work);
+    strategy.after_epoch(ctx, pool, m, epoch).await?;
     let strategy_columns = strategy.end_epoch(ctx, m);
     let (argmax_arch, valid_acc, argmax_measured_ms, argmax_measured_mj) = match strategy.leader(m) {
         Some(leader) => {

@@ -14,10 +14,11 @@ use crate::search::state::SearchModel;
 const PROXY_BATCH: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Args)]
-#[command(next_help_heading = "Prescreen (random, reinforce)")]
+#[command(next_help_heading = "Prescreen (random, reinforce, nao)")]
 pub struct PrescreenSettings {
     /// Draw K times as many archs as are measured (reinforce: per update;
-    /// random: per derivation) and keep the best by --prescreen-proxy; 1 is off.
+    /// random: per derivation; nao: per round) and keep the best by
+    /// --prescreen-proxy; 1 is off.
     #[arg(long, value_name = "K", default_value_t = 1)]
     #[serde(default = "no_prescreen")]
     pub prescreen: usize,
@@ -46,7 +47,7 @@ impl PrescreenSettings {
         anyhow::ensure!(self.prescreen > 0, "--prescreen must be at least 1");
         anyhow::ensure!(
             self.prescreen == 1 || prescreens,
-            "--prescreen applies to the strategies that draw archs to measure: random and reinforce"
+            "--prescreen applies to the strategies that draw archs to measure: random, reinforce and nao"
         );
         Ok(())
     }
