@@ -279,17 +279,26 @@ async fn reinforce_measures_sampled_archs_once_each() {
     assert_eq!(result.budget_met, Some(true), "{result:?}");
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn random_search_ranks_uniform_draws_within_the_budget_by_supernet_accuracy() {
-    let _device = edgeloop_e2e::exclusive().await;
+/// A short search by `strategy` under a budget halfway between the
+/// cheapest arch and a random one, which it must meet on the device.
+/// Returns its result, its run folder and the budget.
+async fn halfway_search(strategy: Strategy) -> (SearchResult, tempfile::TempDir, PathBuf, f64) {
     let Calibrated { agent, dir, table_path, calibration: _, cheapest, uniform } = Calibrated::new().await;
     let budget = cheapest + 0.5 * (uniform - cheapest);
-    let out = dir.path().join("random");
-    let result = search::run(tiny_search(Strategy::Random, budget), env(&agent, &out, &table_path)).await.unwrap();
-    assert_eq!(result.strategy, Some(Strategy::Random));
+    let out = dir.path().join("run");
+    let result = search::run(tiny_search(strategy, budget), env(&agent, &out, &table_path)).await.unwrap();
+    assert_eq!(result.strategy, Some(strategy));
     assert_eq!(result.budget_met, Some(true), "{result:?}");
     assert!(result.measured_latency_ms <= budget);
     assert_eq!(result.lambda, None);
+    assert_run_files(&out, &result);
+    (result, dir, out, budget)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn random_search_ranks_uniform_draws_within_the_budget_by_supernet_accuracy() {
+    let _device = edgeloop_e2e::exclusive().await;
+    let (result, _dir, out, budget) = halfway_search(Strategy::Random).await;
     // The first derivation's candidates: drawn within the limits, most accurate first.
     let first: Vec<_> = result.candidates.iter().take_while(|c| c.margin == result.candidates[0].margin).collect();
     assert!(!first.is_empty() && first.len() <= 3, "{result:?}");
@@ -299,19 +308,12 @@ async fn random_search_ranks_uniform_draws_within_the_budget_by_supernet_accurac
     // Nothing moves α in a random search: search.csv has the common columns only.
     let header = std::fs::read_to_string(out.join("search.csv")).unwrap().lines().next().unwrap().to_string();
     assert!(header.ends_with(",seconds") && !header.contains("alpha_entropy"), "{header}");
-    assert_run_files(&out, &result);
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn nao_grows_its_pool_with_new_archs_within_the_budget_and_derives_from_it() {
     let _device = edgeloop_e2e::exclusive().await;
-    let Calibrated { agent, dir, table_path, calibration: _, cheapest, uniform } = Calibrated::new().await;
-    let budget = cheapest + 0.5 * (uniform - cheapest);
-    let out = dir.path().join("nao");
-    let result = search::run(tiny_search(Strategy::Nao, budget), env(&agent, &out, &table_path)).await.unwrap();
-    assert_eq!(result.strategy, Some(Strategy::Nao));
-    assert_eq!(result.budget_met, Some(true), "{result:?}");
-    assert!(result.measured_latency_ms <= budget);
+    let (result, _dir, out, budget) = halfway_search(Strategy::Nao).await;
     // Two rounds, one after each search epoch but the last: the pool grows
     // by the archs each accepted, all of them measured on the device.
     let csv = out.join("search.csv");
@@ -329,7 +331,6 @@ async fn nao_grows_its_pool_with_new_archs_within_the_budget_and_derives_from_it
     let measured = csv_column(&csv, "argmax_measured_ms");
     assert!(rounds.iter().all(|&i| measured[i].is_finite()), "{measured:?}");
     assert!(result.candidates.iter().all(|c| c.predicted <= budget && (0.0..=1.0).contains(&c.score)));
-    assert_run_files(&out, &result);
 }
 
 #[tokio::test(flavor = "current_thread")]

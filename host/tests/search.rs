@@ -1,8 +1,8 @@
 //! `edgeloop search` as a user runs it: killed with SIGKILL mid-search and
 //! resumed with `--resume`, against a real agent on a loopback port.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{AgentDir, kill_when, lines};
@@ -31,6 +31,14 @@ const LIMIT: Duration = Duration::from_secs(300);
 
 fn fixture() -> AgentDir {
     AgentDir::start()
+}
+
+/// A search by `strategy` started in the fixture's folder (its stderr
+/// dropped): its run folder, its measurement cache and the process.
+fn start_search(f: &AgentDir, strategy: &str) -> (PathBuf, PathBuf, Child) {
+    let run = f.dir.path().join("run");
+    let child = search_command(f.dir.path(), &f.agent.url(), strategy, false).stderr(Stdio::null()).spawn().unwrap();
+    (run.clone(), run.join("measurements.jsonl"), child)
 }
 
 fn resume_to_the_end(f: &AgentDir, strategy: &str) -> (serde_json::Value, String) {
@@ -71,9 +79,7 @@ fn gradient_search_resumes_after_sigkill() {
 #[test]
 fn reinforce_resume_answers_from_the_measurement_cache() {
     let f = fixture();
-    let run = f.dir.path().join("run");
-    let cache = run.join("measurements.jsonl");
-    let child = search_command(f.dir.path(), &f.agent.url(), "reinforce", false).stderr(Stdio::null()).spawn().unwrap();
+    let (run, cache, child) = start_search(&f, "reinforce");
     // Killed in the middle of a search epoch, after it measured archs the
     // checkpoint does not know about: the resumed epoch samples them again.
     kill_when(child, LIMIT, || {
@@ -105,9 +111,7 @@ fn assert_measured_once_each(result: &serde_json::Value, cache: &Path, before: u
 #[test]
 fn nao_resumed_after_a_round_keeps_its_pool_and_measures_nothing_twice() {
     let f = fixture();
-    let run = f.dir.path().join("run");
-    let cache = run.join("measurements.jsonl");
-    let child = search_command(f.dir.path(), &f.agent.url(), "nao", false).stderr(Stdio::null()).spawn().unwrap();
+    let (run, cache, child) = start_search(&f, "nao");
     // Killed once the first round's archs are measured (the fastest arch
     // was the first measurement) and its epoch is checkpointed.
     kill_when(child, LIMIT, || lines(&cache) >= 2 && lines(&run.join("search.csv")) >= 3);
@@ -123,9 +127,7 @@ fn nao_resumed_after_a_round_keeps_its_pool_and_measures_nothing_twice() {
 #[test]
 fn random_search_resumed_while_deriving_draws_and_measures_the_same_archs() {
     let f = fixture();
-    let run = f.dir.path().join("run");
-    let cache = run.join("measurements.jsonl");
-    let child = search_command(f.dir.path(), &f.agent.url(), "random", false).stderr(Stdio::null()).spawn().unwrap();
+    let (run, cache, child) = start_search(&f, "random");
     // Killed once the derived candidates are measured (the fastest arch was
     // the first measurement), before the final model is trained.
     kill_when(child, LIMIT, || lines(&cache) >= 2);
