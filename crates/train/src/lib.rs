@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod quant;
 pub mod supernet;
 pub mod trainer;
+pub mod unas;
 
 pub use arch_params::{ArchParams, CostModel, GateMode, Gates};
 pub use device::DeviceKind;
