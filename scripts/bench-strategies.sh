@@ -5,14 +5,14 @@
 # met, wall time and device measurements, then the mean per strategy; and
 # draws every run and the sweep on one Pareto plot (`edgeloop report`).
 #
-# Usage: scripts/bench-strategies.sh [--strategies gradient,reinforce,random,nao] [--seeds 0,1]
+# Usage: scripts/bench-strategies.sh [--strategies gradient,reinforce,random,nao,unas] [--seeds 0,1]
 #        [--fraction 0.7] [--dataset synthetic:1500,1000] [--epochs WARMUP,SEARCH,FINAL]
 #        [--widths 0.35,0.5,0.75,1.0] [--out DIR] [-- EXTRA SEARCH FLAGS…]
 # The budget is --fraction × the width-1.0 MobileNetV2's measured p50.
 # Finished runs in --out are kept: rerunning continues where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-strategies=gradient,reinforce,random,nao seeds=0,1 fraction=0.7 dataset=synthetic:1500,1000 epochs=10,15,15
+strategies=gradient,reinforce,random,nao,unas seeds=0,1 fraction=0.7 dataset=synthetic:1500,1000 epochs=10,15,15
 widths=0.35,0.5,0.75,1.0 out="" extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in

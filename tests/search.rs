@@ -279,18 +279,20 @@ async fn reinforce_measures_sampled_archs_once_each() {
     assert_eq!(result.budget_met, Some(true), "{result:?}");
 }
 
-/// A short search by `strategy` under a budget halfway between the
-/// cheapest arch and a random one, which it must meet on the device.
-/// Returns its result, its run folder and the budget.
-async fn halfway_search(strategy: Strategy) -> (SearchResult, tempfile::TempDir, PathBuf, f64) {
+/// A short search by `strategy` (an arch step every `arch_every` weight
+/// steps) under a budget halfway between the cheapest arch and a random
+/// one, which it must meet on the device. Returns its result, its run
+/// folder and the budget.
+async fn halfway_search(strategy: Strategy, arch_every: usize) -> (SearchResult, tempfile::TempDir, PathBuf, f64) {
     let Calibrated { agent, dir, table_path, calibration: _, cheapest, uniform } = Calibrated::new().await;
     let budget = cheapest + 0.5 * (uniform - cheapest);
     let out = dir.path().join("run");
-    let result = search::run(tiny_search(strategy, budget), env(&agent, &out, &table_path)).await.unwrap();
+    let mut settings = tiny_search(strategy, budget);
+    settings.schedule.arch_every = arch_every;
+    let result = search::run(settings, env(&agent, &out, &table_path)).await.unwrap();
     assert_eq!(result.strategy, Some(strategy));
     assert_eq!(result.budget_met, Some(true), "{result:?}");
     assert!(result.measured_latency_ms <= budget);
-    assert_eq!(result.lambda, None);
     assert_run_files(&out, &result);
     (result, dir, out, budget)
 }
@@ -298,7 +300,8 @@ async fn halfway_search(strategy: Strategy) -> (SearchResult, tempfile::TempDir,
 #[tokio::test(flavor = "current_thread")]
 async fn random_search_ranks_uniform_draws_within_the_budget_by_supernet_accuracy() {
     let _device = edgeloop_e2e::exclusive().await;
-    let (result, _dir, out, budget) = halfway_search(Strategy::Random).await;
+    let (result, _dir, out, budget) = halfway_search(Strategy::Random, 1).await;
+    assert_eq!(result.lambda, None);
     // The first derivation's candidates: drawn within the limits, most accurate first.
     let first: Vec<_> = result.candidates.iter().take_while(|c| c.margin == result.candidates[0].margin).collect();
     assert!(!first.is_empty() && first.len() <= 3, "{result:?}");
@@ -313,7 +316,8 @@ async fn random_search_ranks_uniform_draws_within_the_budget_by_supernet_accurac
 #[tokio::test(flavor = "current_thread")]
 async fn nao_grows_its_pool_with_new_archs_within_the_budget_and_derives_from_it() {
     let _device = edgeloop_e2e::exclusive().await;
-    let (result, _dir, out, budget) = halfway_search(Strategy::Nao).await;
+    let (result, _dir, out, budget) = halfway_search(Strategy::Nao, 1).await;
+    assert_eq!(result.lambda, None);
     // Two rounds, one after each search epoch but the last: the pool grows
     // by the archs each accepted, all of them measured on the device.
     let csv = out.join("search.csv");
@@ -331,6 +335,21 @@ async fn nao_grows_its_pool_with_new_archs_within_the_budget_and_derives_from_it
     let measured = csv_column(&csv, "argmax_measured_ms");
     assert!(rounds.iter().all(|&i| measured[i].is_finite()), "{measured:?}");
     assert!(result.candidates.iter().all(|c| c.predicted <= budget && (0.0..=1.0).contains(&c.score)));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unas_measures_every_architecture_it_draws_and_keeps_the_budget_with_its_multiplier() {
+    let _device = edgeloop_e2e::exclusive().await;
+    let (result, _dir, out, _) = halfway_search(Strategy::Unas, 4).await;
+    let csv = out.join("search.csv");
+    // Every search epoch's arch steps measured their draws on the device.
+    let cost = csv_column(&csv, "sample_cost");
+    assert!(cost[0].is_nan() && cost[1..].iter().all(|c| c.is_finite() && *c > 0.0), "{cost:?}");
+    assert!(csv_column(&csv, "arch_loss")[1..].iter().all(|l| l.is_finite()));
+    let lambda = csv_column(&csv, "lambda");
+    assert!(lambda.iter().all(|l| *l >= 0.0), "{lambda:?}");
+    assert_eq!(result.lambda, lambda.last().copied());
+    assert!(result.device_measurements >= 3, "{result:?}");
 }
 
 #[tokio::test(flavor = "current_thread")]

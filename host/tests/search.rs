@@ -41,6 +41,17 @@ fn start_search(f: &AgentDir, strategy: &str) -> (PathBuf, PathBuf, Child) {
     (run.clone(), run.join("measurements.jsonl"), child)
 }
 
+/// Kills the search in the middle of a search epoch, after it measured
+/// archs the checkpoint does not know about (the resumed epoch samples them
+/// again); returns the measurements cached by then.
+fn kill_mid_epoch(child: Child, run: &Path, cache: &Path) -> usize {
+    kill_when(child, LIMIT, || {
+        let done = lines(&run.join("search.csv"));
+        done >= 2 && run.join("checkpoint").exists() && lines(cache) >= done + 3
+    });
+    lines(cache)
+}
+
 fn resume_to_the_end(f: &AgentDir, strategy: &str) -> (serde_json::Value, String) {
     let out = search_command(f.dir.path(), &f.agent.url(), strategy, true).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -80,13 +91,7 @@ fn gradient_search_resumes_after_sigkill() {
 fn reinforce_resume_answers_from_the_measurement_cache() {
     let f = fixture();
     let (run, cache, child) = start_search(&f, "reinforce");
-    // Killed in the middle of a search epoch, after it measured archs the
-    // checkpoint does not know about: the resumed epoch samples them again.
-    kill_when(child, LIMIT, || {
-        let done = lines(&run.join("search.csv"));
-        done >= 2 && run.join("checkpoint").exists() && lines(&cache) >= done + 3
-    });
-    let before = lines(&cache);
+    let before = kill_mid_epoch(child, &run, &cache);
 
     let (result, _) = resume_to_the_end(&f, "reinforce");
     assert_measured_once_each(&result, &cache, before);
@@ -121,6 +126,16 @@ fn nao_resumed_after_a_round_keeps_its_pool_and_measures_nothing_twice() {
     assert!(stderr.contains("resuming the search after epoch"), "{stderr}");
     assert_eq!(result["strategy"], "nao", "{result}");
     assert_eq!(result["budget_met"].as_bool(), Some(true), "{result}");
+    assert_measured_once_each(&result, &cache, before);
+}
+
+#[test]
+fn unas_resume_answers_from_the_measurement_cache() {
+    let f = fixture();
+    let (run, cache, child) = start_search(&f, "unas");
+    let before = kill_mid_epoch(child, &run, &cache);
+    let (result, _) = resume_to_the_end(&f, "unas");
+    assert_eq!(result["strategy"], "unas", "{result}");
     assert_measured_once_each(&result, &cache, before);
 }
 

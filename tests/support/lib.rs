@@ -189,7 +189,7 @@ pub fn run_tract(model: &[u8], input: &[f32]) -> Vec<f32> {
 /// Settings of a short search of `tiny` on a small synthetic set (seconds).
 pub fn tiny_search(strategy: edgeloop::search::Strategy, budget_ms: f64) -> edgeloop::search::SearchSettings {
     use edgeloop::search::{
-        GradientSettings, NaoSettings, RandomSettings, ReinforceSettings, RewardKind, StrategyArgs,
+        GradientSettings, NaoSettings, RandomSettings, ReinforceSettings, RewardKind, StrategyArgs, UnasSettings,
     };
     edgeloop::search::SearchSettings {
         space: "tiny".into(),
@@ -224,6 +224,7 @@ pub fn tiny_search(strategy: edgeloop::search::Strategy, budget_ms: f64) -> edge
                 nao_epd_epochs: 150,
                 ..NaoSettings::default()
             },
+            unas: UnasSettings::default(),
         }
         .settings(),
         prescreen: edgeloop::search::PrescreenSettings::default(),

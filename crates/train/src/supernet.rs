@@ -191,6 +191,23 @@ impl Supernet {
         self.suffix(&x, mode, taps)
     }
 
+    /// Logits of the soft mixture of every block's candidates, weighted by
+    /// `weights` (a [K] tensor per block, on the simplex; any device and
+    /// float kind): Σ_k w_k·block_k(x), every op computed (UNAS skips ops
+    /// under 0.05, which makes the relaxed objective jump there and costs
+    /// REBAR its unbiasedness). Differentiable in the weights.
+    pub fn forward_mixed(&self, x: &Tensor, weights: &[Tensor], mode: BnMode) -> Tensor {
+        let mut x = self.prefix(x, mode, None);
+        for (b, w) in self.blocks.iter().zip(weights) {
+            let w = w.to_kind(x.kind()).to_device(x.device());
+            x = (0..b.candidates.len())
+                .map(|k| b.forward(&x, k, mode, None) * w.get(k as i64))
+                .reduce(|acc, y| acc + y)
+                .expect("a block has candidates");
+        }
+        self.suffix(&x, mode, None)
+    }
+
     /// Like [`Supernet::forward`], also keeping each block's input and output
     /// for the gate gradients of an arch step.
     pub fn forward_probed(&self, x: &Tensor, selection: &[usize], mode: BnMode) -> (Tensor, Vec<BlockProbe>) {

@@ -52,7 +52,7 @@ pub use state::{Trainable, TrainedRun, load_trained};
 pub use strategy::{
     GradientSettings, GradientState, NaoSettings, NaoState, PrescreenSettings, RandomSettings, RandomState,
     ReinforceSettings, ReinforceState, RewardKind, Strategy, StrategyArgs, StrategySettings, StrategyState,
-    dual_ascent,
+    UnasSettings, UnasState, dual_ascent,
 };
 
 use crate::cache::MeasurementCache;

@@ -90,6 +90,7 @@ impl SearchStrategy for Gradient<'_> {
         _pool: &mut dyn crate::measure::Measurements,
         m: &mut SearchModel,
         (x, y): (&Tensor, &Tensor),
+        _train: (&Tensor, &Tensor),
         rng: &mut SmallRng,
     ) -> anyhow::Result<()> {
         let s = self.settings;

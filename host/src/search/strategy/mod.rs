@@ -11,6 +11,7 @@ mod nao;
 mod prescreen;
 mod random;
 mod reinforce;
+mod unas;
 
 use std::time::Instant;
 
@@ -31,6 +32,7 @@ pub use reinforce::{ReinforceSettings, ReinforceState, RewardKind};
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
+pub use unas::{UnasSettings, UnasState};
 
 use super::decide::{self, Miss};
 use super::derive::{self, Derived};
@@ -57,6 +59,10 @@ pub enum Strategy {
     /// NAO: a pool of archs, an encoder–predictor–decoder of their accuracy
     /// and cost, new archs from gradient steps in its embedding space.
     Nao,
+    /// UNAS: REBAR's estimator mixing the relaxed network's gradient with a
+    /// score-function term, latencies measured on the device, the table as
+    /// its control variate.
+    Unas,
 }
 
 /// `--strategy` and every strategy's flag group (each under its own help
@@ -75,6 +81,8 @@ pub struct StrategyArgs {
     pub random: RandomSettings,
     #[command(flatten)]
     pub nao: NaoSettings,
+    #[command(flatten)]
+    pub unas: UnasSettings,
 }
 
 impl StrategyArgs {
@@ -85,6 +93,7 @@ impl StrategyArgs {
             Strategy::Reinforce => StrategySettings::Reinforce(self.reinforce),
             Strategy::Random => StrategySettings::Random(self.random),
             Strategy::Nao => StrategySettings::Nao(self.nao),
+            Strategy::Unas => StrategySettings::Unas(self.unas),
         }
     }
 }
@@ -98,6 +107,7 @@ pub enum StrategySettings {
     Reinforce(ReinforceSettings),
     Random(RandomSettings),
     Nao(NaoSettings),
+    Unas(UnasSettings),
 }
 
 impl StrategySettings {
@@ -107,6 +117,7 @@ impl StrategySettings {
             StrategySettings::Reinforce(_) => Strategy::Reinforce,
             StrategySettings::Random(_) => Strategy::Random,
             StrategySettings::Nao(_) => Strategy::Nao,
+            StrategySettings::Unas(_) => Strategy::Unas,
         }
     }
 
@@ -116,6 +127,7 @@ impl StrategySettings {
             StrategySettings::Gradient(s) => s.uses_multiplier(),
             StrategySettings::Reinforce(s) => s.reward == RewardKind::Lagrange,
             StrategySettings::Random(_) | StrategySettings::Nao(_) => false,
+            StrategySettings::Unas(_) => true,
         }
     }
 
@@ -130,6 +142,7 @@ impl StrategySettings {
             StrategySettings::Reinforce(s) => s.check(),
             StrategySettings::Random(s) => s.check(),
             StrategySettings::Nao(s) => s.check(),
+            StrategySettings::Unas(s) => s.check(),
         }
     }
 
@@ -140,6 +153,7 @@ impl StrategySettings {
             StrategySettings::Reinforce(_) => ReinforceState::default().into(),
             StrategySettings::Random(_) => RandomState::default().into(),
             StrategySettings::Nao(_) => NaoState::default().into(),
+            StrategySettings::Unas(_) => UnasState::default().into(),
         }
     }
 }
@@ -152,6 +166,7 @@ pub enum StrategyState {
     Reinforce(ReinforceState),
     Random(RandomState),
     Nao(NaoState),
+    Unas(UnasState),
 }
 
 impl From<GradientState> for StrategyState {
@@ -178,6 +193,12 @@ impl From<NaoState> for StrategyState {
     }
 }
 
+impl From<UnasState> for StrategyState {
+    fn from(state: UnasState) -> Self {
+        StrategyState::Unas(state)
+    }
+}
+
 /// A strategy's columns of `search.csv`: the same names, in the same
 /// order, every epoch (NaN where it has no figure that epoch).
 pub type StrategyColumns = Vec<(&'static str, f64)>;
@@ -201,14 +222,16 @@ pub(crate) trait SearchStrategy {
         if warmup { uniform_path(m, rng) } else { m.alpha.sample(rng) }
     }
 
-    /// One architecture step on the held-out batch (x, y), every
-    /// `arch_every` weight steps after the warm-up; none by default.
+    /// One architecture step on a held-out batch (x, y), every
+    /// `arch_every` weight steps after the warm-up, with the training batch
+    /// the last weight step used; none by default.
     async fn arch_step(
         &mut self,
         _ctx: &Context<'_>,
         _pool: &mut dyn Measurements,
         _m: &mut SearchModel,
-        _batch: (&Tensor, &Tensor),
+        _holdout: (&Tensor, &Tensor),
+        _train: (&Tensor, &Tensor),
         _rng: &mut SmallRng,
     ) -> anyhow::Result<()> {
         Ok(())
@@ -307,6 +330,9 @@ pub async fn search(ctx: &Context<'_>, pool: &mut dyn Measurements, misses: &[Mi
             let nao = nao::Nao::new(s, state, ctx, &model);
             run_epochs(ctx, pool, misses, model, st, nao).await
         }
+        (StrategySettings::Unas(s), StrategyState::Unas(state)) => {
+            run_epochs(ctx, pool, misses, model, st, unas::Unas::new(s, state)).await
+        }
         (settings, _) => anyhow::bail!(
             "checkpoint {} holds another strategy's state than {:?}'s",
             ctx.dir.checkpoint().display(),
@@ -385,7 +411,7 @@ async fn epoch_of_search<S: SearchStrategy>(
         if !warmup && (i + 1) % schedule.arch_every == 0 {
             let batch = holdout.next();
             let (hx, hy) = batch_tensors(&batch, ctx.data.shape, ctx.device);
-            strategy.arch_step(ctx, pool, m, (&hx, &hy), &mut rng).await?;
+            strategy.arch_step(ctx, pool, m, (&hx, &hy), (&x, &y), &mut rng).await?;
         }
         work.advance(Some(format!("epoch {}: loss {:.3}", epoch + 1, train_loss.mean())));
     }

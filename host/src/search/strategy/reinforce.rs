@@ -109,6 +109,7 @@ impl SearchStrategy for Reinforce<'_> {
         pool: &mut dyn Measurements,
         m: &mut SearchModel,
         (x, y): (&Tensor, &Tensor),
+        _train: (&Tensor, &Tensor),
         rng: &mut SmallRng,
     ) -> anyhow::Result<()> {
         let s = self.settings;
