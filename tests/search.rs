@@ -319,15 +319,18 @@ async fn nao_grows_its_pool_with_new_archs_within_the_budget_and_derives_from_it
     let (result, _dir, out, budget) = halfway_search(Strategy::Nao, 1).await;
     assert_eq!(result.lambda, None);
     // Two rounds, one after each search epoch but the last: the pool grows
-    // by the archs each accepted, all of them measured on the device.
+    // by the archs each decoded (topped up with random ones within the
+    // budget), all of them measured on the device.
     let csv = out.join("search.csv");
     let pool = csv_column(&csv, "pool");
     let accepted = csv_column(&csv, "accepted");
+    let random = csv_column(&csv, "random");
     assert_eq!(pool[0], 30.0, "{pool:?}");
     let rounds: Vec<usize> = (0..accepted.len()).filter(|&i| accepted[i].is_finite()).collect();
     assert_eq!(rounds.len(), 2, "{accepted:?}");
     for &i in &rounds {
-        assert!(accepted[i] > 0.0 && pool[i] == pool[i - 1] + accepted[i], "{pool:?} {accepted:?}");
+        let added = accepted[i] + random[i];
+        assert!(added == 8.0 && pool[i] == pool[i - 1] + added, "{pool:?} {accepted:?} {random:?}");
         assert!(csv_column(&csv, "reconstruction")[i] > 0.5, "the decoder learnt little");
     }
     assert!(csv_column(&csv, "measured")[rounds[0]] > 0.0);

@@ -8,8 +8,10 @@
 //! the top K take gradient steps of growing size in embedding space on
 //! predicted accuracy minus a hinge on the predicted cost over the budget;
 //! decoded architectures that are new and that the table puts within the
-//! budget are measured on the device and join the pool. Derivation ranks
-//! the pool by held-out accuracy.
+//! budget are measured on the device and join the pool — topped up with
+//! archs drawn uniformly within the budget when the decoder finds too few
+//! (NAO-WS adds random archs every round). Derivation ranks the pool by
+//! held-out accuracy.
 
 use clap::Args;
 use edgeloop_space::Arch;
@@ -96,6 +98,7 @@ struct RoundReport {
     accuracy_ranking: f64,
     cost_ranking: f64,
     accepted: usize,
+    random: usize,
     measured: usize,
 }
 
@@ -219,15 +222,34 @@ impl<'a> Nao<'a> {
             }
         }
         accepted.truncate(wanted);
+        let decoded = accepted.clone();
+        // Too few: archs drawn uniformly within the budget make up the rest.
+        let mut rng = SmallRng::seed_from_u64(seed);
+        // Enough draws that, with every pool arch among them, some are left.
+        let draws = wanted + self.state.pool.len();
+        let random: Vec<Vec<usize>> = derive::sample_within(ctx.budget_costs(), 0.0, limit, draws, &mut rng)
+            .into_iter()
+            .map(|d| d.selection)
+            .filter(|s| !self.state.pool.contains(s) && !decoded.contains(s))
+            .take(wanted - decoded.len())
+            .collect();
+        accepted.extend(random);
         let accepted = prescreened(ctx, m, accepted, s.nao_new, |s| s)?;
+        let from_decoder = accepted.iter().filter(|s| decoded.contains(s)).count();
         let archs: Vec<Arch> = accepted.iter().map(|s| m.model.net.arch(s)).collect();
         let before = pool.counts().measured;
         measure_archs(ctx, pool, &m.model.vs, &archs).await?;
         let measured = pool.counts().measured - before;
         self.state.pool.extend(accepted.iter().cloned());
         self.state.rounds_done += 1;
-        self.report =
-            Some(RoundReport { reconstruction, accuracy_ranking, cost_ranking, accepted: accepted.len(), measured });
+        self.report = Some(RoundReport {
+            reconstruction,
+            accuracy_ranking,
+            cost_ranking,
+            accepted: from_decoder,
+            random: accepted.len() - from_decoder,
+            measured,
+        });
         self.best = self.ranked(ctx, m, (0.0, limit)).into_iter().next().map(|d| d.selection);
         Ok(())
     }
@@ -283,6 +305,7 @@ impl SearchStrategy for Nao<'_> {
             ("accuracy_ranking", or_nan(|r| r.accuracy_ranking)),
             ("cost_ranking", or_nan(|r| r.cost_ranking)),
             ("accepted", or_nan(|r| r.accepted as f64)),
+            ("random", or_nan(|r| r.random as f64)),
             ("measured", or_nan(|r| r.measured as f64)),
         ]
     }
