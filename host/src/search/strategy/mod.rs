@@ -276,14 +276,33 @@ pub(crate) trait SearchStrategy {
     ) -> anyhow::Result<Vec<Derived>> {
         let log_probs: Vec<Vec<f64>> = m.alpha.probs().iter().map(|p| p.iter().map(|p| p.ln()).collect()).collect();
         // A few spare, so that the excluded can be left out.
-        Ok(derive::k_best(ctx.budget_costs(), &log_probs, floor, limit, k + excluded.len())
-            .into_iter()
-            .filter(|d| !excluded.contains(&m.model.net.arch(&d.selection).hash().as_str()))
-            .take(k)
-            .collect())
+        let best = derive::k_best(ctx.budget_costs(), &log_probs, floor, limit, k + excluded.len());
+        Ok(leave_out(m, best, excluded).take(k).collect())
     }
 
     fn state(&self) -> &Self::State;
+}
+
+/// `derived` without the `excluded` architectures (hashes), in order.
+fn leave_out<'a>(
+    m: &'a SearchModel,
+    derived: impl IntoIterator<Item = Derived> + 'a,
+    excluded: &'a [&str],
+) -> impl Iterator<Item = Derived> + 'a {
+    derived.into_iter().filter(move |d| !excluded.contains(&m.model.net.arch(&d.selection).hash().as_str()))
+}
+
+/// `derived` scored by held-out accuracy with the supernet's weights (one
+/// unit of work each), most accurate first; among equals, in the order given.
+fn most_accurate_first(ctx: &Context<'_>, m: &SearchModel, mut derived: Vec<Derived>) -> Vec<Derived> {
+    let work = Work::start(ctx.events(), "archs scored", derived.len() as u64, 0);
+    for d in &mut derived {
+        d.score = super::holdout_accuracy(&m.model.net, &d.selection, ctx.data, ctx.device);
+        work.advance(None);
+    }
+    drop(work);
+    derived.sort_by(|a, b| b.score.total_cmp(&a.score));
+    derived
 }
 
 /// A path drawn uniformly: every candidate of every block equally likely.

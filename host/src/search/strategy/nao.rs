@@ -25,10 +25,9 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::prescreen::prescreened;
-use super::{Context, SearchStrategy, StrategyColumns, measure_archs};
+use super::{Context, SearchStrategy, StrategyColumns, leave_out, measure_archs, most_accurate_first};
 use crate::measure::Measurements;
 use crate::search::derive::{self, Derived};
-use crate::search::holdout_accuracy;
 use crate::search::state::SearchModel;
 
 /// Held-out images a round scores each pool architecture on (NAO: one batch).
@@ -250,31 +249,24 @@ impl<'a> Nao<'a> {
             random: accepted.len() - from_decoder,
             measured,
         });
-        self.best = self.ranked(ctx, m, (0.0, limit)).into_iter().next().map(|d| d.selection);
+        self.best = self.ranked(ctx, m, (0.0, limit), &[]).into_iter().next().map(|d| d.selection);
         Ok(())
     }
 
-    /// The pool's architectures the table puts within [floor, limit], most
-    /// accurate first (held-out split, supernet weights).
-    fn ranked(&self, ctx: &Context<'_>, m: &SearchModel, (floor, limit): (f64, f64)) -> Vec<Derived> {
-        let mut within: Vec<Derived> = self
-            .state
-            .pool
-            .iter()
-            .filter_map(|s| {
-                let predicted = derive::predicted_cost(ctx.budget_costs(), s);
-                (floor..=limit).contains(&predicted).then(|| Derived {
-                    selection: s.clone(),
-                    score: f64::NAN,
-                    predicted,
-                })
-            })
-            .collect();
-        for d in &mut within {
-            d.score = holdout_accuracy(&m.model.net, &d.selection, ctx.data, ctx.device);
-        }
-        within.sort_by(|a, b| b.score.total_cmp(&a.score));
-        within
+    /// The pool's architectures the table puts within [floor, limit], none
+    /// of them `excluded`, most accurate first (held-out split, supernet weights).
+    fn ranked(
+        &self,
+        ctx: &Context<'_>,
+        m: &SearchModel,
+        (floor, limit): (f64, f64),
+        excluded: &[&str],
+    ) -> Vec<Derived> {
+        let within = self.state.pool.iter().filter_map(|s| {
+            let predicted = derive::predicted_cost(ctx.budget_costs(), s);
+            (floor..=limit).contains(&predicted).then(|| Derived { selection: s.clone(), score: f64::NAN, predicted })
+        });
+        most_accurate_first(ctx, m, leave_out(m, within.collect::<Vec<_>>(), excluded).collect())
     }
 }
 
@@ -326,12 +318,9 @@ impl SearchStrategy for Nao<'_> {
         k: usize,
         excluded: &[&str],
     ) -> anyhow::Result<Vec<Derived>> {
-        Ok(self
-            .ranked(ctx, m, limits)
-            .into_iter()
-            .filter(|d| !excluded.contains(&m.model.net.arch(&d.selection).hash().as_str()))
-            .take(k)
-            .collect())
+        let mut ranked = self.ranked(ctx, m, limits, excluded);
+        ranked.truncate(k);
+        Ok(ranked)
     }
 
     fn state(&self) -> &NaoState {

@@ -10,10 +10,8 @@ use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
 
 use super::prescreen::prescreened;
-use super::{Context, SearchStrategy, StrategyColumns, uniform_path};
-use crate::events::Work;
+use super::{Context, SearchStrategy, StrategyColumns, leave_out, most_accurate_first, uniform_path};
 use crate::search::derive::{self, Derived};
-use crate::search::holdout_accuracy;
 use crate::search::state::SearchModel;
 
 /// The random strategy's flags.
@@ -90,22 +88,11 @@ impl SearchStrategy for Random<'_> {
         // Seeded by the limits: a resumed run draws (and measures) the same archs.
         let mut rng =
             SmallRng::seed_from_u64(ctx.settings.recipe.seed ^ limit.to_bits() ^ floor.to_bits().rotate_left(17));
-        let drawn: Vec<Derived> =
-            derive::sample_within(ctx.budget_costs(), floor, limit, ctx.settings.prescreen.draws(n), &mut rng)
-                .into_iter()
-                .filter(|d| !excluded.contains(&m.model.net.arch(&d.selection).hash().as_str()))
-                .collect();
-        let mut drawn = prescreened(ctx, m, drawn, n, |d| &d.selection)?;
-        let work = Work::start(ctx.events(), "archs scored", drawn.len() as u64, 0);
-        for d in &mut drawn {
-            d.score = holdout_accuracy(&m.model.net, &d.selection, ctx.data, ctx.device);
-            work.advance(None);
-        }
-        drop(work);
-        // Most accurate first; among equals the first drawn.
-        drawn.sort_by(|a, b| b.score.total_cmp(&a.score));
-        drawn.truncate(k);
-        Ok(drawn)
+        let drawn = derive::sample_within(ctx.budget_costs(), floor, limit, ctx.settings.prescreen.draws(n), &mut rng);
+        let drawn = prescreened(ctx, m, leave_out(m, drawn, excluded).collect(), n, |d| &d.selection)?;
+        let mut ranked = most_accurate_first(ctx, m, drawn);
+        ranked.truncate(k);
+        Ok(ranked)
     }
 
     fn state(&self) -> &RandomState {
