@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Supernet training step, tch (edgeloop) vs the same network in PyTorch
 # Python, same device: step time ratio (goal ≤ 1.05), and peak memory of the
-# binarized supernet step vs a standalone subnet (goal ≤ 1.3×). Each side
-# and mode runs in its own process, alternating, median of --rounds.
+# binarized supernet step vs a standalone subnet (goal ≤ 1.3×), and of
+# UNAS's relaxed-mixture arch step (every op of every block, tch only).
+# Each side and mode runs in its own process, alternating, median of --rounds.
 #
 # Usage: scripts/bench-supernet.sh [--space tiny] [--width 1.0] [--batch 64]
 #        [--steps 50] [--device cpu|cuda] [--threads N] [--rounds 3]
@@ -31,6 +32,7 @@ for ((r = 0; r < rounds; r++)); do
     "$bench" --space "$space" --width "$width" --device-kind "$device" --mode "$mode" "${common[@]}" >> "$tmp/runs.jsonl"
     "$python" scripts/bench_supernet.py "$tmp/layout.json" --device "$device" --mode "$mode" "${common[@]}" >> "$tmp/runs.jsonl"
   done
+  "$bench" --space "$space" --width "$width" --device-kind "$device" --mode mixture "${common[@]}" >> "$tmp/runs.jsonl"
 done
 "$python" - "$tmp/runs.jsonl" "$space" "$width" "$batch" "$device" <<'PY'
 import json, statistics, sys
@@ -47,6 +49,11 @@ for side in ("tch", "pytorch"):
     grow = lambda mode: med(side, mode, "rss_peak_kb") - med(side, mode, "rss_before_kb")
     s, a = grow("supernet"), grow("standalone")
     print(f"{side} peak RSS growth over the steps: supernet {s / 1024:.1f} MiB, standalone {a / 1024:.1f} MiB, ratio {s / max(a, 1):.2f}")
+mix, path = med("tch", "mixture", "step_ms"), med("tch", "supernet", "step_ms")
+grow = med("tch", "mixture", "rss_peak_kb") - med("tch", "mixture", "rss_before_kb")
+path_grow = med("tch", "supernet", "rss_peak_kb") - med("tch", "supernet", "rss_before_kb")
+print(f"UNAS mixture arch step (tch): {mix:.3f} ms ({mix / path:.2f}× a path step), "
+      f"peak RSS growth {grow / 1024:.1f} MiB ({grow / max(path_grow, 1):.2f}× a path step)")
 cs, ca = med("pytorch", "supernet", "cuda_peak_step_bytes"), med("pytorch", "standalone", "cuda_peak_step_bytes")
 if cs:
     print(f"pytorch CUDA peak step memory: supernet {cs / 2**20:.1f} MiB, standalone {ca / 2**20:.1f} MiB, ratio {cs / ca:.2f}")

@@ -29,7 +29,9 @@ async fn trained_run(agent: &TestAgent, dir: &Path) -> PathBuf {
     let table_path = dir.join("tiny.csv");
     let template = MeasureRequest { min_duration_ms: 30, ..quick_request("") };
     let space = Space::load("tiny", 1.0).unwrap();
-    build::build(&agent.client(), &space, &template, TablePrecision::Fp32, Some(&table_path), &Discard).await.unwrap();
+    build::build(&mut agent.devices().await, &space, &template, TablePrecision::Fp32, Some(&table_path), &Discard)
+        .await
+        .unwrap();
     let mut settings = with_latency_loss(tiny_search(Strategy::Gradient, 100.0), CostLossKind::MulLog, 5.0);
     settings.schedule.epochs = 1;
     settings.recipe = TrainRecipe { final_epochs: 2, seed: 3, ..tiny_recipe() };
@@ -71,7 +73,7 @@ fn env(agent: &TestAgent, run: &Path, out: &Path, (dir, tables): (&Path, &str), 
         run: run.to_path_buf(),
         out: out.to_path_buf(),
         resume,
-        device: agent.client(),
+        devices: vec![agent.client()],
         fp32_table: Some(dir.join(format!("{tables}.csv"))),
         int8_table: Some(dir.join(format!("{tables}-int8.csv"))),
         device_kind: DeviceKind::Cpu,

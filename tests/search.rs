@@ -35,7 +35,9 @@ fn env(agent: &TestAgent, out: &Path, table: &Path) -> SearchEnv {
 async fn build_table(agent: &TestAgent, dir: &Path) -> PathBuf {
     let path = dir.join("tiny.csv");
     let template = MeasureRequest { min_duration_ms: 30, ..quick_request("") };
-    build::build(&agent.client(), &tiny(), &template, TablePrecision::Fp32, Some(&path), &Discard).await.unwrap();
+    build::build(&mut agent.devices().await, &tiny(), &template, TablePrecision::Fp32, Some(&path), &Discard)
+        .await
+        .unwrap();
     path
 }
 
@@ -47,7 +49,8 @@ fn tiny() -> Space {
 async fn calibrated(agent: &TestAgent, path: &Path) -> (LatencyTable, Calibration) {
     let table = LatencyTable::load(path).unwrap();
     let template = calibrate::network_request(&table, &final_request()).unwrap();
-    let calibration = calibrate::run(&agent.client(), &tiny(), &table, &template, 6, 11, |_| {}).await.unwrap();
+    let calibration =
+        calibrate::run(&mut agent.devices().await, &tiny(), &table, &template, 6, 11, |_| {}).await.unwrap();
     (table, calibration)
 }
 
@@ -194,6 +197,45 @@ async fn a_device_slower_than_its_calibration_is_met_by_growing_the_margin() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn a_stored_calibration_is_kept_while_the_device_agrees_and_fitted_again_when_it_does_not() {
+    let _device = edgeloop_e2e::exclusive().await;
+    let Calibrated { agent, dir: _dir, table_path, calibration, .. } = Calibrated::new().await;
+    let mut pool = agent.devices().await;
+    let load = async |pool: &mut edgeloop::measure::DevicePool| {
+        let events = Recorder::default();
+        let (_, fitted) =
+            search::calibrated_table(pool, &tiny(), &table_path, Stat::P50, &final_request(), true, &events)
+                .await
+                .unwrap();
+        let stale = events.events().into_iter().find_map(|e| match e {
+            Event::CalibrationStale { ratio, .. } => Some(ratio),
+            _ => None,
+        });
+        let refitted = events.events().iter().any(|e| matches!(e, Event::Calibrating { .. }));
+        (fitted, stale, refitted)
+    };
+
+    let (kept, stale, refitted) = load(&mut pool).await;
+    assert_eq!((stale, refitted), (None, false), "a calibration fitted a moment ago was refitted");
+    assert_eq!(kept.archs, calibration.archs);
+
+    // As if the table had been measured while the device ran 2.5× slower.
+    let mut slow = calibration.clone();
+    slow.scale *= 2.5;
+    slow.scale_p50 = slow.scale_p50.map(|k| k * 2.5);
+    slow.scale_p90 = slow.scale_p90.map(|k| k * 2.5);
+    slow.save_for(&table_path).unwrap();
+    let (fitted, stale, refitted) = load(&mut pool).await;
+    let ratio = stale.expect("the stale calibration was not noticed");
+    assert!(ratio < 1.0 - calibrate::STALE_TOLERANCE, "{ratio}");
+    assert!(refitted);
+    let k = |c: &Calibration| c.scale(Stat::P50).unwrap();
+    assert!((k(&fitted) / k(&calibration) - 1.0).abs() < 0.3, "refitted {} vs {}", k(&fitted), k(&calibration));
+    let stored = Calibration::load_for(&table_path).unwrap().unwrap();
+    assert_eq!(stored.scale(Stat::P50), fitted.scale(Stat::P50), "the refitted calibration is stored");
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn an_impossible_budget_is_refused_with_the_fastest_archs_measurement() {
     let _device = edgeloop_e2e::exclusive().await;
     let agent = TestAgent::start();
@@ -253,15 +295,29 @@ async fn a_slow_cached_reading_of_the_fastest_arch_is_measured_again_before_a_re
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn reinforce_measures_sampled_archs_once_each() {
+async fn reinforce_measures_sampled_archs_once_each_and_outlives_one_of_its_two_agents() {
     let _device = edgeloop_e2e::exclusive().await;
-    let agent = TestAgent::start();
+    let (agent, second) = (TestAgent::start(), TestAgent::start());
     let dir = tempfile::tempdir().unwrap();
     let table_path = build_table(&agent, dir.path()).await;
     let out = dir.path().join("rl");
     let mut s = tiny_search(Strategy::Reinforce, 1.0);
     (s.schedule.epochs, s.schedule.arch_every) = (2, 4);
-    let result = search::run(s, env(&agent, &out, &table_path)).await.unwrap();
+    let mut env = env(&agent, &out, &table_path);
+    env.devices.push(second.client());
+    // The second agent dies as a crashing one would once the search has measured a few archs.
+    let measurements = out.join("measurements.jsonl");
+    let measured_so_far = move || std::fs::read(&measurements).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
+    let killer = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        while measured_so_far() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        second.kill();
+        measured_so_far()
+    });
+    let result = search::run(s, env).await.unwrap();
+    let killed_at = killer.join().unwrap();
     let lines = std::fs::read_to_string(out.join("measurements.jsonl")).unwrap();
     let keys: Vec<(String, String)> = lines
         .lines()
@@ -273,6 +329,7 @@ async fn reinforce_measures_sampled_archs_once_each() {
     let distinct: std::collections::HashSet<_> = keys.iter().collect();
     assert_eq!(distinct.len(), keys.len(), "an arch was measured twice");
     assert_eq!(result.device_measurements, keys.len());
+    assert!(keys.len() > killed_at, "nothing was measured after the agent died ({killed_at} before)");
     let rewards = csv_column(&out.join("search.csv"), "mean_reward");
     assert!(rewards[1..].iter().all(|r| r.is_finite() && *r > 0.0), "{rewards:?}");
     // tiny runs in ~0.1–0.3 ms here: 1 ms is met by every architecture.
@@ -364,7 +421,9 @@ async fn energy_budget_prices_from_the_energy_table_and_judges_measured_energy()
     let space = Space::load("tiny", 1.0).unwrap();
     let table_path = dir.path().join("tiny--energy.csv");
     let template = MeasureRequest { energy: true, ..quick_request("") };
-    build::build(&agent.client(), &space, &template, TablePrecision::Fp32, Some(&table_path), &Discard).await.unwrap();
+    build::build(&mut agent.devices().await, &space, &template, TablePrecision::Fp32, Some(&table_path), &Discard)
+        .await
+        .unwrap();
     let energy_table = LatencyTable::load(&table_path).unwrap();
     assert!(energy_table.has_energy());
     assert!(energy_table.rows().iter().all(|r| r.energy.as_ref().is_some_and(|e| e.sensor == "rapl:package-0")));

@@ -14,14 +14,15 @@ use edgeloop_space::{Arch, Space};
 async fn tiny_table_builds_resumes_and_predicts() {
     let _device = edgeloop_e2e::exclusive().await;
     let agent = TestAgent::start();
-    let client = agent.client();
+    let mut devices = agent.devices().await;
     let space = Space::load("tiny", 1.0).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tables/tiny.csv");
     let template = quick_request("");
 
     let events = Recorder::default();
-    let report = build::build(&client, &space, &template, TablePrecision::Fp32, Some(&path), &events).await.unwrap();
+    let report =
+        build::build(&mut devices, &space, &template, TablePrecision::Fp32, Some(&path), &events).await.unwrap();
     let targets = build::targets(&space);
     assert_eq!(report, BuildReport { path: path.clone(), total: targets.len(), skipped: 0, measured: targets.len() });
     // One unit of work per row, each named by its key, then the end of the work.
@@ -50,13 +51,14 @@ async fn tiny_table_builds_resumes_and_predicts() {
 
     // A second build finds nothing to do and leaves the file as it was.
     let before = std::fs::read(&path).unwrap();
-    let again = build::build(&client, &space, &template, TablePrecision::Fp32, Some(&path), &Discard).await.unwrap();
+    let again =
+        build::build(&mut devices, &space, &template, TablePrecision::Fp32, Some(&path), &Discard).await.unwrap();
     assert_eq!((again.skipped, again.measured), (targets.len(), 0));
     assert_eq!(std::fs::read(&path).unwrap(), before);
 
     // Another thread count is another table.
     let two_threads = edgeloop_api::MeasureRequest { threads: 2, ..template.clone() };
-    let error = build::build(&client, &space, &two_threads, TablePrecision::Fp32, Some(&path), &Discard)
+    let error = build::build(&mut devices, &space, &two_threads, TablePrecision::Fp32, Some(&path), &Discard)
         .await
         .unwrap_err()
         .to_string();

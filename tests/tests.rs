@@ -5,6 +5,7 @@
 mod agent_api;
 mod deploy;
 mod export;
+mod measure;
 mod ort;
 mod qemu_agent;
 mod quant_export;

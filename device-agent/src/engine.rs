@@ -20,10 +20,6 @@ use crate::load::CpuSnapshot;
 use crate::runtime::{LoadOptions, Runtime, RuntimeError};
 use crate::thermal::{self, CooldownTimeout, MonitorConfig, ThermalMonitor};
 
-/// The shortest window energy is integrated over (DESIGN §6): sensors update
-/// at tens to hundreds of Hz, and a short window would be mostly edges.
-pub const MIN_ENERGY_WINDOW: Duration = Duration::from_secs(1);
-
 /// Where the engine reads sensors, and how it uses them. Tests point `sys`
 /// at fixture trees.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -59,7 +55,8 @@ pub struct RunPlan {
 }
 
 impl RunPlan {
-    pub fn from_request(req: &MeasureRequest) -> Result<Self, MeasureError> {
+    /// The plan of `req`; with energy, timed for at least `min_energy_window`.
+    pub fn from_request(req: &MeasureRequest, min_energy_window: Duration) -> Result<Self, MeasureError> {
         if req.min_runs == 0 {
             return Err(MeasureError::BadRequest("min_runs must be at least 1".into()));
         }
@@ -72,7 +69,7 @@ impl RunPlan {
         let mut min_duration = Duration::from_millis(req.min_duration_ms);
         let mut max_duration = Duration::from_millis(req.max_duration_ms);
         if req.energy {
-            min_duration = min_duration.max(MIN_ENERGY_WINDOW);
+            min_duration = min_duration.max(min_energy_window);
             max_duration = max_duration.max(min_duration);
         }
         Ok(RunPlan { warmup_runs: req.warmup_runs, min_runs: req.min_runs, min_duration, max_duration })
@@ -195,7 +192,7 @@ fn measure_unguarded(
     sensors: &Sensors,
     limits: &Limits,
 ) -> Result<Timings, MeasureError> {
-    let plan = RunPlan::from_request(req)?;
+    let plan = RunPlan::from_request(req, sensors.meter.min_window)?;
     if req.threads == 0 {
         return Err(MeasureError::BadRequest("threads must be at least 1".into()));
     }

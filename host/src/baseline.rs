@@ -15,7 +15,9 @@ use edgeloop_durable::write_atomic;
 use edgeloop_space::{Arch, Space};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::MeasurementCache;
 use crate::events::Event;
+use crate::measure::{DevicePool, MeasureJob, Measurements};
 use crate::predict::Stat;
 use crate::search::{FinalSettings, SearchResult};
 use crate::train::{self, TrainEnv};
@@ -79,6 +81,7 @@ pub async fn widest_within(
     stat: Stat,
     env: &TrainEnv,
 ) -> anyhow::Result<(f64, Vec<(f64, f64)>)> {
+    let mut devices = DevicePool::connect(env.devices.clone(), MeasurementCache::in_memory()).await?;
     let mut measured = Vec::new();
     for &width in widths {
         let space = Space::load(space_name, width)?;
@@ -88,9 +91,8 @@ pub async fn widest_within(
             &arch,
             &mut edgeloop_export::export::RandomWeights::new(0),
         )?);
-        let checked = crate::measure::hygiene::measure(&env.device, &model, &env.final_request, 1.0, None)
-            .await
-            .with_context(|| format!("measuring the width-{width} baseline on {}", env.device.base_url()))?;
+        let job = MeasureJob::model(format!("the width-{width} baseline"), model);
+        let checked = devices.measure_uncached(job, &env.final_request).await?;
         let ms = stat.of(&checked.measurement.latency_ms);
         env.events.emit(Event::BaselineMeasured { width, ms, stat, fits: ms <= limit_ms });
         measured.push((width, ms));

@@ -70,7 +70,8 @@ pub struct CacheError(#[from] LogError);
 
 #[derive(Debug)]
 pub struct MeasurementCache {
-    log: LineLog,
+    /// Where entries persist; none for a cache that lives as long as its process.
+    log: Option<LineLog>,
     entries: HashMap<(String, String), CachedMeasurement>,
 }
 
@@ -83,7 +84,13 @@ impl MeasurementCache {
             .filter_map(|line| serde_json::from_str::<CachedMeasurement>(line).ok())
             .map(|m| ((m.device_id.clone(), m.arch_hash.clone()), m))
             .collect();
-        Ok(MeasurementCache { log, entries })
+        Ok(MeasurementCache { log: Some(log), entries })
+    }
+
+    /// A cache kept in memory only: for work with no run folder (a table
+    /// build, a validation), whose measurements are its output anyway.
+    pub fn in_memory() -> MeasurementCache {
+        MeasurementCache { log: None, entries: HashMap::new() }
     }
 
     /// A measurement of `arch_hash` on any of `device_ids` (devices of one
@@ -96,7 +103,9 @@ impl MeasurementCache {
     }
 
     pub fn insert(&mut self, m: CachedMeasurement) -> Result<(), CacheError> {
-        self.log.append(serde_json::to_string(&m).expect("measurement serialises").as_bytes())?;
+        if let Some(log) = &mut self.log {
+            log.append(serde_json::to_string(&m).expect("measurement serialises").as_bytes())?;
+        }
         self.entries.insert((m.device_id.clone(), m.arch_hash.clone()), m);
         Ok(())
     }

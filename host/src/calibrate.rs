@@ -17,7 +17,7 @@ use edgeloop_api::MeasureRequest;
 use edgeloop_space::Space;
 use serde::{Deserialize, Serialize};
 
-use crate::client::AgentClient;
+use crate::measure::Measurements;
 use crate::predict::{PredictError, Predictor, Stat};
 use crate::table::LatencyTable;
 use crate::validate::{self, NetworkMeasurement, ValidateError};
@@ -32,6 +32,23 @@ pub const DEFAULT_SAMPLES: usize = 10;
 
 /// Seed of the calibration archs: apart from validation's seeds (0, 1, …).
 pub const DEFAULT_SEED: u64 = 1_000_003;
+
+/// Whole networks a stored calibration is checked on before a run relies on it.
+pub const CHECK_NETWORKS: usize = 3;
+
+/// Seed of the checked networks: apart from the calibration's and validation's.
+pub const CHECK_SEED: u64 = 2_000_003;
+
+/// The longest a checked network is timed: its fastest run is what counts,
+/// and a few hundred runs find it.
+pub const CHECK_MAX_MS: u64 = 300;
+
+/// How far the checked networks' fastest runs may be, in the median, from
+/// the calibrated prediction (either way) before the calibration counts as
+/// stale. Fastest runs move by a few percent between measurements here;
+/// a table measured while the device was busy, or a device that changed
+/// since (clocks, firmware, cooling), moves every network alike and by more.
+pub const STALE_TOLERANCE: f64 = 0.2;
 
 /// One calibration network: its layer sum and what it measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,10 +219,32 @@ pub fn network_request(table: &LatencyTable, judged: &MeasureRequest) -> Result<
     })
 }
 
-/// Measures `count` random whole networks (from `seed`) on `client`, fits
+/// The median, over [`CHECK_NETWORKS`] random whole networks measured now on
+/// `devices`, of their fastest run over the calibrated table's prediction of
+/// it: 1 while the calibration still describes the device (see [`STALE_TOLERANCE`]).
+pub async fn check(
+    devices: &mut dyn Measurements,
+    space: &Space,
+    table: &LatencyTable,
+    calibration: &Calibration,
+    template: &MeasureRequest,
+) -> Result<f64, CalibrationError> {
+    let archs = validate::sample_archs(space, CHECK_NETWORKS, CHECK_SEED, &calibration.archs);
+    let request = MeasureRequest { min_duration_ms: template.min_duration_ms.min(CHECK_MAX_MS), ..template.clone() };
+    let measured = validate::measure_networks(devices, space, &archs, &request, |_| {}).await?;
+    let predictor = Predictor::calibrated(table, Some(calibration), Stat::Min)?;
+    let mut ratios = measured
+        .iter()
+        .map(|m| Ok(m.stats.min / predictor.predict(space, &m.arch)?.total_ms))
+        .collect::<Result<Vec<f64>, PredictError>>()?;
+    ratios.sort_by(f64::total_cmp);
+    Ok(ratios.get(ratios.len() / 2).copied().unwrap_or(1.0))
+}
+
+/// Measures `count` random whole networks (from `seed`) on `devices`, fits
 /// the correction of `table` and stores it next to the table.
 pub async fn run(
-    client: &AgentClient,
+    devices: &mut dyn Measurements,
     space: &Space,
     table: &LatencyTable,
     template: &MeasureRequest,
@@ -214,7 +253,7 @@ pub async fn run(
     on_each: impl FnMut(&NetworkMeasurement),
 ) -> Result<Calibration, CalibrationError> {
     let archs = validate::sample_archs(space, count, seed, &[]);
-    let measured = validate::measure_networks(client, space, &archs, template, on_each).await?;
+    let measured = validate::measure_networks(devices, space, &archs, template, on_each).await?;
     let calibration = Calibration::fit(&measured, &Predictor::new(table), space)?;
     calibration.save_for(table.path())?;
     Ok(calibration)

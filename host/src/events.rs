@@ -74,7 +74,14 @@ pub enum Event {
         precision: Option<String>,
         measured: usize,
     },
-    /// A table has no calibration for the budget's statistic: whole networks are measured to fit one.
+    /// A table's calibration no longer describes the device: whole networks
+    /// ran `ratio` times its prediction of their fastest runs.
+    CalibrationStale {
+        table: PathBuf,
+        ratio: f64,
+        networks: usize,
+    },
+    /// A table's calibration for the budget's statistic is fitted (none, or a stale one).
     Calibrating {
         table: PathBuf,
         stat: Stat,
@@ -211,9 +218,15 @@ impl fmt::Display for Event {
                 let what = precision.as_ref().map_or("latency".to_string(), Clone::clone);
                 write!(f, "{what} table {}: measured {measured} missing rows", path.display())
             }
+            Event::CalibrationStale { table, ratio, networks } => write!(
+                f,
+                "the calibration of latency table {} is stale: {networks} whole networks ran {ratio:.2}× its \
+                 prediction of their fastest runs; fitting it again",
+                table.display()
+            ),
             Event::Calibrating { table, stat, networks } => write!(
                 f,
-                "latency table {} has no calibration for {stat}: measuring {networks} whole networks to fit one",
+                "fitting the calibration of latency table {} for {stat} on {networks} whole networks",
                 table.display()
             ),
             Event::Feasible { measured, budget } => {

@@ -26,7 +26,8 @@ use crate::search::{Budget, Decision, FinalSettings, RunDir, SearchResult, calib
 pub struct TrainEnv {
     pub out: PathBuf,
     pub resume: bool,
-    pub device: AgentClient,
+    /// Agents of the device (one class; see `DevicePool`).
+    pub devices: Vec<AgentClient>,
     /// The device's latency table [default: built/completed through the agent].
     pub table: Option<PathBuf>,
     pub device_kind: DeviceKind,
@@ -53,12 +54,13 @@ pub async fn run(
     edgeloop_train::device::keep_freed_memory();
     let events = env.events.as_ref();
     let cache = MeasurementCache::open(&dir.measurements())?;
-    let mut pool = DevicePool::connect(vec![env.device.clone()], cache).await?;
+    let mut pool = DevicePool::connect(env.devices.clone(), cache).await?;
     let table_path = match &env.table {
         Some(path) => path.clone(),
-        None => device_table(&pool, &space, &settings.runtime, settings.measure_threads, false, events).await?,
+        None => device_table(&mut pool, &space, &settings.runtime, settings.measure_threads, false, events).await?,
     };
-    let (table, calibration) = calibrated_table(&pool, &space, &table_path, stat, &env.final_request, events).await?;
+    let (table, calibration) =
+        calibrated_table(&mut pool, &space, &table_path, stat, &env.final_request, !env.resume, events).await?;
     pool.set_spread(crate::measure::hygiene::typical_spread(&table));
     let predictors = Predictors {
         latency: Predictor::calibrated(&table, Some(&calibration), stat)?,

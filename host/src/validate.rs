@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::Serialize;
 
-use crate::client::{AgentClient, ClientError};
+use crate::measure::{MeasureError, MeasureJob, Measurements};
 use crate::predict::{PredictError, Predictor, Stat};
 
 /// One architecture: predicted and measured whole-network latency (one statistic).
@@ -83,8 +83,8 @@ pub fn metrics(samples: &[Sample]) -> Metrics {
 pub enum ValidateError {
     #[error(transparent)]
     Predict(#[from] PredictError),
-    #[error("measuring arch {arch}: {source}")]
-    Measure { arch: String, source: Box<ClientError> },
+    #[error(transparent)]
+    Measure(#[from] Box<MeasureError>),
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("plotting {path}: {message}")]
@@ -117,10 +117,10 @@ pub struct NetworkMeasurement {
     pub stats: LatencyStats,
 }
 
-/// Measures each arch (seeded random weights) as a whole network on the
-/// agent; `on_each` sees each result as it arrives (progress).
+/// Measures each arch (seeded random weights) as a whole network on
+/// `devices`; `on_each` sees each result as it arrives (progress).
 pub async fn measure_networks(
-    client: &AgentClient,
+    devices: &mut dyn Measurements,
     space: &Space,
     archs: &[Arch],
     template: &MeasureRequest,
@@ -129,10 +129,7 @@ pub async fn measure_networks(
     let mut measured = Vec::with_capacity(archs.len());
     for (i, arch) in archs.iter().enumerate() {
         let model = encode(&arch_model(space, arch, &mut RandomWeights::new(i as u64)).map_err(PredictError::from)?);
-        let (_, m) = client.upload_and_measure(&model, template).await.map_err(|source| ValidateError::Measure {
-            arch: arch.hash()[..12].to_string(),
-            source: Box::new(source),
-        })?;
+        let m = devices.measure_once(MeasureJob::arch(arch, model, None), template).await.map_err(Box::new)?;
         let network = NetworkMeasurement { arch: arch.clone(), stats: m.latency_ms };
         on_each(&network);
         measured.push(network);

@@ -30,7 +30,7 @@ fn search_under(dir: &Path, url: &str, strategy: &str, resume: bool, budget_ms: 
 const LIMIT: Duration = Duration::from_secs(300);
 
 fn fixture() -> AgentDir {
-    AgentDir::start()
+    AgentDir::with_tables()
 }
 
 /// A search by `strategy` started in the fixture's folder (its stderr
@@ -253,6 +253,8 @@ fn the_quickstart_runs_end_to_end_at_reduced_epochs() {
         .env("AGENT_URL", f.agent.url())
         .env("AGENT_TOKEN_FILE", f.dir.path().join("token"))
         .env("QUICKSTART_OUT", &out)
+        // The fixture's tables, not the checkout's latency-tables/.
+        .env("EDGELOOP_TABLES", f.dir.path().join("latency-tables"))
         .env("EPOCHS_SCALE", "0.05")
         .env("DATASET", "synthetic:640,128")
         .env_remove("EDGELOOP_TOKEN")

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use edgeloop_agent::runtime::Runtimes;
@@ -40,6 +41,54 @@ pub fn edgeloop() -> Command {
 /// Complete lines of a file (0 while it is missing).
 pub fn lines(path: &Path) -> usize {
     std::fs::read(path).map_or(0, |bytes| bytes.iter().filter(|&&b| b == b'\n').count())
+}
+
+impl AgentDir {
+    /// [`AgentDir::start`] with this machine's table of `tiny` and its
+    /// calibration already in `latency-tables/`, as a user's second search
+    /// finds them: searches then measure only what they are about.
+    pub fn with_tables() -> AgentDir {
+        let f = AgentDir::start();
+        let tables = seeded_tables().join("latency-tables");
+        let into = f.dir.path().join("latency-tables");
+        std::fs::create_dir_all(&into).unwrap();
+        for entry in std::fs::read_dir(&tables).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, into.join(path.file_name().unwrap())).unwrap();
+        }
+        f
+    }
+}
+
+/// A folder whose `latency-tables/` holds the table of `tiny` for this
+/// machine's agents (every agent here is one device), measured and
+/// calibrated briefly through the CLI, once per test binary.
+fn seeded_tables() -> &'static Path {
+    static SEEDED: OnceLock<tempfile::TempDir> = OnceLock::new();
+    SEEDED
+        .get_or_init(|| {
+            let AgentDir { dir, agent } = AgentDir::start();
+            let url = agent.url();
+            let quick = ["--token-file", "token", "--space", "tiny", "--warmup", "1", "--runs", "5"];
+            let build = edgeloop()
+                .current_dir(dir.path())
+                .args(["table", "build", "--device", &url, "--min-duration-ms", "5"])
+                .args(quick)
+                .output()
+                .unwrap();
+            assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+            let table = std::fs::read_dir(dir.path().join("latency-tables")).unwrap().next().unwrap().unwrap().path();
+            let calibrate = edgeloop()
+                .current_dir(dir.path())
+                .args(["table", "calibrate", "--device", &url, "--min-duration-ms", "50", "--table"])
+                .arg(&table)
+                .args(quick)
+                .output()
+                .unwrap();
+            assert!(calibrate.status.success(), "{}", String::from_utf8_lossy(&calibrate.stderr));
+            dir
+        })
+        .path()
 }
 
 /// Polls `ready` (a file the job writes reaching some state), failing if

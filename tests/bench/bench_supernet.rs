@@ -1,8 +1,10 @@
 //! Supernet training-step benchmark, the tch side. Times weight steps
 //! (forward, backward of the active path, SGD-Nesterov) of a space's
-//! binarized supernet and of a standalone subnet, on random data already on
-//! the device, and reports the resident set size before the first step and
-//! at its peak (one process per network: scripts/bench-supernet.sh).
+//! binarized supernet and of a standalone subnet, and UNAS's relaxed
+//! mixture step (every op of every block, backward to α), on random data
+//! already on the device, and reports the resident set size before the
+//! first step and at its peak (one process per network:
+//! scripts/bench-supernet.sh).
 //! `--layout` prints the network layout so that scripts/bench_supernet.py
 //! builds the very same network in PyTorch; scripts/bench-supernet.sh
 //! prints the ratios.
@@ -14,7 +16,7 @@ use clap::Parser;
 use edgeloop_space::{Op, Space};
 use edgeloop_train::optim::Sgd;
 use edgeloop_train::trainer::weight_step;
-use edgeloop_train::{DeviceKind, Supernet};
+use edgeloop_train::{BnMode, DeviceKind, Supernet};
 use serde_json::json;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -33,7 +35,9 @@ struct Args {
     warmup_steps: usize,
     #[arg(long, default_value = "cpu")]
     device_kind: DeviceKind,
-    /// `supernet` (a path per step, as the search trains) or `standalone` (path 0 only, its own network).
+    /// `supernet` (a path per step, as the search trains), `standalone` (path 0
+    /// only, its own network) or `mixture` (UNAS's arch step: the relaxed
+    /// mixture of every op, backward to α; tch only).
     #[arg(long, default_value = "supernet")]
     mode: String,
     #[arg(long)]
@@ -91,6 +95,15 @@ fn rss_kb() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// UNAS's arch-step work: the mixture weighted by softmax(α) forward, and
+/// the loss differentiated to α (autograd keeps every op's activations).
+fn mixture_step(net: &Supernet, alpha: &[Tensor], x: &Tensor, y: &Tensor) -> f64 {
+    let weights: Vec<Tensor> = alpha.iter().map(|a| a.softmax(0, Kind::Float)).collect();
+    let loss = net.forward_mixed(x, &weights, BnMode::BatchStats).cross_entropy_for_logits(y);
+    let grads = Tensor::run_backward(&[&loss], alpha, false, false);
+    grads.iter().map(|g| g.abs().sum(Kind::Float).double_value(&[])).sum()
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(n) = args.threads {
@@ -106,14 +119,14 @@ fn main() -> Result<()> {
     tch::manual_seed(0);
     let vs = VarStore::new(device);
     let net = match args.mode.as_str() {
-        "supernet" => Supernet::new(&vs.root(), &space),
+        "supernet" | "mixture" => Supernet::new(&vs.root(), &space),
         "standalone" => {
             let counts: Vec<usize> = space.blocks.iter().map(|b| b.candidates.len()).collect();
             let ops = space.blocks.iter().zip(path(0, &counts)).map(|(b, i)| b.candidates[i]).collect();
             let arch = edgeloop_space::Arch { space: space.name().into(), width: space.width, ops };
             Supernet::for_arch(&vs.root(), &space, &arch)?
         }
-        other => bail!("--mode {other}: supernet or standalone"),
+        other => bail!("--mode {other}: supernet, standalone or mixture"),
     };
     let counts = net.candidate_counts();
     let input = &space.spec.input;
@@ -128,14 +141,20 @@ fn main() -> Result<()> {
             tch::Cuda::synchronize(i as i64);
         }
     };
+    let alpha: Vec<Tensor> =
+        counts.iter().map(|&k| Tensor::zeros([k as i64], (Kind::Float, device)).set_requires_grad(true)).collect();
+    let mut step = |i: usize| match args.mode.as_str() {
+        "mixture" => mixture_step(&net, &alpha, &x, &y),
+        _ => weight_step(&net, &mut sgd, &x, &y, &path(i, &counts), 0.01),
+    };
     let (rss_before, _) = rss_kb();
-    for step in 0..args.warmup_steps {
-        weight_step(&net, &mut sgd, &x, &y, &path(step, &counts), 0.01);
+    for i in 0..args.warmup_steps {
+        step(i);
     }
     sync();
     let started = Instant::now();
-    for step in 0..args.steps {
-        weight_step(&net, &mut sgd, &x, &y, &path(args.warmup_steps + step, &counts), 0.01);
+    for i in 0..args.steps {
+        step(args.warmup_steps + i);
     }
     sync();
     let step_ms = started.elapsed().as_secs_f64() * 1000.0 / args.steps as f64;

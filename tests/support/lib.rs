@@ -1,10 +1,13 @@
 //! Shared pieces of the end-to-end tests and benchmarks: a real agent on a
 //! loopback port, a real client, and models built with the ONNX writer.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use edgeloop::cache::MeasurementCache;
 use edgeloop::client::AgentClient;
+use edgeloop::measure::DevicePool;
 use edgeloop_agent::runtime::Runtimes;
 use edgeloop_agent::{AgentConfig, LocalAgent};
 use edgeloop_api::MeasureRequest;
@@ -55,23 +58,43 @@ impl TestAgent {
         TestAgent { agent, cache }
     }
 
-    /// Reads its energy from `rapl` (idle baseline shortened to 200 ms, so
-    /// energy measurements stay quick).
+    /// Reads its energy from `rapl` (idle baseline and least energy window
+    /// shortened to 200 ms — the simulated counter moves every millisecond —
+    /// so energy measurements stay quick).
     pub fn start_on_rapl(rapl: &SimulatedRapl) -> Self {
         let sys = rapl.sysfs().to_path_buf();
         Self::start_with(move |config| {
             config.roots.sys = sys;
             config.meter.idle_baseline = std::time::Duration::from_millis(200);
+            config.meter.min_window = std::time::Duration::from_millis(200);
         })
     }
 
     /// Starts an agent on an existing cache dir (e.g. after a restart).
     pub fn start_in(cache: &TempDir, tweak: impl FnOnce(&mut AgentConfig)) -> LocalAgent {
+        Self::start_at(cache, SocketAddr::from(([127, 0, 0, 1], 0)), tweak)
+    }
+
+    fn start_at(cache: &TempDir, addr: SocketAddr, tweak: impl FnOnce(&mut AgentConfig)) -> LocalAgent {
         let mut config = AgentConfig::new(cache.path().to_path_buf());
         config.token = Some(TOKEN.into());
         tweak(&mut config);
         let runtimes = Runtimes::detect(&config.runtimes);
-        LocalAgent::start(config, runtimes).expect("agent starts")
+        LocalAgent::start_at(config, runtimes, addr).expect("agent starts")
+    }
+
+    /// Kills it as a crashing agent dies (`LocalAgent::kill`), keeping its
+    /// cache dir and address for [`TestAgent::restart`].
+    pub fn kill(self) -> KilledAgent {
+        let addr = self.agent.addr();
+        self.agent.kill().expect("agent thread");
+        KilledAgent { cache: self.cache, addr }
+    }
+
+    /// The agent back, on the cache dir and address of a killed one.
+    pub fn restart(killed: KilledAgent) -> TestAgent {
+        let agent = Self::start_at(&killed.cache, killed.addr, |_| {});
+        TestAgent { agent, cache: killed.cache }
     }
 
     pub fn url(&self) -> String {
@@ -81,6 +104,18 @@ impl TestAgent {
     pub fn client(&self) -> AgentClient {
         AgentClient::new(&self.url(), Some(TOKEN.into())).expect("client")
     }
+
+    /// The agent as a measurement service with a cache in memory (table
+    /// builds and calibrations, as `edgeloop table` measures).
+    pub async fn devices(&self) -> DevicePool {
+        DevicePool::connect(vec![self.client()], MeasurementCache::in_memory()).await.expect("agent info")
+    }
+}
+
+/// What a killed [`TestAgent`] leaves: its cache dir and its address.
+pub struct KilledAgent {
+    pub cache: TempDir,
+    pub addr: SocketAddr,
 }
 
 /// A raw HTTP client, for requests the typed client never sends.

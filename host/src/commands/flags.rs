@@ -9,6 +9,8 @@ use edgeloop_space::Space;
 use edgeloop_train::DeviceKind;
 
 use crate::AgentClient;
+use crate::cache::MeasurementCache;
+use crate::measure::DevicePool;
 use crate::predict::Stat;
 use crate::search::{FinalSettings, TrainRecipe};
 use crate::train::TrainEnv;
@@ -46,6 +48,31 @@ pub struct AgentArgs {
 impl AgentArgs {
     pub(crate) fn client(&self) -> anyhow::Result<AgentClient> {
         Ok(AgentClient::new(&self.device, self.auth.token()?)?)
+    }
+}
+
+/// The agents a command measures on (one device class), and their token.
+#[derive(Args)]
+pub struct DevicesArgs {
+    /// Base URL of an agent on the target device, e.g. http://192.168.1.20:7878;
+    /// repeat for several agents of one device class: they share the measuring
+    /// and stand in for one another when one fails.
+    #[arg(long = "device", value_name = "URL", required = true)]
+    pub(crate) devices: Vec<String>,
+    #[command(flatten)]
+    pub(crate) auth: Auth,
+}
+
+impl DevicesArgs {
+    pub(crate) fn clients(&self) -> anyhow::Result<Vec<AgentClient>> {
+        let token = self.auth.token()?;
+        Ok(self.devices.iter().map(|url| AgentClient::new(url, token.clone())).collect::<Result<_, _>>()?)
+    }
+
+    /// The agents as a measurement service, for work with no run folder to
+    /// cache in (tables): what it measures is the command's output.
+    pub(crate) async fn pool(&self) -> anyhow::Result<DevicePool> {
+        Ok(DevicePool::connect(self.clients()?, MeasurementCache::in_memory()).await?)
     }
 }
 
@@ -148,7 +175,7 @@ impl RunOn {
 #[derive(Args)]
 pub struct FixedRunArgs {
     #[command(flatten)]
-    pub(crate) agent: AgentArgs,
+    pub(crate) agents: DevicesArgs,
     #[command(flatten)]
     pub(crate) recipe: RecipeArgs,
     /// The statistic of the device's runs a budget is judged on, and the table predicts.
@@ -183,7 +210,7 @@ impl FixedRunArgs {
         Ok(TrainEnv {
             out,
             resume,
-            device: self.agent.client()?,
+            devices: self.agents.clients()?,
             table: self.table.clone(),
             device_kind: self.run_on.device_kind,
             final_request: self.run_on.final_request(),

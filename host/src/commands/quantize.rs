@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::flags::{AgentArgs, RunOn};
+use super::flags::{DevicesArgs, RunOn};
 use super::progress::Terminal;
 use crate::quantize::{self, Constraint, QuantizeEnv, QuantizeSettings};
 
@@ -16,7 +16,7 @@ pub struct QuantizeArgs {
     #[arg(long, value_name = "DIR")]
     run: PathBuf,
     #[command(flatten)]
-    agent: AgentArgs,
+    agents: DevicesArgs,
     /// Latency budget: p50 on the device, ms.
     #[arg(long, value_name = "MS")]
     latency_ms: Option<f64>,
@@ -92,7 +92,7 @@ pub async fn execute(args: QuantizeArgs) -> anyhow::Result<()> {
         run: args.run,
         out: out.clone(),
         resume: args.resume,
-        device: args.agent.client()?,
+        devices: args.agents.clients()?,
         fp32_table: args.fp32_table,
         int8_table: args.int8_table,
         device_kind: args.run_on.device_kind,

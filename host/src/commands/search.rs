@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::flags::{Auth, RecipeArgs, RunOn, SpaceArgs};
+use super::flags::{DevicesArgs, RecipeArgs, RunOn, SpaceArgs};
 use super::progress::Terminal;
-use crate::AgentClient;
 use crate::search::{
     self, BudgetSettings, DeriveSettings, PrescreenSettings, ScheduleSettings, SearchEnv, SearchSettings, StrategyArgs,
 };
@@ -18,11 +17,8 @@ pub struct SearchArgs {
     space: SpaceArgs,
     #[command(flatten)]
     recipe: RecipeArgs,
-    /// Base URL of an agent on the target device; repeat for several devices of one class.
-    #[arg(long = "device", value_name = "URL", required = true)]
-    devices: Vec<String>,
     #[command(flatten)]
-    auth: Auth,
+    agents: DevicesArgs,
     #[command(flatten)]
     budget: BudgetSettings,
     /// Latency table of the device [default: latency-tables/<device_id>--<runtime>--<space>.csv,
@@ -52,8 +48,7 @@ pub struct SearchArgs {
 }
 
 pub async fn execute(args: SearchArgs) -> anyhow::Result<()> {
-    let token = args.auth.token()?;
-    let devices = args.devices.iter().map(|url| AgentClient::new(url, token.clone())).collect::<Result<Vec<_>, _>>()?;
+    let devices = args.agents.clients()?;
     if let Some(n) = args.threads {
         tch::set_num_threads(n);
     }

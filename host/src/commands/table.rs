@@ -9,10 +9,10 @@ use clap::{Args, Subcommand};
 use edgeloop_api::MeasureRequest;
 use edgeloop_space::Arch;
 
-use super::flags::{AgentArgs, SpaceArgs};
+use super::flags::{DevicesArgs, SpaceArgs};
 use super::progress::Terminal;
-use crate::AgentClient;
 use crate::calibrate::Calibration;
+use crate::measure::{DevicePool, Measurements as _};
 use crate::predict::{Prediction, Predictor, Stat};
 use crate::table::LatencyTable;
 use crate::table::build::{self, TablePrecision};
@@ -44,7 +44,7 @@ pub async fn execute(command: TableCommand) -> anyhow::Result<()> {
 #[derive(Args)]
 pub struct TableBuildArgs {
     #[command(flatten)]
-    agent: AgentArgs,
+    agents: DevicesArgs,
 
     #[command(flatten)]
     space: SpaceArgs,
@@ -119,7 +119,7 @@ pub struct WholeNetworkArgs {
     #[arg(long, value_name = "FILE")]
     table: PathBuf,
     #[command(flatten)]
-    agent: AgentArgs,
+    agents: DevicesArgs,
     #[command(flatten)]
     space: SpaceArgs,
     /// Untimed runs per network.
@@ -169,7 +169,7 @@ pub struct TableValidateArgs {
 
 async fn run_build(args: TableBuildArgs) -> anyhow::Result<()> {
     let space = args.space.load()?;
-    let client = args.agent.client()?;
+    let mut devices = args.agents.pool().await?;
     let template = MeasureRequest {
         runtime: args.runtime,
         threads: args.threads,
@@ -181,7 +181,7 @@ async fn run_build(args: TableBuildArgs) -> anyhow::Result<()> {
         ..build::default_request()
     };
     let events = Terminal::default();
-    let report = build::build(&client, &space, &template, args.precision, args.out.as_deref(), &events).await?;
+    let report = build::build(&mut devices, &space, &template, args.precision, args.out.as_deref(), &events).await?;
     println!(
         "{}: {} rows measured, {} already there, {} in all",
         report.path.display(),
@@ -207,7 +207,7 @@ fn run_predict(args: TablePredictArgs) -> anyhow::Result<()> {
 struct WholeNetworkRun {
     space: edgeloop_space::Space,
     latency: LatencyTable,
-    client: AgentClient,
+    devices: DevicePool,
     template: MeasureRequest,
 }
 
@@ -218,12 +218,12 @@ impl WholeNetworkArgs {
         let latency = LatencyTable::load(&self.table)?;
         let provenance =
             latency.provenance().with_context(|| format!("latency table {} has no rows", self.table.display()))?;
-        let client = self.agent.client()?;
-        let device_id = client.info().await?.device_id;
+        let devices = self.agents.pool().await?;
+        let device_id = &devices.device().device_id;
         anyhow::ensure!(
-            device_id == provenance.device_id,
+            *device_id == provenance.device_id,
             "the agent at {} is device {device_id}, but {} was measured on {}",
-            self.agent.device,
+            self.agents.devices[0],
             self.table.display(),
             provenance.device_id
         );
@@ -235,15 +235,15 @@ impl WholeNetworkArgs {
             min_duration_ms: self.min_duration_ms,
             ..MeasureRequest::default()
         };
-        Ok(WholeNetworkRun { space, latency, client, template })
+        Ok(WholeNetworkRun { space, latency, devices, template })
     }
 }
 
 impl WholeNetworkRun {
     /// Measures `archs` as whole networks, with a progress bar.
-    async fn measure(&self, archs: &[edgeloop_space::Arch]) -> anyhow::Result<Vec<validate::NetworkMeasurement>> {
+    async fn measure(&mut self, archs: &[edgeloop_space::Arch]) -> anyhow::Result<Vec<validate::NetworkMeasurement>> {
         let bar = super::progress::bar(archs.len(), "archs");
-        let measured = validate::measure_networks(&self.client, &self.space, archs, &self.template, |m| {
+        let measured = validate::measure_networks(&mut self.devices, &self.space, archs, &self.template, |m| {
             bar.set_message(format!("last: p50 {:.3} ms, fastest {:.3} ms", m.stats.p50, m.stats.min));
             bar.inc(1);
         })
@@ -254,7 +254,7 @@ impl WholeNetworkRun {
 }
 
 async fn run_calibrate(args: TableCalibrateArgs) -> anyhow::Result<()> {
-    let run = args.net.open().await?;
+    let mut run = args.net.open().await?;
     let archs = validate::sample_archs(&run.space, args.samples, args.seed, &[]);
     let measured = run.measure(&archs).await?;
     let calibration = Calibration::fit(&measured, &Predictor::new(&run.latency), &run.space)?;
@@ -271,12 +271,12 @@ async fn run_calibrate(args: TableCalibrateArgs) -> anyhow::Result<()> {
 }
 
 async fn run_validate(args: TableValidateArgs) -> anyhow::Result<()> {
-    let run = args.net.open().await?;
+    let mut run = args.net.open().await?;
     let calibration = Calibration::load_for(&args.net.table)?;
     let held_out = calibration.as_ref().map_or(&[][..], |c| &c.archs[..]);
-    let predictor = Predictor::calibrated(&run.latency, calibration.as_ref(), args.stat)?;
     let archs = validate::sample_archs(&run.space, args.samples, args.seed, held_out);
     let measured = run.measure(&archs).await?;
+    let predictor = Predictor::calibrated(&run.latency, calibration.as_ref(), args.stat)?;
     let samples = validate::samples(&predictor, &run.space, &measured, args.stat)?;
     let metrics = validate::metrics(&samples);
     let out = args.out.unwrap_or_else(|| args.net.table.with_extension("validation"));

@@ -1,7 +1,8 @@
-//! The host's measurement service: every model a search, a training run
-//! or a quantization search times on the device goes through
-//! [`Measurements`] — the cache, the energy requirement, the clean-reading
-//! checks (`hygiene`) and the spreading of work over a device class. The
+//! The host's measurement service: every model a search, a training run,
+//! a quantization search, a table build or validation and a baseline sweep
+//! times on the device goes through [`Measurements`] — the cache, the
+//! energy requirement, the clean-reading checks (`hygiene`) and the
+//! spreading of work over a device class. The
 //! pool of agents of one class ([`DevicePool`]) is today's implementation;
 //! failover across agents or a remote farm are others, not edits of the
 //! callers.
@@ -9,7 +10,7 @@
 pub mod hygiene;
 mod pool;
 
-use edgeloop_api::{DeviceInfo, MeasureRequest};
+use edgeloop_api::{DeviceInfo, MeasureRequest, Measurement};
 use edgeloop_space::Arch;
 use futures_util::future::LocalBoxFuture;
 pub use hygiene::Checked;
@@ -18,6 +19,7 @@ pub use pool::{DevicePool, MeasureError};
 use crate::cache::CachedMeasurement;
 
 /// One model to measure, and how its measurement is kept.
+#[derive(Debug, Clone)]
 pub struct MeasureJob {
     /// The cache key: an architecture's hash, or what else identifies the
     /// model's cost (a quantization policy of one arch).
@@ -33,6 +35,11 @@ pub struct MeasureJob {
 }
 
 impl MeasureJob {
+    /// A model known by `key` alone (a table row, a baseline width).
+    pub fn model(key: String, bytes: Vec<u8>) -> MeasureJob {
+        MeasureJob { label: key.clone(), ops: vec![key.clone()], key, bytes, expected_min: None }
+    }
+
     /// `arch`, cached under its hash.
     pub fn arch(arch: &Arch, bytes: Vec<u8>, expected_min: Option<f64>) -> MeasureJob {
         let key = arch.hash();
@@ -46,8 +53,10 @@ impl MeasureJob {
     }
 }
 
-/// How many measurements a service took on its devices, and how many it
-/// answered from its cache, in this process.
+/// How many measurements a service took on its devices for its cache, and
+/// how many it answered from its cache, in this process (what a search
+/// spent on candidates; final models, table rows and validation networks
+/// are not counted).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MeasureCounts {
     pub measured: usize,
@@ -91,6 +100,15 @@ pub trait Measurements {
         job: MeasureJob,
         request: &'a MeasureRequest,
     ) -> LocalBoxFuture<'a, Result<Checked, MeasureError>>;
+
+    /// `job` measured once as `request` says, neither cached nor checked
+    /// for contamination: a table row or a validation network, whose runs'
+    /// spread is part of what is recorded.
+    fn measure_once<'a>(
+        &'a mut self,
+        job: MeasureJob,
+        request: &'a MeasureRequest,
+    ) -> LocalBoxFuture<'a, Result<Measurement, MeasureError>>;
 
     fn counts(&self) -> MeasureCounts;
 }

@@ -90,7 +90,8 @@ pub struct QuantizeEnv {
     pub run: PathBuf,
     pub out: PathBuf,
     pub resume: bool,
-    pub device: AgentClient,
+    /// Agents of the device (one class; see `DevicePool`).
+    pub devices: Vec<AgentClient>,
     /// The device's fp32 and int8 tables [default: latency-tables/, built when missing].
     pub fp32_table: Option<PathBuf>,
     pub int8_table: Option<PathBuf>,
@@ -268,7 +269,7 @@ pub async fn run(settings: QuantizeSettings, mut env: QuantizeEnv) -> anyhow::Re
     env.probe_request.energy = with_energy;
     env.final_request.energy = with_energy;
     let cache = MeasurementCache::open(&out.measurements())?;
-    let pool = DevicePool::connect(vec![env.device.clone()], cache).await?;
+    let pool = DevicePool::connect(env.devices.clone(), cache).await?;
     let mut meter = PolicyMeter::new(Box::new(pool), env.probe_request.clone(), &trained.arch);
 
     let (mut state, mut ddpg) = load_or_new(&out, &settings, &search)?;
@@ -362,7 +363,7 @@ async fn device_costs(
         });
         let targets = table_build::layer_targets(&search.layers);
         let report = table_build::build_targets(
-            &env.device,
+            meter.service.as_mut(),
             space.name(),
             targets,
             &template,

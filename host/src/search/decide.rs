@@ -173,10 +173,19 @@ pub async fn decide(
         let limit = budget.limit * (1.0 - margin);
         let k = ctx.settings.derive.derive_candidates;
         let floor = BUDGET_USE * budget.limit;
+        let mut upper = limit;
         let mut picks =
             if floor < limit { strategy.candidates(ctx, m, (floor, limit), k, &missed)? } else { Vec::new() };
         if picks.is_empty() {
             picks = strategy.candidates(ctx, m, (0.0, limit), k, &missed)?;
+        }
+        if picks.is_empty() && margin > 0.0 {
+            // The margin left nothing (a calibration network measured in a
+            // slow stretch makes it large): the device judges candidates
+            // the table puts within the budget itself, rather than the
+            // fastest architecture being retrained untried.
+            picks = strategy.candidates(ctx, m, (0.0, budget.limit), k, &missed)?;
+            upper = budget.limit;
         }
         if picks.is_empty() {
             break;
@@ -213,20 +222,23 @@ pub async fn decide(
             });
         if let Some((acc, chosen, arch)) = best {
             let met = round.iter().filter(|c| c.met).count();
+            let bound = if upper == limit {
+                format!("the {} less a {:.1}% margin", budget.describe(), margin * 100.0)
+            } else {
+                format!("the {} itself: a {:.1}% margin left none", budget.describe(), margin * 100.0)
+            };
             let reason = format!(
-                "derived the {} architectures {} predicted {} {} (the {} less a {:.1}% margin); \
+                "derived the {} architectures {} predicted {} {} ({bound}); \
                  {met} measured within it on the device; retraining the most accurate of them (held-out \
                  accuracy {acc:.3} with supernet weights), predicted {}, measured {}",
                 round.len(),
                 strategy.ranking(),
-                if round.iter().all(|c| c.predicted >= floor) && floor < limit {
+                if round.iter().all(|c| c.predicted >= floor) && floor < upper {
                     format!("between {} and", budget.show(floor))
                 } else {
                     "under".to_string()
                 },
-                budget.show(limit),
-                budget.describe(),
-                margin * 100.0,
+                budget.show(upper),
                 budget.show(chosen.predicted),
                 budget.show(chosen.measured)
             );

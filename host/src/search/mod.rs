@@ -60,7 +60,7 @@ use crate::calibrate::{self, Calibration};
 use crate::client::AgentClient;
 use crate::dataset::Data;
 use crate::events::{Event, EventSink, Events, Work};
-use crate::measure::DevicePool;
+use crate::measure::{DevicePool, Measurements};
 use crate::predict::{Metric, Predictor, Stat};
 use crate::table::LatencyTable;
 
@@ -111,7 +111,7 @@ fn epoch_rng(seed: u64, epoch: usize) -> SmallRng {
 /// The device's default latency table for the space (with energy columns
 /// when `energy`), measuring any rows it lacks first (nothing, when it is complete).
 pub async fn device_table(
-    pool: &DevicePool,
+    pool: &mut dyn Measurements,
     space: &Space,
     runtime: &str,
     threads: usize,
@@ -119,11 +119,10 @@ pub async fn device_table(
     events: &dyn EventSink,
 ) -> anyhow::Result<PathBuf> {
     use crate::table::build as table_build;
-    let (client, info) = pool.primary();
     let template = MeasureRequest { runtime: runtime.to_string(), threads, energy, ..table_build::default_request() };
     let fp32 = table_build::TablePrecision::Fp32;
-    let path = table_build::default_path(&info.device_id, runtime, space.name(), energy, fp32);
-    let report = table_build::build(client, space, &template, fp32, Some(&path), events).await?;
+    let path = table_build::default_path(&pool.device().device_id, runtime, space.name(), energy, fp32);
+    let report = table_build::build(pool, space, &template, fp32, Some(&path), events).await?;
     if report.measured > 0 {
         events.emit(Event::TableCompleted { path: path.clone(), precision: None, measured: report.measured });
     }
@@ -131,27 +130,37 @@ pub async fn device_table(
 }
 
 /// The device's table at `path` with a calibration that predicts `stat`:
-/// the stored one, or one fitted now on whole networks measured through
-/// `pool`'s first agent with the runs of `judged` (and stored next to the table).
+/// the stored one — when `check`, only while a few whole networks measured
+/// now agree with it (`calibrate::check`) — else one fitted now on whole
+/// networks measured through `pool` with the runs of `judged` (and stored
+/// next to the table). A resumed run keeps what it started with unchecked.
 pub async fn calibrated_table(
-    pool: &DevicePool,
+    pool: &mut dyn Measurements,
     space: &Space,
     path: &std::path::Path,
     stat: Stat,
     judged: &MeasureRequest,
+    check: bool,
     events: &dyn EventSink,
 ) -> anyhow::Result<(LatencyTable, Calibration)> {
     let table = LatencyTable::load(path)?;
-    if let Some(calibration) = Calibration::load_for(path)?.filter(|c| c.covers(stat)) {
-        return Ok((table, calibration));
-    }
-    let (client, _) = pool.primary();
     let template = calibrate::network_request(&table, judged)?;
+    if let Some(calibration) = Calibration::load_for(path)?.filter(|c| c.covers(stat)) {
+        if !check {
+            return Ok((table, calibration));
+        }
+        let ratio = calibrate::check(pool, space, &table, &calibration, &template).await?;
+        if (ratio - 1.0).abs() <= calibrate::STALE_TOLERANCE {
+            return Ok((table, calibration));
+        }
+        let networks = calibrate::CHECK_NETWORKS;
+        events.emit(Event::CalibrationStale { table: path.to_path_buf(), ratio, networks });
+    }
     let networks = calibrate::DEFAULT_SAMPLES;
     events.emit(Event::Calibrating { table: path.to_path_buf(), stat, networks });
     let work = Work::start(events, "networks", networks as u64, 0);
     let calibration =
-        calibrate::run(client, space, &table, &template, networks, calibrate::DEFAULT_SEED, |_| work.advance(None))
+        calibrate::run(pool, space, &table, &template, networks, calibrate::DEFAULT_SEED, |_| work.advance(None))
             .await?;
     drop(work);
     Ok((table, calibration))
@@ -178,12 +187,14 @@ pub async fn run(settings: SearchSettings, mut env: SearchEnv) -> anyhow::Result
     let mut pool = DevicePool::connect(env.devices.clone(), cache).await?;
     let table_path = match &env.table {
         Some(path) => path.clone(),
-        None => device_table(&pool, &space, &settings.runtime, settings.measure_threads, with_energy, events).await?,
+        None => {
+            device_table(&mut pool, &space, &settings.runtime, settings.measure_threads, with_energy, events).await?
+        }
     };
     // Energy tables carry latency too; their latency is calibrated like any.
     let judged_stat = if with_energy { Stat::P50 } else { budget.stat };
     let (table, calibration) =
-        calibrated_table(&pool, &space, &table_path, judged_stat, &env.final_request, events).await?;
+        calibrated_table(&mut pool, &space, &table_path, judged_stat, &env.final_request, !env.resume, events).await?;
     pool.set_spread(crate::measure::hygiene::typical_spread(&table));
     let latency = Predictor::calibrated(&table, Some(&calibration), judged_stat)?;
     let energy = with_energy.then(|| Predictor::energy(&table)).transpose()?;

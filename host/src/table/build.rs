@@ -10,12 +10,17 @@ use edgeloop_export::quant::{Precision, quantized_layer_model};
 use edgeloop_onnx::encode;
 use edgeloop_space::{Layer, Shape, Space};
 
-use crate::client::{AgentClient, ClientError};
 use crate::events::{EventSink, Work};
+use crate::measure::{MeasureError, MeasureJob, Measurements};
 use crate::table::{Provenance, Row, TableError, TableWriter, Target};
 
-/// Folder of the default table paths, relative to the current directory.
+/// Folder of the default table paths, relative to the current directory,
+/// unless [`TABLES_ENV`] names another.
 pub const TABLES_DIR: &str = "latency-tables";
+
+/// The environment variable naming the folder of the default table paths
+/// (several checkouts, or a test, sharing one folder of tables).
+pub const TABLES_ENV: &str = "EDGELOOP_TABLES";
 
 /// Measurement settings of a table row unless overridden: shorter than a
 /// whole-model measurement (there are many rows), long enough for a stable median.
@@ -25,28 +30,17 @@ pub fn default_request() -> MeasureRequest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot ask the agent at {url} what device it is")]
-    Info {
-        url: String,
-        #[source]
-        source: ClientError,
-    },
-
-    #[error("the agent at {url} has no runtime `{runtime}` (it has: {available})")]
-    NoRuntime { url: String, runtime: String, available: String },
+    #[error("device {device} has no runtime `{runtime}` (it has: {available})")]
+    NoRuntime { device: String, runtime: String, available: String },
 
     #[error(
-        "runtime `{runtime}` of the agent at {url} does not run {precision} natively (it runs: {native}); \
+        "runtime `{runtime}` of device {device} does not run {precision} natively (it runs: {native}); \
          its {precision} layers would cost what it falls back to"
     )]
-    NotNative { url: String, runtime: String, precision: TablePrecision, native: String },
+    NotNative { device: String, runtime: String, precision: TablePrecision, native: String },
 
-    #[error("cannot measure {key}")]
-    Measure {
-        key: String,
-        #[source]
-        source: ClientError,
-    },
+    #[error(transparent)]
+    Measure(#[from] MeasureError),
 
     #[error(transparent)]
     Table(#[from] TableError),
@@ -107,7 +101,7 @@ pub fn default_path(device_id: &str, runtime: &str, space: &str, energy: bool, p
     let int8 = if precision == TablePrecision::Int8 { "--int8" } else { "" };
     let energy = if energy { "--energy" } else { "" };
     let name = format!("{}--{}--{}{int8}{energy}.csv", part(device_id), part(runtime), part(space));
-    Path::new(TABLES_DIR).join(name)
+    std::env::var_os(TABLES_ENV).map_or_else(|| PathBuf::from(TABLES_DIR), PathBuf::from).join(name)
 }
 
 /// Every row `space` needs: the overhead row first, then each distinct layer.
@@ -140,25 +134,25 @@ pub fn layer_targets(layers: &[Layer]) -> Vec<Target> {
 }
 
 /// Measures every row of `space` missing from the table at `out` (default:
-/// [`default_path`] for the agent's device) on the agent behind `client`,
+/// [`default_path`] for the device) on the devices of `devices`,
 /// appending each row as soon as it is measured (one unit of work per row
 /// on `events`). `template` gives the runtime, threads and run counts, and with
 /// `energy` set builds a table with energy columns; `precision` the
 /// arithmetic of the layer models.
 pub async fn build(
-    client: &AgentClient,
+    devices: &mut dyn Measurements,
     space: &Space,
     template: &MeasureRequest,
     precision: TablePrecision,
     out: Option<&Path>,
     events: &dyn EventSink,
 ) -> Result<BuildReport, BuildError> {
-    build_targets(client, space.name(), targets(space), template, precision, out, events).await
+    build_targets(devices, space.name(), targets(space), template, precision, out, events).await
 }
 
 /// [`build`] for the rows `targets` only (of a space named `space`).
 pub async fn build_targets(
-    client: &AgentClient,
+    devices: &mut dyn Measurements,
     space: &str,
     targets: Vec<Target>,
     template: &MeasureRequest,
@@ -166,15 +160,15 @@ pub async fn build_targets(
     out: Option<&Path>,
     events: &dyn EventSink,
 ) -> Result<BuildReport, BuildError> {
-    let url = client.base_url().to_string();
-    let info = client.info().await.map_err(|source| BuildError::Info { url: url.clone(), source })?;
+    let info = devices.device();
+    let device = info.device_id.clone();
     let Some(runtime) = info.runtimes.iter().find(|r| r.name == template.runtime) else {
         let available = info.runtimes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ");
-        return Err(BuildError::NoRuntime { url, runtime: template.runtime.clone(), available });
+        return Err(BuildError::NoRuntime { device, runtime: template.runtime.clone(), available });
     };
     if !runtime.precisions.iter().any(|p| p == precision.name()) {
         let (runtime, native) = (runtime.name.clone(), runtime.precisions.join(", "));
-        return Err(BuildError::NotNative { url, runtime, precision, native });
+        return Err(BuildError::NotNative { device, runtime, precision, native });
     }
     let provenance = Provenance {
         device_id: info.device_id.clone(),
@@ -193,13 +187,8 @@ pub async fn build_targets(
     let work = Work::start(events, "rows", todo.len() as u64, 0);
     for target in &todo {
         let key = target.key();
-        let (_, measurement) = client
-            .upload_and_measure(&target_model(target, precision), template)
-            .await
-            .map_err(|source| BuildError::Measure { key: key.clone(), source })?;
-        client
-            .require_energy(template, &measurement)
-            .map_err(|source| BuildError::Measure { key: key.clone(), source })?;
+        let job = MeasureJob::model(key.clone(), target_model(target, precision));
+        let measurement = devices.measure_once(job, template).await?;
         writer.append(Row::from_measurement(*target, &measurement, SystemTime::now()))?;
         work.advance(Some(key));
     }
