@@ -219,18 +219,26 @@ async fn a_stored_calibration_is_kept_while_the_device_agrees_and_fitted_again_w
     assert_eq!((stale, refitted), (None, false), "a calibration fitted a moment ago was refitted");
     assert_eq!(kept.archs, calibration.archs);
 
-    // As if the table had been measured while the device ran 2.5× slower.
+    // As if the table and its calibration had been measured while the device ran 5× slower.
     let mut slow = calibration.clone();
-    slow.scale *= 2.5;
-    slow.scale_p50 = slow.scale_p50.map(|k| k * 2.5);
-    slow.scale_p90 = slow.scale_p90.map(|k| k * 2.5);
+    slow.scale *= 5.0;
+    slow.scale_p50 = slow.scale_p50.map(|k| k * 5.0);
+    slow.scale_p90 = slow.scale_p90.map(|k| k * 5.0);
+    let c = calibration.overhead_ms.unwrap();
+    for sample in &mut slow.samples {
+        for ms in [&mut sample.min_ms, &mut sample.p50_ms, &mut sample.p90_ms] {
+            *ms = c + 5.0 * (*ms - c);
+        }
+    }
     slow.save_for(&table_path).unwrap();
     let (fitted, stale, refitted) = load(&mut pool).await;
     let ratio = stale.expect("the stale calibration was not noticed");
-    assert!(ratio < 1.0 - calibrate::STALE_TOLERANCE, "{ratio}");
+    assert!(ratio < 1.0 - slow.stale_tolerance(), "{ratio}");
     assert!(refitted);
-    let k = |c: &Calibration| c.scale(Stat::P50).unwrap();
-    assert!((k(&fitted) / k(&calibration) - 1.0).abs() < 0.3, "refitted {} vs {}", k(&fitted), k(&calibration));
+    // Fitted to the device again. (Two fits on this shared VM differ by up
+    // to half: whole seconds of it run slower. Five times they do not.)
+    let k = |c: &Calibration| c.scale(Stat::Min).unwrap();
+    assert!(k(&fitted) < k(&slow) / 2.5, "refitted {} vs the stale {}", k(&fitted), k(&slow));
     let stored = Calibration::load_for(&table_path).unwrap().unwrap();
     assert_eq!(stored.scale(Stat::P50), fitted.scale(Stat::P50), "the refitted calibration is stored");
 }

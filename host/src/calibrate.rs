@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::measure::Measurements;
 use crate::predict::{PredictError, Predictor, Stat};
 use crate::table::LatencyTable;
-use crate::validate::{self, NetworkMeasurement, ValidateError};
+use crate::validate::{self, NetworkMeasurement, Reading, ValidateError};
 
 /// The smallest safety margin a search derives with, whatever the
 /// calibration networks say: a 1 s measurement's median moves by about 1–2%
@@ -45,9 +45,10 @@ pub const CHECK_MAX_MS: u64 = 300;
 
 /// How far the checked networks' fastest runs may be, in the median, from
 /// the calibrated prediction (either way) before the calibration counts as
-/// stale. Fastest runs move by a few percent between measurements here;
-/// a table measured while the device was busy, or a device that changed
-/// since (clocks, firmware, cooling), moves every network alike and by more.
+/// stale, beyond how far its own networks were ([`Calibration::stale_tolerance`]).
+/// Fastest runs move by a few percent between measurements here; a table
+/// measured while the device was busy, or a device that changed since
+/// (clocks, firmware, cooling), moves every network alike and by more.
 pub const STALE_TOLERANCE: f64 = 0.2;
 
 /// One calibration network: its layer sum and what it measured.
@@ -169,6 +170,27 @@ impl Calibration {
         self.samples.iter().map(|s| s.measured(stat) / (c + k * s.layer_sum_ms) - 1.0).collect()
     }
 
+    /// How far from 1 the ratios [`check`] returns may be while this
+    /// calibration still describes the device: [`STALE_TOLERANCE`] beyond
+    /// the median error of its own networks' fastest runs (a table of
+    /// short rows predicts single networks less well).
+    pub fn stale_tolerance(&self) -> f64 {
+        let mut errors: Vec<f64> = self.relative_errors(Stat::Min).iter().map(|e| e.abs()).collect();
+        errors.sort_by(f64::total_cmp);
+        STALE_TOLERANCE + errors.get(errors.len() / 2).copied().unwrap_or(0.0)
+    }
+
+    /// Whether networks whose fastest runs came out `ratios` times this
+    /// calibration's prediction show it stale: every one of them off by more
+    /// than [`Calibration::stale_tolerance`], all the same way. A device that
+    /// changed moves every network alike; a slow stretch of a shared
+    /// machine (seconds long) slows one or two of them.
+    pub fn is_stale(&self, ratios: &[f64]) -> bool {
+        let tolerance = self.stale_tolerance();
+        !ratios.is_empty()
+            && (ratios.iter().all(|r| *r > 1.0 + tolerance) || ratios.iter().all(|r| *r < 1.0 - tolerance))
+    }
+
     /// How much below a budget a derivation should aim so that what it
     /// picks measures under the budget: the largest under-prediction of
     /// `stat` among the calibration networks (of 10, about the 90th
@@ -219,26 +241,25 @@ pub fn network_request(table: &LatencyTable, judged: &MeasureRequest) -> Result<
     })
 }
 
-/// The median, over [`CHECK_NETWORKS`] random whole networks measured now on
-/// `devices`, of their fastest run over the calibrated table's prediction of
-/// it: 1 while the calibration still describes the device (see [`STALE_TOLERANCE`]).
+/// [`CHECK_NETWORKS`] random whole networks measured now on `devices`: for
+/// each, its fastest run over the calibrated table's prediction of it.
+/// See [`Calibration::is_stale`].
 pub async fn check(
     devices: &mut dyn Measurements,
     space: &Space,
     table: &LatencyTable,
     calibration: &Calibration,
     template: &MeasureRequest,
-) -> Result<f64, CalibrationError> {
+) -> Result<Vec<f64>, CalibrationError> {
     let archs = validate::sample_archs(space, CHECK_NETWORKS, CHECK_SEED, &calibration.archs);
     let request = MeasureRequest { min_duration_ms: template.min_duration_ms.min(CHECK_MAX_MS), ..template.clone() };
-    let measured = validate::measure_networks(devices, space, &archs, &request, |_| {}).await?;
+    let measured = validate::measure_networks(devices, space, &archs, &request, Reading::Clean, |_| {}).await?;
     let predictor = Predictor::calibrated(table, Some(calibration), Stat::Min)?;
-    let mut ratios = measured
+    let ratios = measured
         .iter()
         .map(|m| Ok(m.stats.min / predictor.predict(space, &m.arch)?.total_ms))
         .collect::<Result<Vec<f64>, PredictError>>()?;
-    ratios.sort_by(f64::total_cmp);
-    Ok(ratios.get(ratios.len() / 2).copied().unwrap_or(1.0))
+    Ok(ratios)
 }
 
 /// Measures `count` random whole networks (from `seed`) on `devices`, fits
@@ -253,7 +274,7 @@ pub async fn run(
     on_each: impl FnMut(&NetworkMeasurement),
 ) -> Result<Calibration, CalibrationError> {
     let archs = validate::sample_archs(space, count, seed, &[]);
-    let measured = validate::measure_networks(devices, space, &archs, template, on_each).await?;
+    let measured = validate::measure_networks(devices, space, &archs, template, Reading::Clean, on_each).await?;
     let calibration = Calibration::fit(&measured, &Predictor::new(table), space)?;
     calibration.save_for(table.path())?;
     Ok(calibration)

@@ -75,7 +75,7 @@ pub enum Event {
         measured: usize,
     },
     /// A table's calibration no longer describes the device: whole networks
-    /// ran `ratio` times its prediction of their fastest runs.
+    /// ran (in the median) `ratio` times its prediction of their fastest runs.
     CalibrationStale {
         table: PathBuf,
         ratio: f64,
@@ -221,7 +221,7 @@ impl fmt::Display for Event {
             Event::CalibrationStale { table, ratio, networks } => write!(
                 f,
                 "the calibration of latency table {} is stale: {networks} whole networks ran {ratio:.2}× its \
-                 prediction of their fastest runs; fitting it again",
+                 prediction of their fastest runs (the median); fitting it again",
                 table.display()
             ),
             Event::Calibrating { table, stat, networks } => write!(

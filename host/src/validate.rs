@@ -117,6 +117,18 @@ pub struct NetworkMeasurement {
     pub stats: LatencyStats,
 }
 
+/// How whole networks are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// Taken again while its runs show other work on the device (see
+    /// `measure::hygiene`): what a calibration fits its medians and its
+    /// margin on — one network timed in a slow stretch (median 1.5× its
+    /// fastest run) once made a search's margin 45%.
+    Clean,
+    /// The first measurement, as validation reports it.
+    Raw,
+}
+
 /// Measures each arch (seeded random weights) as a whole network on
 /// `devices`; `on_each` sees each result as it arrives (progress).
 pub async fn measure_networks(
@@ -124,12 +136,18 @@ pub async fn measure_networks(
     space: &Space,
     archs: &[Arch],
     template: &MeasureRequest,
+    reading: Reading,
     mut on_each: impl FnMut(&NetworkMeasurement),
 ) -> Result<Vec<NetworkMeasurement>, ValidateError> {
     let mut measured = Vec::with_capacity(archs.len());
     for (i, arch) in archs.iter().enumerate() {
         let model = encode(&arch_model(space, arch, &mut RandomWeights::new(i as u64)).map_err(PredictError::from)?);
-        let m = devices.measure_once(MeasureJob::arch(arch, model, None), template).await.map_err(Box::new)?;
+        let job = MeasureJob::arch(arch, model, None);
+        let m = match reading {
+            Reading::Clean => devices.measure_uncached(job, template).await.map(|c| c.measurement),
+            Reading::Raw => devices.measure_once(job, template).await,
+        }
+        .map_err(Box::new)?;
         let network = NetworkMeasurement { arch: arch.clone(), stats: m.latency_ms };
         on_each(&network);
         measured.push(network);

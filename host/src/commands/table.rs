@@ -241,13 +241,18 @@ impl WholeNetworkArgs {
 
 impl WholeNetworkRun {
     /// Measures `archs` as whole networks, with a progress bar.
-    async fn measure(&mut self, archs: &[edgeloop_space::Arch]) -> anyhow::Result<Vec<validate::NetworkMeasurement>> {
+    async fn measure(
+        &mut self,
+        archs: &[edgeloop_space::Arch],
+        reading: validate::Reading,
+    ) -> anyhow::Result<Vec<validate::NetworkMeasurement>> {
         let bar = super::progress::bar(archs.len(), "archs");
-        let measured = validate::measure_networks(&mut self.devices, &self.space, archs, &self.template, |m| {
-            bar.set_message(format!("last: p50 {:.3} ms, fastest {:.3} ms", m.stats.p50, m.stats.min));
-            bar.inc(1);
-        })
-        .await?;
+        let measured =
+            validate::measure_networks(&mut self.devices, &self.space, archs, &self.template, reading, |m| {
+                bar.set_message(format!("last: p50 {:.3} ms, fastest {:.3} ms", m.stats.p50, m.stats.min));
+                bar.inc(1);
+            })
+            .await?;
         bar.finish_and_clear();
         Ok(measured)
     }
@@ -256,7 +261,7 @@ impl WholeNetworkRun {
 async fn run_calibrate(args: TableCalibrateArgs) -> anyhow::Result<()> {
     let mut run = args.net.open().await?;
     let archs = validate::sample_archs(&run.space, args.samples, args.seed, &[]);
-    let measured = run.measure(&archs).await?;
+    let measured = run.measure(&archs, validate::Reading::Clean).await?;
     let calibration = Calibration::fit(&measured, &Predictor::new(&run.latency), &run.space)?;
     let path = calibration.save_for(&args.net.table)?;
     let scales: Vec<String> = [Stat::Min, Stat::P50, Stat::P90]
@@ -275,7 +280,7 @@ async fn run_validate(args: TableValidateArgs) -> anyhow::Result<()> {
     let calibration = Calibration::load_for(&args.net.table)?;
     let held_out = calibration.as_ref().map_or(&[][..], |c| &c.archs[..]);
     let archs = validate::sample_archs(&run.space, args.samples, args.seed, held_out);
-    let measured = run.measure(&archs).await?;
+    let measured = run.measure(&archs, validate::Reading::Raw).await?;
     let predictor = Predictor::calibrated(&run.latency, calibration.as_ref(), args.stat)?;
     let samples = validate::samples(&predictor, &run.space, &measured, args.stat)?;
     let metrics = validate::metrics(&samples);

@@ -149,12 +149,13 @@ pub async fn calibrated_table(
         if !check {
             return Ok((table, calibration));
         }
-        let ratio = calibrate::check(pool, space, &table, &calibration, &template).await?;
-        if (ratio - 1.0).abs() <= calibrate::STALE_TOLERANCE {
+        let mut ratios = calibrate::check(pool, space, &table, &calibration, &template).await?;
+        if !calibration.is_stale(&ratios) {
             return Ok((table, calibration));
         }
-        let networks = calibrate::CHECK_NETWORKS;
-        events.emit(Event::CalibrationStale { table: path.to_path_buf(), ratio, networks });
+        ratios.sort_by(f64::total_cmp);
+        let ratio = ratios[ratios.len() / 2];
+        events.emit(Event::CalibrationStale { table: path.to_path_buf(), ratio, networks: ratios.len() });
     }
     let networks = calibrate::DEFAULT_SAMPLES;
     events.emit(Event::Calibrating { table: path.to_path_buf(), stat, networks });
