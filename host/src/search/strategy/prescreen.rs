@@ -22,8 +22,9 @@ pub struct PrescreenSettings {
     #[arg(long, value_name = "K", default_value_t = 1)]
     #[serde(default = "no_prescreen")]
     pub prescreen: usize,
-    /// The training-free proxy that prescreens: synflow, naswot, grad_norm or snip.
-    #[arg(long, value_name = "PROXY", default_value = "synflow")]
+    /// The training-free proxy that prescreens: synflow, naswot, grad_norm or snip
+    /// (naswot ranked trained tiny archs best: scripts/bench-proxies.sh).
+    #[arg(long, value_name = "PROXY", default_value = "naswot")]
     #[serde(default = "default_proxy")]
     pub prescreen_proxy: Proxy,
 }
@@ -33,7 +34,7 @@ fn no_prescreen() -> usize {
 }
 
 fn default_proxy() -> Proxy {
-    Proxy::Synflow
+    Proxy::Naswot
 }
 
 impl Default for PrescreenSettings {
