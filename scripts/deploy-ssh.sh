@@ -29,10 +29,19 @@ Actions:
 Options:
   --binary PATH       agent binary to copy (default: the static build for HOST's
                       architecture, dist/edgeloop-agent-<arch>-linux-musl, built by
-                      'scripts/build-agent.sh <arch>'); e.g. target/release/edgeloop-agent
-                      for the glibc build with ONNX Runtime
+                      'scripts/build-agent.sh <arch>'; with --with-ort the glibc one,
+                      dist/edgeloop-agent-<arch>-linux-gnu); e.g. target/release/edgeloop-agent
+                      for a glibc build with ONNX Runtime made on a machine like HOST
+  --with-ort          also copy ONNX Runtime's library for HOST's architecture to
+                      ~/.local/lib/edgeloop/libonnxruntime.so and start the agent with
+                      --ort-lib pointing at it. The library: \$EDGELOOP_ORT_<ARCH>
+                      (e.g. EDGELOOP_ORT_AARCH64) if set, else
+                      dist/onnxruntime-<arch>/libonnxruntime.so from
+                      'scripts/fetch-ort.sh <arch>' (which 'scripts/build-agent.sh
+                      aarch64-gnu' runs). A start without it removes a library an
+                      earlier start copied
   --arch A            auto (default: ask 'uname -m' on HOST), x86_64 or aarch64;
-                      picks the default binary, unused with --binary
+                      picks the default binary and the --with-ort library
   --port N            port the agent listens on, on HOST (default 7878)
   --local-port N      tunnel entry on this machine (default: --port)
   --token-file FILE   token to use (default: created on first start, mode 600,
@@ -51,13 +60,15 @@ or an agent, as every step is a separate ssh or scp call.
 
 Examples:
   scripts/$PROG nvidia@jetson.local start
+  scripts/$PROG nvidia@jetson.local --with-ort start   # glibc agent + ONNX Runtime
   scripts/$PROG pi@raspberrypi --arch aarch64 --local-port 7879 start
   scripts/$PROG lab-box --binary target/release/edgeloop-agent --direct start
   scripts/$PROG nvidia@jetson.local status
 EOF
 }
 
-target="" binary="" arch=auto port=7878 local_port="" token_arg="" direct=0 wait_s=15 action="" agent_args=()
+target="" binary="" arch=auto port=7878 local_port="" token_arg="" direct=0 with_ort=0 wait_s=15 action="" agent_args=()
+ort_lib=""
 while (($#)); do
   case $1 in
     -h | --help) usage; exit 0 ;;
@@ -73,6 +84,7 @@ while (($#)); do
       esac
       shift 2 ;;
     --direct) direct=1; shift ;;
+    --with-ort) with_ort=1; shift ;;
     start | stop | restart | status)
       [[ -z $action ]] || usage_error "one action at a time (got '$action' and '$1')"
       action=$1; shift ;;
@@ -107,6 +119,7 @@ REMOTE_SH='set -eu
 op=$1
 shift
 BIN=$HOME/.local/bin/edgeloop-agent
+ORT_LIB=$HOME/.local/lib/edgeloop/libonnxruntime.so
 TOKEN=$HOME/.config/edgeloop/agent.token
 CACHE=$HOME/.cache/edgeloop-agent
 STATE=$HOME/.local/state/edgeloop
@@ -132,14 +145,19 @@ case $op in
     else
       echo "$mode stopped - -"
     fi ;;
-  prepare)
+  prepare) # [ort]: ONNX Runtime is copied too (--with-ort)
     mkdir -p "$HOME/.local/bin" "$HOME/.config/edgeloop" "$STATE"
-    chmod 700 "$HOME/.config/edgeloop" ;;
+    chmod 700 "$HOME/.config/edgeloop"
+    # The agent uses the library only when this start copies it, never one
+    # left by an earlier start.
+    if [ "${1:-}" = ort ]; then mkdir -p "$(dirname "$ORT_LIB")"; else rm -f "$ORT_LIB"; fi ;;
   start-systemd) # LISTEN [SERVE_ARGS...]
     listen=$1
     shift
     chmod 755 "$BIN"
     chmod 600 "$TOKEN"
+    ort=""
+    if [ -f "$ORT_LIB" ]; then ort=" --ort-lib %h/.local/lib/edgeloop/libonnxruntime.so"; fi
     mkdir -p "$(dirname "$UNIT_FILE")"
     cat >"$UNIT_FILE" <<EOF
 [Unit]
@@ -147,7 +165,7 @@ Description=edgeloop device agent (measures ONNX models for edgeloop)
 After=network.target
 
 [Service]
-ExecStart=%h/.local/bin/edgeloop-agent serve --listen $listen --token-file %h/.config/edgeloop/agent.token --cache-dir %h/.cache/edgeloop-agent${*:+ $*}
+ExecStart=%h/.local/bin/edgeloop-agent serve --listen $listen --token-file %h/.config/edgeloop/agent.token --cache-dir %h/.cache/edgeloop-agent$ort${*:+ $*}
 Environment=NO_COLOR=1
 Restart=on-failure
 RestartSec=2
@@ -169,6 +187,7 @@ EOF
     chmod 755 "$BIN"
     chmod 600 "$TOKEN"
     rm -f "$PIDF"
+    if [ -f "$ORT_LIB" ]; then set -- --ort-lib "$ORT_LIB" "$@"; fi
     setsid=""
     if command -v setsid >/dev/null 2>&1; then setsid=setsid; fi
     # The inner sh writes its own pid, then becomes the agent (exec).
@@ -233,23 +252,46 @@ stop_hint() {
   printf 'scripts/%s %q --port %q%s stop' "$PROG" "$target" "$port" "$([[ $direct == 1 ]] && echo ' --direct')"
 }
 
-# Sets binary: the given one, else the static build for HOST's architecture.
+# Sets arch to HOST's when it is auto and needed: for the default binary, or
+# the library --with-ort copies.
+resolve_arch() {
+  [[ $arch == auto && ( -z $binary || $with_ort == 1 ) ]] || return 0
+  local machine
+  machine=$(on_host uname -m) || die "cannot reach $target over ssh (ssh $target uname -m failed)"
+  case $machine in
+    x86_64 | amd64) arch=x86_64 ;;
+    aarch64 | arm64) arch=aarch64 ;;
+    *) die "$target is '$machine': agents are built for x86_64 and aarch64 only; build one and pass --binary" ;;
+  esac
+  log "$target is $machine"
+}
+
+# Sets binary: the given one, else the build for HOST's architecture (static,
+# or glibc with --with-ort); and ort_lib with --with-ort.
 resolve_binary() {
+  resolve_arch
   if [[ -z $binary ]]; then
-    if [[ $arch == auto ]]; then
-      local machine
-      machine=$(on_host uname -m) || die "cannot reach $target over ssh (ssh $target uname -m failed)"
-      case $machine in
-        x86_64 | amd64) arch=x86_64 ;;
-        aarch64 | arm64) arch=aarch64 ;;
-        *) die "$target is '$machine': static agents are built for x86_64 and aarch64 only; build one and pass --binary" ;;
+    if [[ $with_ort == 1 ]]; then
+      binary=$DIST_DIR/edgeloop-agent-$arch-linux-gnu
+      case $arch in
+        aarch64) [[ -f $binary ]] || die "no glibc agent at $binary: build it with 'scripts/build-agent.sh aarch64-gnu', or pass --binary PATH" ;;
+        *) [[ -f $binary ]] || die "no glibc agent at $binary: pass --binary PATH (e.g. target/release/edgeloop-agent, built on a machine with HOST's distro)" ;;
       esac
-      log "$target is $machine"
+    else
+      binary=$DIST_DIR/edgeloop-agent-$arch-linux-musl
+      [[ -f $binary ]] || die "no agent binary at $binary: build it with 'scripts/build-agent.sh $arch', or pass --binary PATH (e.g. target/release/edgeloop-agent: glibc, with ONNX Runtime)"
     fi
-    binary=$DIST_DIR/edgeloop-agent-$arch-linux-musl
-    [[ -f $binary ]] || die "no agent binary at $binary: build it with 'scripts/build-agent.sh $arch', or pass --binary PATH (e.g. target/release/edgeloop-agent: glibc, with ONNX Runtime)"
   fi
   [[ -f $binary ]] || die "no agent binary at $binary (--binary)"
+  if [[ $with_ort == 1 ]]; then
+    [[ $binary != *-linux-musl ]] ||
+      die "$binary is a static musl agent, which cannot load ONNX Runtime: --with-ort needs a glibc one ('scripts/build-agent.sh aarch64-gnu')"
+    local var
+    var=EDGELOOP_ORT_$(printf '%s' "$arch" | tr '[:lower:]' '[:upper:]')
+    ort_lib=${!var:-$DIST_DIR/onnxruntime-$arch/libonnxruntime.so}
+    [[ -f $ort_lib ]] ||
+      die "no ONNX Runtime library for $arch at $ort_lib: fetch it with 'scripts/fetch-ort.sh $arch' (or set $var)"
+  fi
 }
 
 start() {
@@ -261,13 +303,17 @@ start() {
   read -r mode state_run state_pid state_via <<<"$state"
   [[ $state_run == stopped ]] ||
     die "edgeloop-agent already runs on $target (pid $state_pid, $state_via); use 'restart' (or 'stop' first)"
-  remote prepare
+  if [[ $with_ort == 1 ]]; then remote prepare ort; else remote prepare; fi
   log "copying $binary to $target:.local/bin/edgeloop-agent"
   scp -q "$binary" "$target:.local/bin/edgeloop-agent"
   scp -q "$token_file" "$target:.config/edgeloop/agent.token"
+  if [[ $with_ort == 1 ]]; then
+    log "copying $ort_lib to $target:.local/lib/edgeloop/libonnxruntime.so"
+    scp -q "$ort_lib" "$target:.local/lib/edgeloop/libonnxruntime.so"
+  fi
 
   if [[ $direct == 1 ]]; then listen=0.0.0.0:$port; else listen=127.0.0.1:$port; fi
-  log "starting the agent on $target, $listen, under $([[ $mode == systemd ]] && echo 'systemd --user' || echo nohup)"
+  log "starting the agent on $target, $listen, under $([[ $mode == systemd ]] && echo 'systemd --user' || echo nohup)$([[ $with_ort == 1 ]] && echo ', with ONNX Runtime')"
   remote "start-$mode" "$listen" ${agent_args[@]+"${agent_args[@]}"}
 
   if [[ $direct == 1 ]]; then
@@ -331,7 +377,8 @@ status() {
 case $action in
   start) start ;;
   stop) stop ;;
-  # The binary is checked first, so that a failing restart leaves the agent running.
+  # The binary (and library) are checked first, so that a failing restart
+  # leaves the agent running.
   restart) resolve_binary; stop; start ;;
   status) status ;;
 esac

@@ -61,6 +61,19 @@ if [[ "$(readlink .venv/libtorch 2>/dev/null)" != "$torch_dir" ]]; then
 fi
 log "libtorch $(.venv/bin/python -c 'import torch; print(torch.__version__)') at .venv/libtorch"
 
+# The device farm's broker (Debian's nats-server; its tests start one).
+if ! command -v nats-server >/dev/null 2>&1 && [[ ! -x /usr/sbin/nats-server ]]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    log "installing nats-server (Debian) for the device farm"
+    sudo=()
+    (( EUID == 0 )) || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends nats-server >/dev/null
+  else
+    log "nats-server is not installed and there is no apt-get: the farm's tests will be skipped"
+  fi
+fi
+
 log "fetching crates (Cargo.lock is the source of truth)"
 cargo fetch --locked >/dev/null
 log "done"

@@ -49,9 +49,9 @@ log "agent (scripts/build-agent.sh $arch)"
 bash scripts/build-agent.sh "$arch" >&2
 agent=dist/edgeloop-agent-$arch-linux-musl
 
-# shellcheck source=scripts/musl-toolchain.sh
-source scripts/musl-toolchain.sh
-musl_cargo_env "$arch"
+# shellcheck source=scripts/cross-toolchain.sh
+source scripts/cross-toolchain.sh
+cross_cargo_env "$triple"
 
 baseline=build-support/size-baseline
 # The agent's lock file, so the baselines link the same versions of every
@@ -70,7 +70,7 @@ build_baseline() {
   fi
   log "$name: building $triple (profile dist${*:+, $*})"
   local start=$SECONDS
-  env "${musl_env[@]}" CARGO_TARGET_DIR="$target_dir" cargo build --manifest-path "$baseline/Cargo.toml" --target "$triple" --profile dist "$@" >&2
+  env "${cross_env[@]}" CARGO_TARGET_DIR="$target_dir" cargo build --manifest-path "$baseline/Cargo.toml" --target "$triple" --profile dist "$@" >&2
   cp "$target_dir/$triple/dist/size-baseline" "$out"
   log "$name: built in $((SECONDS - start)) s"
 }

@@ -17,11 +17,28 @@ stage fmt cargo fmt --all --check
 # ships (fat LTO linking tract's kernels included), not only the host build.
 # (Built in the `release` profile instead, it saved about 2 minutes of a
 # 31-minute run: not worth testing another binary than the one shipped.)
-# It builds beside the test build, in its own target folder (in a shared
-# one, cargo makes each build wait for the other).
+# Then the glibc aarch64 agent with ONNX Runtime (and its library, fetched
+# from PyPI), which tests/qemu_agent.rs runs under qemu with `runtime: "ort"`.
+# It is built only to be tested, so in the `qemu-test` profile
+# (.cargo/config.toml): everything at opt-level 0, no debug info. Cold on
+# this 2-core VM that took 176 s of CPU, against 790 s at opt-level 1 and
+# 940 s in `dev` (dependencies at opt-level 2); its tests then take about
+# 30 s instead of 15 (tract's Rust code runs unoptimised under emulation;
+# ONNX Runtime is the wheel's library either way): far less than the build
+# saves.
+# Both build beside the test build, one after the other in their own target
+# folder (in a shared one, cargo makes each build wait for the other). In a
+# cold run here they ended before the test build did (1,315 + 214 s against
+# 1,560 s), so the tests wait for neither. Run in parallel (a second target
+# folder, and their `apt-get` steps could collide) nothing ended sooner: the
+# test build took 1,864 s, this build 671 s, on a machine other builds were
+# sharing more.
 arm_log=$(mktemp)
-(CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/cross" stage aarch64-agent bash scripts/build-agent.sh aarch64) \
-  >"$arm_log" 2>&1 &
+cross_dir="${CARGO_TARGET_DIR:-$PWD/target}/cross"
+(
+  CARGO_TARGET_DIR=$cross_dir stage aarch64-agent bash scripts/build-agent.sh aarch64
+  CARGO_TARGET_DIR=$cross_dir stage aarch64-gnu-agent bash scripts/build-agent.sh aarch64-gnu --profile qemu-test
+) >"$arm_log" 2>&1 &
 arm_pid=$!
 trap 'kill "$arm_pid" 2>/dev/null || true; rm -f "$arm_log"' EXIT
 # Clippy runs as the workspace's compiler wrapper in the test build itself,
@@ -40,10 +57,14 @@ profile=debug
 for arg in "$@"; do [[ $arg == --release ]] && profile=release; done
 export EDGELOOP_AGENT_BIN="${EDGELOOP_AGENT_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/$profile/edgeloop-agent}"
 export EDGELOOP_AGENT_AARCH64="$PWD/dist/edgeloop-agent-aarch64-linux-musl"
+export EDGELOOP_AGENT_AARCH64_GNU="$PWD/dist/qemu-test/edgeloop-agent-aarch64-linux-gnu"
+export EDGELOOP_ORT_AARCH64="$PWD/dist/onnxruntime-aarch64/libonnxruntime.so"
 stage clippy+test-build cargo test --workspace --locked --no-run "$@"
 arm_status=0
 wait "$arm_pid" || arm_status=$?
 cat "$arm_log" >&2
-(( arm_status == 0 )) || { echo "[test.sh] the aarch64 agent failed to build" >&2; exit "$arm_status"; }
+(( arm_status == 0 )) || { echo "[test.sh] an aarch64 agent failed to build" >&2; exit "$arm_status"; }
 export EDGELOOP_REQUIRE_CROSS=1
+# The farm's tests run against Debian's nats-server (setup.sh installs it).
+export EDGELOOP_REQUIRE_NATS=1
 stage tests cargo test --workspace --locked "$@"

@@ -273,6 +273,8 @@ impl Fixture {
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("XDG_RUNTIME_DIR")
             .env_remove("EDGELOOP_DIST_DIR")
+            .env_remove("EDGELOOP_ORT_AARCH64")
+            .env_remove("EDGELOOP_ORT_X86_64")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out_path).unwrap())
             .stderr(std::fs::File::create(&err_path).unwrap());
@@ -645,21 +647,26 @@ fn tunnel_sock(fx: &Fixture) -> PathBuf {
 }
 
 /// The start sequence after the architecture is known: state (probes
-/// systemd), directories, copies, start, tunnel.
+/// systemd), directories, copies (ONNX Runtime's library with `--with-ort`),
+/// start, tunnel.
 fn ssh_start_calls(
     binary: &Path,
     token: &Path,
+    ort_lib: Option<&Path>,
     mode: &str,
     listen: &str,
     tunnel: Option<(&Path, u16, u16)>,
 ) -> Vec<Call> {
     let mut calls = vec![
         is(format!("ssh {HOST} sh -s -- state")),
-        is(format!("ssh {HOST} sh -s -- prepare")),
+        is(format!("ssh {HOST} sh -s -- prepare{}", if ort_lib.is_some() { " ort" } else { "" })),
         is(format!("scp -q {} {HOST}:.local/bin/edgeloop-agent", binary.display())),
         is(format!("scp -q {} {HOST}:.config/edgeloop/agent.token", token.display())),
-        is(format!("ssh {HOST} sh -s -- start-{mode} {listen}")),
     ];
+    if let Some(lib) = ort_lib {
+        calls.push(is(format!("scp -q {} {HOST}:.local/lib/edgeloop/libonnxruntime.so", lib.display())));
+    }
+    calls.push(is(format!("ssh {HOST} sh -s -- start-{mode} {listen}")));
     match tunnel {
         Some((sock, local, port)) => calls.push(is(format!(
             "ssh -f -N -M -S {} -o ExitOnForwardFailure=yes -L {local}:127.0.0.1:{port} {HOST}",
@@ -708,7 +715,7 @@ fn ssh_systemd_board_through_a_tunnel() {
     let sock = tunnel_sock(&fx);
     let (host_calls, board_calls) = fx.take_host_calls();
     let listen = format!("127.0.0.1:{port} --device-id fake-board");
-    assert_calls(&host_calls, &ssh_start_calls(bin, &token, "systemd", &listen, Some((&sock, port, port))));
+    assert_calls(&host_calls, &ssh_start_calls(bin, &token, None, "systemd", &listen, Some((&sock, port, port))));
     assert_in_order(
         &board_calls,
         &[
@@ -785,7 +792,14 @@ fn ssh_nohup_board_with_auto_arch() {
     let sock = tunnel_sock(&fx);
     let (host_calls, board_calls) = fx.take_host_calls();
     let mut expected = vec![is(format!("ssh {HOST} uname -m"))];
-    expected.extend(ssh_start_calls(&bin, &token, "nohup", &format!("127.0.0.1:{port}"), Some((&sock, port, port))));
+    expected.extend(ssh_start_calls(
+        &bin,
+        &token,
+        None,
+        "nohup",
+        &format!("127.0.0.1:{port}"),
+        Some((&sock, port, port)),
+    ));
     assert_calls(&host_calls, &expected);
     // The probe failed, and nothing else of systemd was tried.
     assert_eq!(board_calls, vec!["board: systemctl --user show-environment".to_string()]);
@@ -841,7 +855,7 @@ fn ssh_direct_listens_on_the_network_with_the_token() {
     let out = fx.run("deploy-ssh.sh", &args("start")).success();
     let token = fx.path(&format!("home/.config/edgeloop/tokens/{HOST}.token"));
     let (host_calls, _) = fx.take_host_calls();
-    assert_calls(&host_calls, &ssh_start_calls(bin, &token, "nohup", &format!("0.0.0.0:{port}"), None));
+    assert_calls(&host_calls, &ssh_start_calls(bin, &token, None, "nohup", &format!("0.0.0.0:{port}"), None));
     // The URL is the board's address from ssh's config, not a tunnel.
     assert_eq!(field(&out.stdout, "URL:"), format!("http://127.0.0.1:{port}"));
     assert!(!tunnel_sock(&fx).exists());
@@ -886,6 +900,83 @@ fn ssh_failed_health_check_shows_the_board_log() {
     }
 }
 
+/// The onnxruntime wheel's library in the project's .venv (scripts/setup.sh).
+fn venv_ort_library() -> PathBuf {
+    let lib = repo_root().join(".venv/lib");
+    std::fs::read_dir(&lib)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", lib.display()))
+        .flatten()
+        .flat_map(|python| {
+            std::fs::read_dir(python.path().join("site-packages/onnxruntime/capi")).into_iter().flatten()
+        })
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+        .expect("no libonnxruntime.so in .venv: run scripts/setup.sh")
+}
+
+#[test]
+fn ssh_with_ort_copies_the_library_and_the_agent_loads_it() {
+    let _device = edgeloop_e2e::shared_blocking();
+    let bin = agent_binary();
+    // This machine's library stands in for the one scripts/fetch-ort.sh
+    // fetches for a board of this architecture.
+    let lib = venv_ort_library();
+    let arch = std::env::consts::ARCH;
+    for systemd in [true, false] {
+        let mut fx = Fixture::new();
+        fx.board(systemd);
+        fx.set_env(&format!("EDGELOOP_ORT_{}", arch.to_uppercase()), lib.to_str().unwrap());
+        let port = free_port();
+        let port_s = port.to_string();
+        let args = |with_ort: bool, action| {
+            let mut args = vec![HOST, "--binary", bin.to_str().unwrap(), "--port", &port_s, action];
+            if with_ort {
+                args.insert(1, "--with-ort");
+            }
+            args
+        };
+
+        let out = fx.run("deploy-ssh.sh", &args(true, "start")).success();
+        let token = fx.path(&format!("home/.config/edgeloop/tokens/{HOST}.token"));
+        let mode = if systemd { "systemd" } else { "nohup" };
+        let (host_calls, _) = fx.take_host_calls();
+        // The library is per architecture: the board is asked for its own.
+        let mut expected = vec![is(format!("ssh {HOST} uname -m"))];
+        let listen = format!("127.0.0.1:{port}");
+        expected.extend(ssh_start_calls(bin, &token, Some(&lib), mode, &listen, Some((&tunnel_sock(&fx), port, port))));
+        assert_calls(&host_calls, &expected);
+        let board_lib = fx.board_path(".local/lib/edgeloop/libonnxruntime.so");
+        assert_eq!(std::fs::read(&board_lib).unwrap(), std::fs::read(&lib).unwrap());
+        let pid_file =
+            if systemd { ".fake-systemd/edgeloop-agent.service.pid" } else { ".local/state/edgeloop/agent.pid" };
+        let pid = read_pid(&fx.board_path(pid_file));
+        assert!(cmdline(pid).ends_with(&format!(" --ort-lib {}", board_lib.display())), "{}", cmdline(pid));
+        if systemd {
+            let unit = std::fs::read_to_string(fx.board_path(".config/systemd/user/edgeloop-agent.service")).unwrap();
+            assert!(
+                unit.contains(
+                    " --cache-dir %h/.cache/edgeloop-agent --ort-lib %h/.local/lib/edgeloop/libonnxruntime.so\n"
+                ),
+                "{unit}"
+            );
+        }
+        // The agent on the board loaded it.
+        let info = block_on(client(&field(&out.stdout, "URL:"), &token).info()).expect("info");
+        assert!(info.runtimes.iter().any(|r| r.name == "ort"), "{:?}", info.runtimes_unavailable);
+
+        // Started again without --with-ort: the library is gone, and the
+        // agent is not told about it.
+        fx.run("deploy-ssh.sh", &args(false, "restart")).success();
+        assert!(wait_gone(pid), "old agent {pid} still runs after restart");
+        assert!(!board_lib.exists(), "the library of the earlier start is removed");
+        let pid = read_pid(&fx.board_path(pid_file));
+        assert!(!cmdline(pid).contains("--ort-lib"), "{}", cmdline(pid));
+        fx.run("deploy-ssh.sh", &args(false, "stop")).success();
+        assert!(wait_gone(pid));
+    }
+}
+
 #[test]
 fn ssh_usage_errors_are_clear() {
     let _device = edgeloop_e2e::shared_blocking();
@@ -907,6 +998,24 @@ fn ssh_usage_errors_are_clear() {
     let out = fx.run("deploy-ssh.sh", &[HOST, "--arch", "aarch64", "start"]).failure(1);
     assert!(
         out.stderr.contains("edgeloop-agent-aarch64-linux-musl: build it with 'scripts/build-agent.sh aarch64'"),
+        "{out}"
+    );
+    // --with-ort: the glibc build, a glibc binary and the library for the board.
+    let out = fx.run("deploy-ssh.sh", &[HOST, "--with-ort", "--arch", "aarch64", "start"]).failure(1);
+    assert!(
+        out.stderr.contains("edgeloop-agent-aarch64-linux-gnu: build it with 'scripts/build-agent.sh aarch64-gnu'"),
+        "{out}"
+    );
+    let musl = fx.path("state/edgeloop-agent-aarch64-linux-musl");
+    std::fs::write(&musl, "").unwrap();
+    let out = fx
+        .run("deploy-ssh.sh", &[HOST, "--with-ort", "--arch", "aarch64", "--binary", musl.to_str().unwrap(), "start"])
+        .failure(1);
+    assert!(out.stderr.contains("is a static musl agent, which cannot load ONNX Runtime"), "{out}");
+    let out =
+        fx.run("deploy-ssh.sh", &[HOST, "--with-ort", "--arch", "aarch64", "--binary", "/bin/sh", "start"]).failure(1);
+    assert!(
+        out.stderr.contains("onnxruntime-aarch64/libonnxruntime.so: fetch it with 'scripts/fetch-ort.sh aarch64' (or set EDGELOOP_ORT_AARCH64)"),
         "{out}"
     );
     assert!(fx.take_calls().is_empty(), "nothing run on the board");

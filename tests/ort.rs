@@ -26,11 +26,11 @@ fn venv_ort_version() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-fn ort_request(sha: &str) -> MeasureRequest {
+pub(crate) fn ort_request(sha: &str) -> MeasureRequest {
     MeasureRequest { runtime: "ort".into(), ..quick_request(sha) }
 }
 
-fn assert_sane(m: &Measurement) {
+pub(crate) fn assert_sane(m: &Measurement) {
     let l = &m.latency_ms;
     assert!(l.n >= 5, "{l:?}");
     assert!(l.min > 0.0 && l.min <= l.p50 && l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.max, "{l:?}");
@@ -112,7 +112,7 @@ async fn ort_with_two_threads_and_pinned() {
 }
 
 /// Sample networks and random `tiny` archs with random weights.
-fn models() -> Vec<(String, Vec<u8>)> {
+pub(crate) fn models() -> Vec<(String, Vec<u8>)> {
     let mut models = vec![
         ("small-mbconv".to_string(), small_model()),
         ("large-mbconv".to_string(), edgeloop_onnx::encode(&MbconvNet::large().to_model())),
@@ -126,20 +126,32 @@ fn models() -> Vec<(String, Vec<u8>)> {
     models
 }
 
+/// How ONNX Runtime's outputs are checked against tract's: every model of
+/// [`models`] at both ends of ORT's graph optimisations, with one and two
+/// threads (and an input seed for each), each output within
+/// [`OUTPUT_TOLERANCE`]. The aarch64 agent under qemu (tests/qemu_agent.rs)
+/// runs the same cases, one per model.
+pub(crate) const COMPARED_OPTIMIZATIONS: [OrtOptimization; 2] = [OrtOptimization::All, OrtOptimization::Disable];
+pub(crate) const COMPARED_SEEDS_AND_THREADS: [(u64, usize); 2] = [(0, 1), (1, 2)];
+pub(crate) const OUTPUT_TOLERANCE: f64 = 1e-4;
+
 #[test]
 fn ort_and_tract_outputs_match() {
     let _device = edgeloop_e2e::shared_blocking();
-    for optimization in [OrtOptimization::All, OrtOptimization::Disable] {
+    for optimization in COMPARED_OPTIMIZATIONS {
         let runtimes = Runtimes::detect(&RuntimeSettings { ort_optimization: optimization, ..Default::default() });
         let tract = runtimes.get("tract").unwrap();
         let ort = runtimes.get("ort").unwrap_or_else(|| panic!("{:?}", runtimes.unavailable()));
         let chosen: [&dyn Runtime; 2] = [tract.as_ref(), ort.as_ref()];
         for (name, model) in models() {
-            for (seed, threads) in [(0, 1), (1, 2)] {
+            for (seed, threads) in COMPARED_SEEDS_AND_THREADS {
                 let diffs = compare(&model, &chosen, seed, threads).unwrap();
                 assert!(!diffs.is_empty(), "{name}");
                 for d in diffs {
-                    assert!(d.max_abs_diff <= 1e-4, "{name} ({optimization}, seed {seed}, {threads} threads): {d:?}");
+                    assert!(
+                        d.max_abs_diff <= OUTPUT_TOLERANCE,
+                        "{name} ({optimization}, seed {seed}, {threads} threads): {d:?}"
+                    );
                 }
             }
         }

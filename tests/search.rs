@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use edgeloop::calibrate::{self, Calibration};
 use edgeloop::events::{Discard, Event, Recorder};
+use edgeloop::measure::Devices;
 use edgeloop::predict::{Predictor, Stat};
 use edgeloop::search::{self, SearchEnv, SearchResult, SearchSettings, Strategy};
 use edgeloop::table::LatencyTable;
@@ -22,7 +23,7 @@ fn env(agent: &TestAgent, out: &Path, table: &Path) -> SearchEnv {
     SearchEnv {
         out: out.to_path_buf(),
         resume: false,
-        devices: vec![agent.client()],
+        devices: Devices::Agents(vec![agent.client()]),
         table: Some(table.to_path_buf()),
         device_kind: DeviceKind::Cpu,
         probe_request: MeasureRequest { min_runs: 10, ..quick_request("") },
@@ -312,7 +313,7 @@ async fn reinforce_measures_sampled_archs_once_each_and_outlives_one_of_its_two_
     let mut s = tiny_search(Strategy::Reinforce, 1.0);
     (s.schedule.epochs, s.schedule.arch_every) = (2, 4);
     let mut env = env(&agent, &out, &table_path);
-    env.devices.push(second.client());
+    env.devices = Devices::Agents(vec![agent.client(), second.client()]);
     // The second agent dies as a crashing one would once the search has measured a few archs.
     let measurements = out.join("measurements.jsonl");
     let measured_so_far = move || std::fs::read(&measurements).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());

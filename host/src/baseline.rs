@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::MeasurementCache;
 use crate::events::Event;
-use crate::measure::{DevicePool, MeasureJob, Measurements};
+use crate::measure::{MeasureJob, Measurements};
 use crate::predict::Stat;
 use crate::search::{FinalSettings, SearchResult};
 use crate::train::{self, TrainEnv};
@@ -81,7 +81,7 @@ pub async fn widest_within(
     stat: Stat,
     env: &TrainEnv,
 ) -> anyhow::Result<(f64, Vec<(f64, f64)>)> {
-    let mut devices = DevicePool::connect(env.devices.clone(), MeasurementCache::in_memory()).await?;
+    let mut devices = env.devices.connect(MeasurementCache::in_memory()).await?;
     let mut measured = Vec::new();
     for &width in widths {
         let space = Space::load(space_name, width)?;

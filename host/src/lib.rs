@@ -8,6 +8,7 @@ pub mod client;
 pub mod commands;
 pub mod dataset;
 pub mod events;
+pub mod farm;
 pub mod measure;
 pub mod plot;
 pub mod predict;

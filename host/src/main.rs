@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use edgeloop::client::error_line;
-use edgeloop::commands::{baseline, devices, export, measure, proxy, quantize, report, search, space, table, train};
+use edgeloop::commands::{
+    baseline, devices, export, farm, measure, proxy, quantize, report, search, space, table, train,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Hardware-in-the-loop neural architecture search: measure models on real devices.
@@ -42,6 +44,9 @@ enum Command {
     Report(report::ReportArgs),
     /// Choose per-layer precisions of a searched network under a latency, energy or size budget (HAQ).
     Quantize(Box<quantize::QuantizeArgs>),
+    /// A shared device farm on NATS JetStream: its broker, workers serving agents to it, its state.
+    #[command(subcommand)]
+    Farm(farm::FarmCommand),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -65,6 +70,7 @@ async fn main() -> ExitCode {
         Command::Baseline(args) => baseline::execute(*args).await,
         Command::Report(args) => report::execute(args),
         Command::Quantize(args) => quantize::execute(*args).await,
+        Command::Farm(command) => farm::execute(command).await,
     };
     // One line, not anyhow's multi-line report (with a backtrace under RUST_BACKTRACE).
     match outcome {

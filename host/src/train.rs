@@ -13,9 +13,7 @@ use edgeloop_space::{Arch, Space};
 use edgeloop_train::DeviceKind;
 
 use crate::cache::MeasurementCache;
-use crate::client::AgentClient;
 use crate::events::{Event, Events};
-use crate::measure::DevicePool;
 use crate::predict::{Metric, Predictor, Stat};
 use crate::search::final_model::{self, FinalContext};
 use crate::search::result::{Predictors, RunKind, Timings};
@@ -27,7 +25,7 @@ pub struct TrainEnv {
     pub out: PathBuf,
     pub resume: bool,
     /// Agents of the device (one class; see `DevicePool`).
-    pub devices: Vec<AgentClient>,
+    pub devices: crate::measure::Devices,
     /// The device's latency table [default: built/completed through the agent].
     pub table: Option<PathBuf>,
     pub device_kind: DeviceKind,
@@ -54,7 +52,7 @@ pub async fn run(
     edgeloop_train::device::keep_freed_memory();
     let events = env.events.as_ref();
     let cache = MeasurementCache::open(&dir.measurements())?;
-    let mut pool = DevicePool::connect(env.devices.clone(), cache).await?;
+    let mut pool = env.devices.connect(cache).await?;
     let table_path = match &env.table {
         Some(path) => path.clone(),
         None => device_table(&mut pool, &space, &settings.runtime, settings.measure_threads, false, events).await?,

@@ -8,12 +8,13 @@ use std::time::Duration;
 use crate::support::{AgentDir, kill_when, lines};
 
 fn search_command(dir: &Path, url: &str, strategy: &str, resume: bool) -> Command {
-    search_under(dir, url, strategy, resume, "1.0")
+    search_under(dir, &["--device", url], strategy, resume, "1.0")
 }
 
-fn search_under(dir: &Path, url: &str, strategy: &str, resume: bool, budget_ms: &str) -> Command {
+/// A short search by `strategy` in `dir` on the devices that `on` names.
+pub fn search_under(dir: &Path, on: &[&str], strategy: &str, resume: bool, budget_ms: &str) -> Command {
     let mut cmd = crate::support::edgeloop();
-    cmd.current_dir(dir).args(["search", "--space", "tiny", "--device", url]);
+    cmd.current_dir(dir).args(["search", "--space", "tiny"]).args(on);
     cmd.args(["--token-file", "token", "--dataset", "synthetic:1280,128", "--budget-ms", budget_ms]);
     cmd.args(["--strategy", strategy, "--warmup-epochs", "1", "--epochs", "3", "--final-epochs", "1"]);
     cmd.args(["--batch-size", "32", "--arch-every", "2", "--samples", "2", "--random-samples", "20"]);
@@ -185,7 +186,7 @@ const SHORT_RECIPE: [&str; 10] = [
 #[test]
 fn an_impossible_budget_exits_non_zero_with_the_evidence() {
     let f = fixture();
-    let out = search_under(f.dir.path(), &f.agent.url(), "gradient", false, "0.0005").output().unwrap();
+    let out = search_under(f.dir.path(), &["--device", &f.agent.url()], "gradient", false, "0.0005").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("cannot be met on this device") && stderr.contains("measured"), "{stderr}");

@@ -21,9 +21,15 @@ pub struct AgentDir {
 
 impl AgentDir {
     pub fn start() -> AgentDir {
+        AgentDir::start_with(|_| {})
+    }
+
+    /// [`AgentDir::start`] with `tweak` applied to the agent's configuration.
+    pub fn start_with(tweak: impl FnOnce(&mut AgentConfig)) -> AgentDir {
         let dir = tempfile::tempdir().unwrap();
         let mut config = AgentConfig::new(dir.path().join("cache"));
         config.token = Some(TOKEN.into());
+        tweak(&mut config);
         let runtimes = Runtimes::detect(&config.runtimes);
         let agent = LocalAgent::start(config, runtimes).unwrap();
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();

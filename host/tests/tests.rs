@@ -3,6 +3,7 @@
 
 mod cli;
 mod cuda;
+mod farm;
 mod proxy;
 mod search;
 mod support;

@@ -190,14 +190,33 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the repo").to_path_buf()
 }
 
+/// The path in the environment variable `var`, else `default`, both
+/// relative to the repo, and whether the variable named it.
+fn path_from_env(var: &str, default: &str) -> (PathBuf, bool) {
+    match std::env::var_os(var) {
+        Some(path) => (repo_root().join(path), true),
+        None => (repo_root().join(default), false),
+    }
+}
+
 /// The static aarch64 agent the tests run under qemu, and whether it was
 /// named: `EDGELOOP_AGENT_AARCH64` (relative to the repo), else the one
 /// `scripts/build-agent.sh aarch64` ships.
 pub fn aarch64_agent() -> (PathBuf, bool) {
-    match std::env::var_os("EDGELOOP_AGENT_AARCH64") {
-        Some(path) => (repo_root().join(path), true),
-        None => (repo_root().join("dist/edgeloop-agent-aarch64-linux-musl"), false),
-    }
+    path_from_env("EDGELOOP_AGENT_AARCH64", "dist/edgeloop-agent-aarch64-linux-musl")
+}
+
+/// The glibc aarch64 agent with ONNX Runtime: `EDGELOOP_AGENT_AARCH64_GNU`
+/// (relative to the repo), else the one `scripts/build-agent.sh aarch64-gnu`
+/// ships.
+pub fn aarch64_gnu_agent() -> PathBuf {
+    path_from_env("EDGELOOP_AGENT_AARCH64_GNU", "dist/edgeloop-agent-aarch64-linux-gnu").0
+}
+
+/// ONNX Runtime's aarch64 library: `EDGELOOP_ORT_AARCH64` (relative to the
+/// repo), else where `scripts/fetch-ort.sh aarch64` puts it.
+pub fn aarch64_ort_lib() -> PathBuf {
+    path_from_env("EDGELOOP_ORT_AARCH64", "dist/onnxruntime-aarch64/libonnxruntime.so").0
 }
 
 /// The fixed input shape of a model's first input, as tract reads it.

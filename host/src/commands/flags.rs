@@ -10,7 +10,8 @@ use edgeloop_train::DeviceKind;
 
 use crate::AgentClient;
 use crate::cache::MeasurementCache;
-use crate::measure::DevicePool;
+use crate::farm::{FarmAddress, FarmTarget, Priority};
+use crate::measure::{DevicePool, Devices};
 use crate::predict::Stat;
 use crate::search::{FinalSettings, TrainRecipe};
 use crate::train::TrainEnv;
@@ -51,28 +52,72 @@ impl AgentArgs {
     }
 }
 
-/// The agents a command measures on (one device class), and their token.
+/// The agents a command measures on (one device class), and their token;
+/// or a device class of a farm.
 #[derive(Args)]
 pub struct DevicesArgs {
     /// Base URL of an agent on the target device, e.g. http://192.168.1.20:7878;
     /// repeat for several agents of one device class: they share the measuring
     /// and stand in for one another when one fails.
-    #[arg(long = "device", value_name = "URL", required = true)]
+    #[arg(long = "device", value_name = "URL", required_unless_present = "farm", conflicts_with = "farm")]
     pub(crate) devices: Vec<String>,
     #[command(flatten)]
     pub(crate) auth: Auth,
+    /// Measure through a device farm instead (see `edgeloop farm`): its broker's URL.
+    #[arg(long, value_name = "nats://HOST:PORT", requires = "farm_class")]
+    pub(crate) farm: Option<String>,
+    /// The farm's device class to measure on (as its workers were started with).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) farm_class: Option<String>,
+    #[command(flatten)]
+    pub(crate) farm_auth: FarmAuthArgs,
+}
+
+/// How to authenticate to a farm's broker.
+#[derive(Args)]
+pub struct FarmAuthArgs {
+    /// File holding this user's nkey seed (`edgeloop farm up --auth` writes them).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) farm_nkey_file: Option<PathBuf>,
+    /// CA certificate of the broker's TLS certificate (TLS is then required).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) farm_ca_file: Option<PathBuf>,
+}
+
+impl FarmAuthArgs {
+    pub(crate) fn address(&self, url: &str) -> FarmAddress {
+        FarmAddress { url: url.to_string(), nkey_file: self.farm_nkey_file.clone(), ca_file: self.farm_ca_file.clone() }
+    }
 }
 
 impl DevicesArgs {
-    pub(crate) fn clients(&self) -> anyhow::Result<Vec<AgentClient>> {
+    /// Where to measure; farm jobs at `priority`.
+    pub(crate) fn devices(&self, priority: Priority) -> anyhow::Result<Devices> {
+        if let (Some(url), Some(class)) = (&self.farm, &self.farm_class) {
+            return Ok(Devices::Farm(FarmTarget {
+                address: self.farm_auth.address(url),
+                class: class.clone(),
+                priority,
+            }));
+        }
         let token = self.auth.token()?;
-        Ok(self.devices.iter().map(|url| AgentClient::new(url, token.clone())).collect::<Result<_, _>>()?)
+        let clients = self.devices.iter().map(|url| AgentClient::new(url, token.clone())).collect::<Result<_, _>>()?;
+        Ok(Devices::Agents(clients))
     }
 
-    /// The agents as a measurement service, for work with no run folder to
-    /// cache in (tables): what it measures is the command's output.
+    /// The devices as a measurement service, for work with no run folder to
+    /// cache in (tables): what it measures is the command's output. Batch
+    /// work: on a farm, searches' jobs go first.
     pub(crate) async fn pool(&self) -> anyhow::Result<DevicePool> {
-        Ok(DevicePool::connect(self.clients()?, MeasurementCache::in_memory()).await?)
+        Ok(self.devices(Priority::Lo)?.connect(MeasurementCache::in_memory()).await?)
+    }
+
+    /// How errors name the devices.
+    pub(crate) fn describe(&self) -> String {
+        match (&self.farm, &self.farm_class) {
+            (Some(url), Some(class)) => format!("class '{class}' of the farm at {url}"),
+            _ => format!("the agent at {}", self.devices.join(", ")),
+        }
     }
 }
 
@@ -210,7 +255,7 @@ impl FixedRunArgs {
         Ok(TrainEnv {
             out,
             resume,
-            devices: self.agents.clients()?,
+            devices: self.agents.devices(Priority::Hi)?,
             table: self.table.clone(),
             device_kind: self.run_on.device_kind,
             final_request: self.run_on.final_request(),

@@ -4,6 +4,7 @@
 pub mod baseline;
 pub mod devices;
 pub mod export;
+pub mod farm;
 pub mod flags;
 pub mod measure;
 pub mod progress;

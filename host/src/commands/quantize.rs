@@ -92,7 +92,7 @@ pub async fn execute(args: QuantizeArgs) -> anyhow::Result<()> {
         run: args.run,
         out: out.clone(),
         resume: args.resume,
-        devices: args.agents.clients()?,
+        devices: args.agents.devices(crate::farm::Priority::Hi)?,
         fp32_table: args.fp32_table,
         int8_table: args.int8_table,
         device_kind: args.run_on.device_kind,

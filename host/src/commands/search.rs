@@ -48,7 +48,7 @@ pub struct SearchArgs {
 }
 
 pub async fn execute(args: SearchArgs) -> anyhow::Result<()> {
-    let devices = args.agents.clients()?;
+    let devices = args.agents.devices(crate::farm::Priority::Hi)?;
     if let Some(n) = args.threads {
         tch::set_num_threads(n);
     }

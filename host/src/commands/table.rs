@@ -222,8 +222,8 @@ impl WholeNetworkArgs {
         let device_id = &devices.device().device_id;
         anyhow::ensure!(
             *device_id == provenance.device_id,
-            "the agent at {} is device {device_id}, but {} was measured on {}",
-            self.agents.devices[0],
+            "{} is device {device_id}, but {} was measured on {}",
+            self.agents.describe(),
             self.table.display(),
             provenance.device_id
         );

@@ -82,7 +82,7 @@ pub fn pause(attempt: usize) -> Duration {
 }
 
 /// A measurement taken with the checks above.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checked {
     pub measurement: Measurement,
     /// Contaminated measurements thrown away before it.

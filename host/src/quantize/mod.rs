@@ -37,10 +37,8 @@ pub use cost::{Constraint, PolicyCosts, TableCheck, describe, size_kb};
 pub use result::{ComparisonRow, QuantizeResult, render_summary};
 
 use crate::cache::MeasurementCache;
-use crate::client::AgentClient;
 use crate::dataset::Data;
 use crate::events::{Event, EventSink, Events, Work};
-use crate::measure::DevicePool;
 use crate::search::{TrainedRun, load_trained};
 use crate::table::LatencyTable;
 use crate::table::build::{self as table_build, TablePrecision};
@@ -91,7 +89,7 @@ pub struct QuantizeEnv {
     pub out: PathBuf,
     pub resume: bool,
     /// Agents of the device (one class; see `DevicePool`).
-    pub devices: Vec<AgentClient>,
+    pub devices: crate::measure::Devices,
     /// The device's fp32 and int8 tables [default: latency-tables/, built when missing].
     pub fp32_table: Option<PathBuf>,
     pub int8_table: Option<PathBuf>,
@@ -269,7 +267,7 @@ pub async fn run(settings: QuantizeSettings, mut env: QuantizeEnv) -> anyhow::Re
     env.probe_request.energy = with_energy;
     env.final_request.energy = with_energy;
     let cache = MeasurementCache::open(&out.measurements())?;
-    let pool = DevicePool::connect(env.devices.clone(), cache).await?;
+    let pool = env.devices.connect(cache).await?;
     let mut meter = PolicyMeter::new(Box::new(pool), env.probe_request.clone(), &trained.arch);
 
     let (mut state, mut ddpg) = load_or_new(&out, &settings, &search)?;

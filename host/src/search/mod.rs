@@ -57,10 +57,9 @@ pub use strategy::{
 
 use crate::cache::MeasurementCache;
 use crate::calibrate::{self, Calibration};
-use crate::client::AgentClient;
 use crate::dataset::Data;
 use crate::events::{Event, EventSink, Events, Work};
-use crate::measure::{DevicePool, Measurements};
+use crate::measure::Measurements;
 use crate::predict::{Metric, Predictor, Stat};
 use crate::table::LatencyTable;
 
@@ -72,7 +71,7 @@ pub const ENERGY_MARGIN: f64 = 0.05;
 pub struct SearchEnv {
     pub out: PathBuf,
     pub resume: bool,
-    pub devices: Vec<AgentClient>,
+    pub devices: crate::measure::Devices,
     pub table: Option<PathBuf>,
     pub device_kind: DeviceKind,
     /// Measurement of candidates during the search (short).
@@ -185,7 +184,7 @@ pub async fn run(settings: SearchSettings, mut env: SearchEnv) -> anyhow::Result
     events.emit(Event::TrainingOn { device: edgeloop_train::device::describe(device) });
 
     let cache = MeasurementCache::open(&dir.measurements())?;
-    let mut pool = DevicePool::connect(env.devices.clone(), cache).await?;
+    let mut pool = env.devices.connect(cache).await?;
     let table_path = match &env.table {
         Some(path) => path.clone(),
         None => {
