@@ -12,31 +12,25 @@ stage() {
 stage setup bash scripts/setup.sh
 # Style and lints first: they fail fast, before the long builds.
 stage fmt cargo fmt --all --check
-# The shipped static aarch64 agent, which tests/qemu_agent.rs and
-# tests/deploy.rs run under qemu: the suite then covers the ARM binary as it
-# ships (fat LTO linking tract's kernels included), not only the host build.
-# (Built in the `release` profile instead, it saved about 2 minutes of a
-# 31-minute run: not worth testing another binary than the one shipped.)
-# Then the glibc aarch64 agent with ONNX Runtime (and its library, fetched
-# from PyPI), which tests/qemu_agent.rs runs under qemu with `runtime: "ort"`.
-# It is built only to be tested, so in the `qemu-test` profile
-# (.cargo/config.toml): everything at opt-level 0, no debug info. Cold on
-# this 2-core VM that took 176 s of CPU, against 790 s at opt-level 1 and
-# 940 s in `dev` (dependencies at opt-level 2); its tests then take about
-# 30 s instead of 15 (tract's Rust code runs unoptimised under emulation;
-# ONNX Runtime is the wheel's library either way): far less than the build
-# saves.
+# The aarch64 agents that tests/qemu_agent.rs and tests/deploy.rs run under
+# qemu: the static musl one (tract only, as it ships for phones and boards)
+# and the glibc one with ONNX Runtime (its library fetched from PyPI). Both
+# are built only to be tested, so in the `qemu-test` profile
+# (.cargo/config.toml): the same code, target, static linking and kernels
+# as the shipped build, everything at opt-level 0 without debug info. The
+# shipped `dist` build (fat LTO, one codegen unit) of the musl agent took
+# 1,542 s of a 35-minute run, fighting the test build for the 2 cores; in
+# `qemu-test` the gnu agent took 176 s of CPU against 876 s in `dist` and
+# 940 s in `dev`. The price: their tests run tract's Rust code unoptimised
+# under emulation (about 30 s instead of 15), far less than the build
+# saves. `scripts/build-agent.sh` (no --profile) still makes the shipped
+# binaries, and `scripts/size-agent.sh` measures them.
 # Both build beside the test build, one after the other in their own target
-# folder (in a shared one, cargo makes each build wait for the other). In a
-# cold run here they ended before the test build did (1,315 + 214 s against
-# 1,560 s), so the tests wait for neither. Run in parallel (a second target
-# folder, and their `apt-get` steps could collide) nothing ended sooner: the
-# test build took 1,864 s, this build 671 s, on a machine other builds were
-# sharing more.
+# folder (in a shared one, cargo makes each build wait for the other).
 arm_log=$(mktemp)
 cross_dir="${CARGO_TARGET_DIR:-$PWD/target}/cross"
 (
-  CARGO_TARGET_DIR=$cross_dir stage aarch64-agent bash scripts/build-agent.sh aarch64
+  CARGO_TARGET_DIR=$cross_dir stage aarch64-agent bash scripts/build-agent.sh aarch64 --profile qemu-test
   CARGO_TARGET_DIR=$cross_dir stage aarch64-gnu-agent bash scripts/build-agent.sh aarch64-gnu --profile qemu-test
 ) >"$arm_log" 2>&1 &
 arm_pid=$!
@@ -56,7 +50,7 @@ export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings"
 profile=debug
 for arg in "$@"; do [[ $arg == --release ]] && profile=release; done
 export EDGELOOP_AGENT_BIN="${EDGELOOP_AGENT_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/$profile/edgeloop-agent}"
-export EDGELOOP_AGENT_AARCH64="$PWD/dist/edgeloop-agent-aarch64-linux-musl"
+export EDGELOOP_AGENT_AARCH64="$PWD/dist/qemu-test/edgeloop-agent-aarch64-linux-musl"
 export EDGELOOP_AGENT_AARCH64_GNU="$PWD/dist/qemu-test/edgeloop-agent-aarch64-linux-gnu"
 export EDGELOOP_ORT_AARCH64="$PWD/dist/onnxruntime-aarch64/libonnxruntime.so"
 stage clippy+test-build cargo test --workspace --locked --no-run "$@"

@@ -11,6 +11,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use base64::Engine as _;
 use edgeloop::cache::{CachedMeasurement, MeasurementCache};
 use edgeloop::farm::server::{LocalServer, ServerSettings};
 use edgeloop::farm::{
@@ -250,6 +251,49 @@ async fn two_hosts_asking_for_one_job_get_one_measurement() {
     let mut third = broker.host().await;
     assert_eq!(kept(third.measure(vec![job(3)], &request).await.unwrap()), x);
     assert_eq!(stream_messages(&js).await.1, 1);
+    kill(worker);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn small_models_ride_in_their_jobs_large_ones_in_the_object_store_and_a_wrong_one_is_refused() {
+    let Some(broker) = Broker::start(false) else { return };
+    let a = agent("agent-a");
+    let worker = broker.worker("worker", &[&a], &[]);
+    let mut host = broker.host().await;
+    // A classifier head of 1000 classes: its weights alone take 256 KB.
+    let large = edgeloop_onnx::encode(&MbconvNet { classes: 1000, ..MbconvNet::small() }.to_model());
+    assert!(large.len() > 256 * 1024 && model(4).len() < 256 * 1024);
+    let jobs = vec![job(4), MeasureJob::model("large".into(), large.clone())];
+    assert_eq!(host.measure(jobs, &request(100)).await.unwrap().len(), 2);
+    let js = broker.jetstream(true).await;
+    let models = js.get_object_store(farm::MODELS).await.unwrap();
+    let stored = async |bytes: &[u8]| models.info(edgeloop::client::sha256_hex(bytes)).await.is_ok();
+    assert!(stored(&large).await, "the large model went through the object store");
+    assert!(!stored(&model(4)).await, "the small one did not");
+
+    // A job whose model is not the one it names: refused, not measured.
+    let named = edgeloop::client::sha256_hex(&model(5));
+    let procedure = Procedure { request: request(100), clean: None };
+    let jobkey = farm::jobkey(CLASS, &named, &procedure, Some("wrong"));
+    let wrong = farm::FarmJob {
+        v: 1,
+        jobkey: jobkey.clone(),
+        class: CLASS.into(),
+        model: named,
+        inline: Some(base64::engine::general_purpose::STANDARD.encode(model(6))),
+        label: "wrong".into(),
+        procedure,
+        expected_min: None,
+        reply: "nobody".into(),
+    };
+    let subject = format!("farm.job.{CLASS}.hi.{jobkey}");
+    js.publish(subject, serde_json::to_vec(&wrong).unwrap().into()).await.unwrap().await.unwrap();
+    let farm = broker.farm().await;
+    broker.until(Duration::from_secs(20), async || farm.result(CLASS, &jobkey).await.unwrap().is_some()).await;
+    match farm.result(CLASS, &jobkey).await.unwrap() {
+        Some(FarmResult::Refused { reason, .. }) => assert!(reason.contains("its sha256 differs"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
     kill(worker);
 }
 

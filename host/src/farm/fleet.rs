@@ -1,6 +1,7 @@
 //! A host's side of the farm: a [`Fleet`] that publishes jobs and waits
 //! for their results.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use futures_util::FutureExt as _;
 use futures_util::StreamExt as _;
 use futures_util::future::LocalBoxFuture;
 
-use super::{Farm, FarmError, FarmJob, FarmResult, FarmTarget, broker, job_subject, jobkey};
+use super::{Farm, FarmError, FarmJob, FarmResult, FarmTarget, broker, job_subject, jobkey, ring_subject};
 use crate::client::sha256_hex;
 use crate::measure::{ALL_DOWN_GRACE, Fleet, MeasureError, MeasureJob, Procedure, Taken, Taking};
 
@@ -33,6 +34,9 @@ pub struct FarmFleet {
     device: DeviceInfo,
     device_ids: Vec<String>,
     grace: Duration,
+    /// The class's live devices when last counted, and when that was
+    /// (kept across calls: a search measures one model per call).
+    live: Cell<Option<(Instant, usize)>>,
 }
 
 impl FarmFleet {
@@ -49,13 +53,15 @@ impl FarmFleet {
         };
         let device = DeviceInfo { device_id: format!("farm-{}", target.class), ..first.info.clone() };
         let device_ids = devices.iter().map(|d| d.info.device_id.clone()).collect();
-        Ok(FarmFleet { farm, target, device, device_ids, grace: ALL_DOWN_GRACE })
+        Ok(FarmFleet { farm, target, device, device_ids, grace: ALL_DOWN_GRACE, live: Cell::new(None) })
     }
 
     /// Publishes `job` (idempotent: a job queued or running already, for
     /// this host or another, is left as it is).
     async fn publish(&self, job: &FarmJob, bytes: &[u8]) -> Result<(), FarmError> {
-        self.farm.put_model(&job.model, bytes).await?;
+        if job.inline.is_none() {
+            self.farm.put_model(&job.model, bytes).await?;
+        }
         let subject = job_subject(&self.target.class, self.target.priority, &job.jobkey);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, job.jobkey.as_str());
@@ -67,10 +73,13 @@ impl FarmFleet {
         };
         match published {
             // Queued already (one message per job subject) or running.
-            Err(e) if e.contains("maximum messages per subject") => Ok(()),
-            Err(e) => Err(broker(what())(e)),
-            Ok(()) => Ok(()),
+            Err(e) if e.contains("maximum messages per subject") => {}
+            Err(e) => return Err(broker(what())(e)),
+            Ok(()) => {}
         }
+        // Best effort: idle workers also look for jobs every second.
+        let _ = self.farm.client.publish(ring_subject(&self.target.class), Default::default()).await;
+        Ok(())
     }
 
     async fn run(&self, jobs: Vec<MeasureJob>, procedure: &Procedure, fresh: bool) -> Taking {
@@ -101,6 +110,7 @@ impl FarmFleet {
                     jobkey: jobkey(class, &model, procedure, nonce),
                     class: class.clone(),
                     model,
+                    inline: super::inline(&job.bytes),
                     label: job.label.clone(),
                     procedure: procedure.clone(),
                     expected_min: job.expected_min,
@@ -109,14 +119,8 @@ impl FarmFleet {
                 (farm_job, job)
             })
             .collect();
-        let mut t = Tracking {
-            waiting,
-            outstanding: Vec::new(),
-            live: 0,
-            devices_read: None,
-            published_at: Instant::now(),
-            all_down_since: None,
-        };
+        let mut t =
+            Tracking { waiting, outstanding: Vec::new(), fresh, published_at: Instant::now(), all_down_since: None };
         let mut broker_down_since: Option<Instant> = None;
         loop {
             match self.step(&mut t, done).await {
@@ -144,44 +148,59 @@ impl FarmFleet {
         }
     }
 
+    /// The class's live devices, counted again when the count is old.
+    async fn live(&self) -> Result<usize, FarmError> {
+        if let Some((read, live)) = self.live.get()
+            && read.elapsed() < DEVICES_POLL
+        {
+            return Ok(live);
+        }
+        let live = self.farm.devices(Some(&self.target.class)).await?.len();
+        self.live.set(Some((Instant::now(), live)));
+        Ok(live)
+    }
+
     /// Counts the live devices now and then, publishes what the cap
     /// allows, collects the results written (`Ok(true)` once every job has
     /// one), republishes now and then. A broker failure leaves `t` consistent.
     async fn step(&self, t: &mut Tracking, done: &mut Vec<Taken>) -> Result<bool, MeasureError> {
         let class = &self.target.class;
-        if t.devices_read.is_none_or(|read| read.elapsed() >= DEVICES_POLL) {
-            t.live = self.farm.devices(Some(class)).await?.len();
-            t.devices_read = Some(Instant::now());
-            t.all_down_since = if t.live > 0 { None } else { t.all_down_since.or(Some(Instant::now())) };
-        }
-        // Publish up to the cap; what another search measured is answered from the farm's results.
-        while t.outstanding.len() < QUEUED_PER_DEVICE * t.live.max(1)
-            && let Some((farm_job, job)) = t.waiting.front()
-        {
-            if self.farm.result(class, &farm_job.jobkey).await?.is_none() {
-                self.publish(farm_job, &job.bytes).await?;
-                t.published_at = Instant::now();
-            }
-            t.outstanding.extend(t.waiting.pop_front());
-        }
+        let live = self.live().await?;
+        t.all_down_since = if live > 0 { None } else { t.all_down_since.or(Some(Instant::now())) };
+        // Results of the jobs published before this step (those published
+        // now cannot have one yet: their worker's ping wakes the next step).
         let mut i = 0;
         while i < t.outstanding.len() {
-            let Some(result) = self.farm.result(class, &t.outstanding[i].0.jobkey).await? else {
-                i += 1;
-                continue;
-            };
-            let (_, job) = t.outstanding.remove(i);
-            let reason = match result {
-                FarmResult::Measured { checked, device_id, .. } => {
-                    done.push(Taken { job, checked: *checked, device_id });
-                    continue;
+            match self.farm.result(class, &t.outstanding[i].0.jobkey).await? {
+                Some(result) => {
+                    if let Some(failed) = settle(result, t.outstanding.remove(i).1, done) {
+                        return Err(failed);
+                    }
                 }
-                FarmResult::Refused { reason, worker } => format!("refused by the device ({reason}; worker {worker})"),
-                FarmResult::GaveUp { reason, deliveries } => {
-                    format!("given up after {deliveries} deliveries: {reason}")
+                None => i += 1,
+            }
+        }
+        // Publish up to the cap; what another search measured is answered
+        // from the farm's results (a fresh job is this call's own: none has one).
+        while t.outstanding.len() < QUEUED_PER_DEVICE * live.max(1)
+            && let Some((farm_job, job)) = t.waiting.pop_front()
+        {
+            let known = if t.fresh { None } else { self.farm.result(class, &farm_job.jobkey).await? };
+            match known {
+                Some(result) => {
+                    if let Some(failed) = settle(result, job, done) {
+                        return Err(failed);
+                    }
                 }
-            };
-            return Err(MeasureError::FarmFailed { what: job.label, reason });
+                None => {
+                    if let Err(e) = self.publish(&farm_job, &job.bytes).await {
+                        t.waiting.push_front((farm_job, job));
+                        return Err(e.into());
+                    }
+                    t.published_at = Instant::now();
+                    t.outstanding.push((farm_job, job));
+                }
+            }
         }
         if t.outstanding.is_empty() && t.waiting.is_empty() {
             return Ok(true);
@@ -196,13 +215,25 @@ impl FarmFleet {
     }
 }
 
+/// Hands a job's result over: measured into `done`, a failure returned.
+fn settle(result: FarmResult, job: MeasureJob, done: &mut Vec<Taken>) -> Option<MeasureError> {
+    let reason = match result {
+        FarmResult::Measured { checked, device_id, .. } => {
+            done.push(Taken { job, checked: *checked, device_id });
+            return None;
+        }
+        FarmResult::Refused { reason, worker } => format!("refused by the device ({reason}; worker {worker})"),
+        FarmResult::GaveUp { reason, deliveries } => format!("given up after {deliveries} deliveries: {reason}"),
+    };
+    Some(MeasureError::FarmFailed { what: job.label, reason })
+}
+
 /// The jobs of one call on their way through the farm.
 struct Tracking {
     waiting: VecDeque<(FarmJob, MeasureJob)>,
     outstanding: Vec<(FarmJob, MeasureJob)>,
-    /// The class's live devices when last counted.
-    live: usize,
-    devices_read: Option<Instant>,
+    /// Whether the jobs are this call's own (their keys carry its nonce).
+    fresh: bool,
     published_at: Instant,
     all_down_since: Option<Instant>,
 }

@@ -143,6 +143,12 @@ fn job_subject(class: &str, priority: Priority, jobkey: &str) -> String {
     format!("farm.job.{class}.{}.{jobkey}", priority.name())
 }
 
+/// Where hosts say that they published jobs for `class`: idle workers
+/// ask for jobs at once (they also ask every second, unprompted).
+fn ring_subject(class: &str) -> String {
+    format!("farm.ring.{class}")
+}
+
 /// The durable consumer the workers of `class` pull `priority` jobs from.
 pub fn consumer_name(class: &str, priority: Priority) -> String {
     format!("W_{class}_{}", priority.name())
@@ -178,14 +184,32 @@ pub fn jobkey(class: &str, model_sha256: &str, procedure: &Procedure, nonce: Opt
     hex::encode(&hash.finalize()[..16])
 }
 
+/// Models up to this size travel inside their job (base64, within
+/// [`JOB_MAX_BYTES`]), which saves the object store's round trips at both
+/// ends: most of the farm's overhead on a small model. Search candidates
+/// of the CIFAR-sized spaces are this small; ImageNet-sized ones are not.
+const INLINE_MAX: usize = 256 * 1024;
+
+/// The largest job the stream takes (under nats-server's default 1 MiB payload limit).
+const JOB_MAX_BYTES: i32 = 512 * 1024;
+
+/// `model` as its job carries it, when small enough.
+fn inline(model: &[u8]) -> Option<String> {
+    use base64::Engine as _;
+    (model.len() <= INLINE_MAX).then(|| base64::engine::general_purpose::STANDARD.encode(model))
+}
+
 /// A job as the stream carries it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FarmJob {
     pub v: u32,
     pub jobkey: String,
     pub class: String,
-    /// sha256 of the model in the object store.
+    /// sha256 of the model.
     pub model: String,
+    /// The model itself (base64) when small, else it is in the object store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
     /// How errors name it.
     pub label: String,
     pub procedure: Procedure,
@@ -268,7 +292,7 @@ impl Farm {
             discard_new_per_subject: true,
             duplicate_window: DUPLICATE_WINDOW,
             max_age: JOB_MAX_AGE,
-            max_message_size: 64 * 1024,
+            max_message_size: JOB_MAX_BYTES,
             ..Default::default()
         })
         .await
@@ -355,17 +379,35 @@ impl Farm {
         Ok(())
     }
 
-    /// The model `sha`; `None` when the farm does not have it (it expired).
-    async fn model(&self, sha: &str) -> Result<Option<Vec<u8>>, FarmError> {
-        use tokio::io::AsyncReadExt as _;
-        let mut object = match self.models.get(sha).await {
-            Ok(object) => object,
-            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(broker(format!("fetching model {sha}"))(e)),
+    /// `job`'s model, from the job or the object store; `Err` says why
+    /// there is none (it expired from the store, or it is not the model
+    /// the job names).
+    async fn job_model(&self, job: &FarmJob) -> Result<Result<Vec<u8>, String>, FarmError> {
+        use base64::Engine as _;
+        let sha = &job.model;
+        let bytes = match &job.inline {
+            Some(text) => match base64::engine::general_purpose::STANDARD.decode(text) {
+                Ok(bytes) => bytes,
+                Err(e) => return Ok(Err(format!("the job's model is not base64: {e}"))),
+            },
+            None => {
+                use tokio::io::AsyncReadExt as _;
+                let mut object = match self.models.get(sha).await {
+                    Ok(object) => object,
+                    Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
+                        return Ok(Err(format!("the farm no longer holds model {sha}")));
+                    }
+                    Err(e) => return Err(broker(format!("fetching model {sha}"))(e)),
+                };
+                let mut bytes = Vec::new();
+                object.read_to_end(&mut bytes).await.map_err(broker(format!("fetching model {sha}")))?;
+                bytes
+            }
         };
-        let mut bytes = Vec::new();
-        object.read_to_end(&mut bytes).await.map_err(broker(format!("fetching model {sha}")))?;
-        Ok(Some(bytes))
+        if crate::client::sha256_hex(&bytes) != *sha {
+            return Ok(Err(format!("the job's model is not model {sha} (its sha256 differs)")));
+        }
+        Ok(Ok(bytes))
     }
 
     async fn jobs(&self) -> Result<stream::Stream, FarmError> {

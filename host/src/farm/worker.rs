@@ -5,16 +5,17 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, PullConsumer};
 use async_nats::jetstream::{AckKind, Message};
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 
-use super::{DeviceRecord, Farm, FarmError, FarmJob, FarmResult, Priority, broker, consumer_name, now_ms};
+use super::{
+    DeviceRecord, Farm, FarmError, FarmJob, FarmResult, Priority, broker, consumer_name, now_ms, ring_subject,
+};
 use crate::client::{AgentClient, error_line};
 use crate::measure::{MAX_ATTEMPTS, agents_fault, class_fingerprint, take_on};
 
-/// How long a pull for high-priority jobs waits; low-priority ones are
-/// asked for in between, briefly.
-const HI_WAIT: Duration = Duration::from_secs(1);
-const LO_WAIT: Duration = Duration::from_millis(100);
+/// How often an idle worker asks for jobs without hearing of a new one:
+/// jobs also come back unannounced (after a NAK's delay, an ack timeout).
+const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// How often a down agent is asked whether it is back.
 const HEALTH_POLL: Duration = Duration::from_millis(500);
@@ -109,6 +110,12 @@ impl AgentTask {
                     registered: other.fingerprint,
                 });
             }
+            // Hosts ring when they publish jobs: an idle task asks at once,
+            // high priority first, instead of sitting in a long pull of one
+            // priority while a job of the other waits.
+            let ring = ring_subject(class);
+            let mut doorbell =
+                self.farm.client.subscribe(ring.clone()).await.map_err(broker(format!("subscribing to {ring}")))?;
             tracing::info!("{}: serving class {class} with {}", self.url(), record.info.device_id);
             self.beat(&record).await;
             let mut last_beat = tokio::time::Instant::now();
@@ -117,7 +124,7 @@ impl AgentTask {
                     self.beat(&record).await;
                     last_beat = tokio::time::Instant::now();
                 }
-                let Some(message) = self.next_job().await else { continue };
+                let Some(message) = self.next_job(&mut doorbell).await else { continue };
                 match self.handle(message, &record).await {
                     Ok(After::Up) => {}
                     Ok(After::Down) => break,
@@ -141,21 +148,28 @@ impl AgentTask {
         }
     }
 
-    /// The next job: a high-priority one, else a low-priority one.
-    async fn next_job(&self) -> Option<Message> {
-        for (consumer, wait) in self.consumers.iter().zip([HI_WAIT, LO_WAIT]) {
-            let batch = consumer.batch().max_messages(1).expires(wait).messages().await;
-            match batch {
+    /// The next job: a high-priority one, else a low-priority one, else
+    /// none after waiting for the doorbell (at most [`IDLE_POLL`]).
+    async fn next_job(&self, doorbell: &mut async_nats::Subscriber) -> Option<Message> {
+        // Rings before the asking are answered by it; a job published from
+        // here on rings again.
+        while let Some(Some(_)) = doorbell.next().now_or_never() {}
+        for consumer in &self.consumers {
+            match consumer.fetch().max_messages(1).messages().await {
                 Ok(mut messages) => {
                     if let Some(Ok(message)) = messages.next().await {
                         return Some(message);
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("{}: pulling jobs: {e}", self.url());
+                    tracing::warn!("{}: asking for jobs: {e}", self.url());
                     tokio::time::sleep(BROKER_PAUSE).await;
                 }
             }
+        }
+        if let Ok(None) = tokio::time::timeout(IDLE_POLL, doorbell.next()).await {
+            // The subscription ended (the connection closed for good): poll.
+            tokio::time::sleep(IDLE_POLL).await;
         }
         None
     }
@@ -171,7 +185,8 @@ impl AgentTask {
                 return Ok(After::Up);
             }
         };
-        if self.farm.result(class, &job.jobkey).await?.is_some() {
+        let (known, model) = tokio::try_join!(self.farm.result(class, &job.jobkey), self.farm.job_model(&job))?;
+        if known.is_some() {
             // Measured meanwhile (a worker died between writing and acknowledging).
             message.double_ack().await.map_err(broker("acknowledging a job"))?;
             return Ok(After::Up);
@@ -180,11 +195,12 @@ impl AgentTask {
             let reason = "no worker reported a result (workers stopped or lost their agents mid-measurement)".into();
             return self.finish(&message, &job, FarmResult::GaveUp { reason, deliveries: delivery }).await;
         }
-        let Some(model) = self.farm.model(&job.model).await? else {
-            let reason = format!("the farm no longer holds model {}", job.model);
-            return self
-                .finish(&message, &job, FarmResult::Refused { reason, worker: self.settings.name.clone() })
-                .await;
+        let model = match model {
+            Ok(model) => model,
+            Err(reason) => {
+                let refused = FarmResult::Refused { reason, worker: self.settings.name.clone() };
+                return self.finish(&message, &job, refused).await;
+            }
         };
         tracing::info!("{}: measuring {} (delivery {delivery})", self.url(), job.label);
         let measuring = take_on(&self.client, &model, &job.procedure, job.expected_min);
