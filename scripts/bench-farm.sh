@@ -5,7 +5,7 @@
 # per model (goal ≤ 1.1). Then throughput with 1, 2, 4 agents through the
 # farm and through a direct pool, each against linear (goal ≥ 0.9; agents
 # sharing this machine's cores cannot scale past them).
-# Usage: scripts/bench-farm.sh [--models 30] [--runs 20] [--agents 1,2,4]
+# Usage: scripts/bench-farm.sh [--models 60] [--runs 20] [--agents 1,2,4]
 #        [--per-agent 8] [--duration-ms 300] [--nats-server PATH]
 set -euo pipefail
 cd "$(dirname "$0")/.."

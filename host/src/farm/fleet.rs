@@ -6,11 +6,10 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use edgeloop_api::DeviceInfo;
-use futures_util::FutureExt as _;
-use futures_util::StreamExt as _;
 use futures_util::future::LocalBoxFuture;
+use futures_util::{FutureExt as _, StreamExt as _};
 
-use super::{Farm, FarmError, FarmJob, FarmResult, FarmTarget, broker, job_subject, jobkey, ring_subject};
+use super::{Farm, FarmError, FarmJob, FarmResult, FarmTarget, Written, broker, job_subject, jobkey};
 use crate::client::sha256_hex;
 use crate::measure::{ALL_DOWN_GRACE, Fleet, MeasureError, MeasureJob, Procedure, Taken, Taking};
 
@@ -73,13 +72,10 @@ impl FarmFleet {
         };
         match published {
             // Queued already (one message per job subject) or running.
-            Err(e) if e.contains("maximum messages per subject") => {}
-            Err(e) => return Err(broker(what())(e)),
-            Ok(()) => {}
+            Err(e) if e.contains("maximum messages per subject") => Ok(()),
+            Err(e) => Err(broker(what())(e)),
+            Ok(()) => Ok(()),
         }
-        // Best effort: idle workers also look for jobs every second.
-        let _ = self.farm.client.publish(ring_subject(&self.target.class), Default::default()).await;
-        Ok(())
     }
 
     async fn run(&self, jobs: Vec<MeasureJob>, procedure: &Procedure, fresh: bool) -> Taking {
@@ -119,11 +115,19 @@ impl FarmFleet {
                 (farm_job, job)
             })
             .collect();
-        let mut t =
-            Tracking { waiting, outstanding: Vec::new(), fresh, published_at: Instant::now(), all_down_since: None };
+        let mut t = Tracking {
+            waiting,
+            outstanding: Vec::new(),
+            fresh,
+            published_at: Instant::now(),
+            bucket_read: Instant::now(),
+            all_down_since: None,
+        };
         let mut broker_down_since: Option<Instant> = None;
+        // The results that workers sent with their word; `None`: read them all from the bucket.
+        let mut heard = None;
         loop {
-            match self.step(&mut t, done).await {
+            match self.step(&mut t, done, heard.take()).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => broker_down_since = None,
                 // The broker restarting: jobs and results outlive it; wait for it.
@@ -143,8 +147,17 @@ impl FarmFleet {
                     left: t.outstanding.len() + t.waiting.len(),
                 });
             }
-            // A worker's ping says a result is written; read anyway now and then.
-            let _ = tokio::time::timeout(RESULT_POLL, pings.next()).await;
+            // A worker's word carries its result; the bucket is read when
+            // none came for a while, or one came without its result.
+            if let Ok(Some(first)) = tokio::time::timeout(RESULT_POLL, pings.next()).await {
+                let mut words = vec![first];
+                while let Some(Some(more)) = pings.next().now_or_never() {
+                    words.push(more);
+                }
+                let written: Option<Vec<Written>> =
+                    words.iter().map(|w| serde_json::from_slice(&w.payload).ok()).collect();
+                heard = written;
+            }
         }
     }
 
@@ -160,18 +173,37 @@ impl FarmFleet {
         Ok(live)
     }
 
-    /// Counts the live devices now and then, publishes what the cap
-    /// allows, collects the results written (`Ok(true)` once every job has
-    /// one), republishes now and then. A broker failure leaves `t` consistent.
-    async fn step(&self, t: &mut Tracking, done: &mut Vec<Taken>) -> Result<bool, MeasureError> {
+    /// Counts the live devices now and then, collects results (those in
+    /// `heard`, else all from the bucket), publishes what the cap allows
+    /// (`Ok(true)` once every job has a result), republishes now and then.
+    /// A broker failure leaves `t` consistent.
+    async fn step(
+        &self,
+        t: &mut Tracking,
+        done: &mut Vec<Taken>,
+        heard: Option<Vec<Written>>,
+    ) -> Result<bool, MeasureError> {
         let class = &self.target.class;
         let live = self.live().await?;
         t.all_down_since = if live > 0 { None } else { t.all_down_since.or(Some(Instant::now())) };
         // Results of the jobs published before this step (those published
-        // now cannot have one yet: their worker's ping wakes the next step).
+        // now cannot have one yet: their worker's word wakes the next step).
+        // The bucket is read too now and then, for words that got lost.
+        let from_bucket = heard.is_none() || t.bucket_read.elapsed() >= RESULT_POLL;
+        if from_bucket {
+            t.bucket_read = Instant::now();
+        }
+        let mut heard: Vec<(String, FarmResult)> =
+            heard.unwrap_or_default().into_iter().map(|w| (w.jobkey, w.result)).collect();
         let mut i = 0;
         while i < t.outstanding.len() {
-            match self.farm.result(class, &t.outstanding[i].0.jobkey).await? {
+            let jobkey = &t.outstanding[i].0.jobkey;
+            let result = match heard.iter().position(|(key, _)| key == jobkey) {
+                Some(at) => Some(heard.swap_remove(at).1),
+                None if from_bucket => self.farm.result(class, jobkey).await?,
+                None => None,
+            };
+            match result {
                 Some(result) => {
                     if let Some(failed) = settle(result, t.outstanding.remove(i).1, done) {
                         return Err(failed);
@@ -235,6 +267,8 @@ struct Tracking {
     /// Whether the jobs are this call's own (their keys carry its nonce).
     fresh: bool,
     published_at: Instant,
+    /// When the outstanding jobs' results were last read from the bucket.
+    bucket_read: Instant,
     all_down_since: Option<Instant>,
 }
 

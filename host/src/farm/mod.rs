@@ -143,12 +143,6 @@ fn job_subject(class: &str, priority: Priority, jobkey: &str) -> String {
     format!("farm.job.{class}.{}.{jobkey}", priority.name())
 }
 
-/// Where hosts say that they published jobs for `class`: idle workers
-/// ask for jobs at once (they also ask every second, unprompted).
-fn ring_subject(class: &str) -> String {
-    format!("farm.ring.{class}")
-}
-
 /// The durable consumer the workers of `class` pull `priority` jobs from.
 pub fn consumer_name(class: &str, priority: Priority) -> String {
     format!("W_{class}_{}", priority.name())
@@ -214,8 +208,16 @@ pub struct FarmJob {
     pub label: String,
     pub procedure: Procedure,
     pub expected_min: Option<f64>,
-    /// Where the worker says that the result is written (best effort: the KV is the truth).
+    /// Where the worker says that the result is written, with a copy of
+    /// it (best effort: the result bucket is the truth).
     pub reply: String,
+}
+
+/// What a worker sends to a job's `reply` once it kept the job's result.
+#[derive(Debug, Serialize, Deserialize)]
+struct Written {
+    jobkey: String,
+    result: FarmResult,
 }
 
 /// What the farm keeps for a job.

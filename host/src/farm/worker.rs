@@ -3,19 +3,19 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::pull::{Batch, BatchError};
 use async_nats::jetstream::consumer::{self, PullConsumer};
 use async_nats::jetstream::{AckKind, Message};
-use futures_util::{FutureExt as _, StreamExt as _};
+use futures_util::StreamExt as _;
 
-use super::{
-    DeviceRecord, Farm, FarmError, FarmJob, FarmResult, Priority, broker, consumer_name, now_ms, ring_subject,
-};
+use super::{DeviceRecord, Farm, FarmError, FarmJob, FarmResult, Priority, Written, broker, consumer_name, now_ms};
 use crate::client::{AgentClient, error_line};
 use crate::measure::{MAX_ATTEMPTS, agents_fault, class_fingerprint, take_on};
 
-/// How often an idle worker asks for jobs without hearing of a new one:
-/// jobs also come back unannounced (after a NAK's delay, an ack timeout).
-const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How long an idle worker's request for a high-priority job stays open
+/// (such a job reaches it the moment it is published) before it looks for
+/// low-priority ones again: the most a batch job waits for an idle device.
+const IDLE_PULL: Duration = Duration::from_millis(500);
 
 /// How often a down agent is asked whether it is back.
 const HEALTH_POLL: Duration = Duration::from_millis(500);
@@ -110,12 +110,6 @@ impl AgentTask {
                     registered: other.fingerprint,
                 });
             }
-            // Hosts ring when they publish jobs: an idle task asks at once,
-            // high priority first, instead of sitting in a long pull of one
-            // priority while a job of the other waits.
-            let ring = ring_subject(class);
-            let mut doorbell =
-                self.farm.client.subscribe(ring.clone()).await.map_err(broker(format!("subscribing to {ring}")))?;
             tracing::info!("{}: serving class {class} with {}", self.url(), record.info.device_id);
             self.beat(&record).await;
             let mut last_beat = tokio::time::Instant::now();
@@ -124,7 +118,7 @@ impl AgentTask {
                     self.beat(&record).await;
                     last_beat = tokio::time::Instant::now();
                 }
-                let Some(message) = self.next_job(&mut doorbell).await else { continue };
+                let Some(message) = self.next_job().await else { continue };
                 match self.handle(message, &record).await {
                     Ok(After::Up) => {}
                     Ok(After::Down) => break,
@@ -149,29 +143,28 @@ impl AgentTask {
     }
 
     /// The next job: a high-priority one, else a low-priority one, else
-    /// none after waiting for the doorbell (at most [`IDLE_POLL`]).
-    async fn next_job(&self, doorbell: &mut async_nats::Subscriber) -> Option<Message> {
-        // Rings before the asking are answered by it; a job published from
-        // here on rings again.
-        while let Some(Some(_)) = doorbell.next().now_or_never() {}
-        for consumer in &self.consumers {
-            match consumer.fetch().max_messages(1).messages().await {
-                Ok(mut messages) => {
-                    if let Some(Ok(message)) = messages.next().await {
-                        return Some(message);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("{}: asking for jobs: {e}", self.url());
-                    tokio::time::sleep(BROKER_PAUSE).await;
-                }
+    /// a high-priority one published within [`IDLE_PULL`].
+    async fn next_job(&self) -> Option<Message> {
+        let [hi, lo] = [&self.consumers[0], &self.consumers[1]];
+        for asking in [hi.fetch().max_messages(1), lo.fetch().max_messages(1)] {
+            if let Some(message) = self.first(asking.messages().await).await {
+                return Some(message);
             }
         }
-        if let Ok(None) = tokio::time::timeout(IDLE_POLL, doorbell.next()).await {
-            // The subscription ended (the connection closed for good): poll.
-            tokio::time::sleep(IDLE_POLL).await;
+        // Awaited to its end: a request left open would take a job to nobody.
+        self.first(hi.batch().max_messages(1).expires(IDLE_PULL).messages().await).await
+    }
+
+    /// The first message of a batch being delivered.
+    async fn first(&self, batch: Result<Batch, BatchError>) -> Option<Message> {
+        match batch {
+            Ok(mut messages) => messages.next().await.and_then(Result::ok),
+            Err(e) => {
+                tracing::warn!("{}: asking for jobs: {e}", self.url());
+                tokio::time::sleep(BROKER_PAUSE).await;
+                None
+            }
         }
-        None
     }
 
     async fn handle(&self, message: Message, record: &DeviceRecord) -> Result<After, FarmError> {
@@ -185,8 +178,14 @@ impl AgentTask {
                 return Ok(After::Up);
             }
         };
-        let (known, model) = tokio::try_join!(self.farm.result(class, &job.jobkey), self.farm.job_model(&job))?;
-        if known.is_some() {
+        // A job delivered again may have been measured by a worker that died
+        // before acknowledging it; a first delivery rarely has (only when a
+        // duplicate was published after the job had left the queue).
+        let known = async {
+            if delivery > 1 { self.farm.result(class, &job.jobkey).await.map(|r| r.is_some()) } else { Ok(false) }
+        };
+        let (known, model) = tokio::try_join!(known, self.farm.job_model(&job))?;
+        if known {
             // Measured meanwhile (a worker died between writing and acknowledging).
             message.double_ack().await.map_err(broker("acknowledging a job"))?;
             return Ok(After::Up);
@@ -238,13 +237,21 @@ impl AgentTask {
     /// (never delivered again) when it failed for good.
     async fn finish(&self, message: &Message, job: &FarmJob, result: FarmResult) -> Result<After, FarmError> {
         let measured = matches!(result, FarmResult::Measured { .. });
-        self.farm.keep_result(&self.settings.class, &job.jobkey, &result).await?;
-        // Best effort: the host also reads the results now and then.
-        let _ = self.farm.client.publish(job.reply.clone(), Default::default()).await;
+        if !measured {
+            tracing::warn!("{}: {} failed for good: {result:?}", self.url(), job.label);
+        }
+        let kept = self.farm.keep_result(&self.settings.class, &job.jobkey, &result).await?;
+        // Best effort: the host also reads the results now and then. A
+        // result that lost to another worker's is not the one to send.
+        let word = if kept {
+            serde_json::to_vec(&Written { jobkey: job.jobkey.clone(), result }).expect("a result serializes")
+        } else {
+            Vec::new()
+        };
+        let _ = self.farm.client.publish(job.reply.clone(), word.into()).await;
         if measured {
             message.double_ack().await.map_err(broker("acknowledging a job"))?;
         } else {
-            tracing::warn!("{}: {} failed for good: {result:?}", self.url(), job.label);
             ack(message, AckKind::Term).await?;
         }
         Ok(After::Up)
@@ -259,8 +266,10 @@ async fn ack(message: &Message, kind: AckKind) -> Result<(), FarmError> {
 /// the job is still being worked on (a cool-down may take minutes).
 async fn keep_leased<T>(message: &Message, ack_wait: Duration, work: impl Future<Output = T>) -> Result<T, FarmError> {
     let mut work = std::pin::pin!(work);
-    let mut ticks = tokio::time::interval(ack_wait / 4);
-    ticks.tick().await;
+    // The first tick a period from now: awaiting an interval's immediate
+    // first tick costs a turn of the timer wheel (about 1 ms) per job.
+    let period = ack_wait / 4;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
             outcome = &mut work => return Ok(outcome),
