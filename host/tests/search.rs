@@ -19,7 +19,8 @@ pub fn search_under(dir: &Path, on: &[&str], strategy: &str, resume: bool, budge
     cmd.args(["--strategy", strategy, "--warmup-epochs", "1", "--epochs", "3", "--final-epochs", "1"]);
     cmd.args(["--batch-size", "32", "--arch-every", "2", "--samples", "2", "--random-samples", "20"]);
     cmd.args(["--nao-seeds", "20", "--nao-new", "6", "--nao-top", "8", "--nao-epd-epochs", "100"]);
-    cmd.args(["--probe-runs", "5"]);
+    // Short probes: what these tests check does not depend on their precision.
+    cmd.args(["--probe-runs", "5", "--probe-ms", "20"]);
     cmd.args(["--device-kind", "cpu", "--threads", "1", "--out", "run"]);
     if resume {
         cmd.arg("--resume");

@@ -192,6 +192,10 @@ pub struct RunOn {
     /// (the final models get 50 and 1 s).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub(crate) probe_runs: usize,
+    /// How long each candidate measured during the search is timed at
+    /// least, in ms (tiny networks need the runs this adds to settle).
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    pub(crate) probe_ms: u64,
     /// Where training runs: auto (CUDA when available), cpu or cuda.
     #[arg(long, value_name = "KIND", default_value = "auto")]
     pub(crate) device_kind: DeviceKind,
@@ -205,7 +209,7 @@ impl RunOn {
             threads: self.measure_threads,
             warmup_runs: 5,
             min_runs: self.probe_runs,
-            min_duration_ms: 200,
+            min_duration_ms: self.probe_ms,
             ..MeasureRequest::default()
         }
     }
