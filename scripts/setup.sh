@@ -50,11 +50,18 @@ if ! cmp -s scripts/requirements.txt .venv/.requirements 2>/dev/null; then
   # uv (from PyPI) downloads and unpacks the wheels in parallel: 16 s here
   # where pip took 54. Its cache sits on the venv's disk and the packages
   # are hard links into it, so the wheels exist once on disk (not in a tmpfs
-  # /tmp, not twice); the cache is dropped afterwards.
-  .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check uv
-  UV_CACHE_DIR="$PWD/.venv/uv-cache" UV_LINK_MODE=hardlink \
-    .venv/bin/uv pip install -q --python .venv/bin/python -r scripts/requirements.txt
-  rm -rf .venv/uv-cache
+  # /tmp, not twice); the cache is dropped afterwards. uv does not read
+  # pip's configuration (a mirror in pip.conf, say): where it fails, pip
+  # installs them, downloading into a temp dir on the same disk, uncached.
+  if ! { .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check uv &&
+    UV_CACHE_DIR="$PWD/.venv/uv-cache" UV_LINK_MODE=hardlink \
+      .venv/bin/uv pip install -q --python .venv/bin/python -r scripts/requirements.txt; }; then
+    log "uv could not install them (above); installing with pip (about a minute here)"
+    mkdir -p .venv/tmp
+    TMPDIR="$PWD/.venv/tmp" .venv/bin/python -m pip install -q --no-cache-dir \
+      --disable-pip-version-check -r scripts/requirements.txt
+  fi
+  rm -rf .venv/uv-cache .venv/tmp
   cp scripts/requirements.txt .venv/.requirements
 fi
 torch_dir=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')
