@@ -181,11 +181,7 @@ impl AgentTask {
         // A job delivered again may have been measured by a worker that died
         // before acknowledging it; a first delivery rarely has (only when a
         // duplicate was published after the job had left the queue).
-        let known = async {
-            if delivery > 1 { self.farm.result(class, &job.jobkey).await.map(|r| r.is_some()) } else { Ok(false) }
-        };
-        let (known, model) = tokio::try_join!(known, self.farm.job_model(&job))?;
-        if known {
+        if delivery > 1 && self.farm.result(class, &job.jobkey).await?.is_some() {
             // Measured meanwhile (a worker died between writing and acknowledging).
             message.double_ack().await.map_err(broker("acknowledging a job"))?;
             return Ok(After::Up);
@@ -194,7 +190,7 @@ impl AgentTask {
             let reason = "no worker reported a result (workers stopped or lost their agents mid-measurement)".into();
             return self.finish(&message, &job, FarmResult::GaveUp { reason, deliveries: delivery }).await;
         }
-        let model = match model {
+        let model = match self.farm.job_model(&job).await? {
             Ok(model) => model,
             Err(reason) => {
                 let refused = FarmResult::Refused { reason, worker: self.settings.name.clone() };
